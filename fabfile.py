@@ -1,0 +1,92 @@
+"""fabship: the fab tasks. Thin on purpose: each task parses its options and
+calls one function in tasks/ (one module per concern)."""
+from invoke import Collection
+
+from tasks.cli import COMMON, HELP, fabship_task, finish, helps, not_available, open_run
+
+
+@fabship_task(help=helps("inventory", "set", "limit"))
+def hosts(c, inventory=None, set=None, limit=None):
+    """Print the resolved host table (name, address, user, source, tags). Connects to nothing."""
+    from tasks.hosts import show_hosts
+    from tasks.inventory import load_inventory
+
+    inv = load_inventory(inventory, overrides=set or ())
+    show_hosts(inv, inv.resolve_hosts(limit))
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "gate",
+                         env_file="local dotenv file to install as the app's env file "
+                                  "(default: the inventory's env.source)"))
+def bootstrap(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False,
+              verbose=0, dry_run=False, gate=True, env_file=None):
+    """Turn bare hosts into app hosts: packages, swap, runtime, layout, unit, nginx, TLS, env file."""
+    not_available("bootstrap", "issue 4")
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
+                         ref="git source: branch, tag or commit to deploy (default: deploy.ref)",
+                         artifact="artifact source: local directory or tarball to upload",
+                         tag="image/compose source: the image tag to deploy",
+                         strategy="blue_green (new beside old, switch, stop old) or restart",
+                         batch="rolling batches: N hosts or N% at a time (default: all at once)",
+                         max_fail="stop once more than N (or N%) hosts failed (default 0)",
+                         rollback_fleet="on failure, roll back hosts already switched (default on; "
+                                        "--no-rollback-fleet to keep them)"))
+def deploy(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           dry_run=False, lock_wait=None, gate=True, ref=None, artifact=None, tag=None, strategy=None,
+           batch=None, max_fail=None, rollback_fleet=True):
+    """Deploy a new release: build it, health-check it, switch, and roll back automatically on failure."""
+    not_available("deploy", "issue 5")
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
+                         to="release id to roll back to (default: the previous completed release)"))
+def rollback(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+             dry_run=False, lock_wait=None, gate=True, to=None):
+    """Re-point to the previous (or named) completed release, restart and health-check."""
+    not_available("rollback", "issue 5")
+
+
+@fabship_task(help=helps(*COMMON))
+def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0):
+    """Show each host's releases and which one is current."""
+    not_available("releases", "issue 5")
+
+
+@fabship_task(help=helps(*COMMON, force="also break a lock that looks live (held by a running process)"))
+def unlock(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           force=False):
+    """Break a stale deploy lock left by a killed run."""
+    not_available("unlock", "issue 5")
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
+                         env_file="local dotenv file with the new values (default: env.source)",
+                         show_hashes="show a short hash of old and new values for changed keys"))
+def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+               dry_run=False, lock_wait=None, gate=True, env_file=None, show_hashes=False):
+    """Validate, install and apply a new env file; restore the old one if the app fails its health check."""
+    not_available("rotate-env", "issue 6")
+
+
+@fabship_task(help=helps(*COMMON))
+def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0):
+    """Run the testinfra verification suite against every host; print a pass/fail table."""
+    not_available("verify", "issue 7")
+
+
+@fabship_task(help=helps(*COMMON, lines="journal lines per unit (default 200)"))
+def diagnose(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+             lines=200):
+    """Collect what an operator looks at when something is wrong (secrets masked)."""
+    not_available("diagnose", "issue 7")
+
+
+ns = Collection(hosts, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose)
+try:
+    from tasks.sandbox import ns as sandbox_ns
+
+    ns.add_collection(sandbox_ns)
+except ImportError:  # the sandbox module is optional for a plain install
+    pass

@@ -1,0 +1,109 @@
+"""What the fab tasks share: option help texts, the error boundary that turns
+user errors into one clear line (no traceback), and opening a Run."""
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+
+from invoke import task
+from invoke.exceptions import Exit
+
+from .errors import FabshipError
+
+HELP = {
+    "inventory": "inventory NAME (inventories/NAME.yaml) or PATH to a YAML file; "
+                 "default: $FABSHIP_INVENTORY",
+    "set": "override one inventory key for this run, e.g. --set ssh.port=2222 "
+           "(repeatable; the value is YAML; highest merge layer)",
+    "limit": "only these hosts or groups (comma-separated names or addresses)",
+    "parallel": "how many hosts to work on at once (default 10)",
+    "accept_new_host_keys": "trust on first use: record unknown host keys in the inventory's "
+                            "known_hosts (a changed key is still refused)",
+    "dry_run": "show per host what would change (diffs, commands, env key names); change nothing",
+    "verbose": "more output: -v shows every remote command and unchanged steps, -vv streams "
+               "command output",
+    "lock_wait": "if another run holds the deploy lock, wait up to SECONDS for it instead of failing",
+    "gate": "run the verification checks at the end as a gate, where the inventory's verify.gate "
+            "enables them (default); --no-gate skips them for this run",
+}
+
+COMMON = ("inventory", "set", "limit", "parallel", "accept_new_host_keys", "verbose")
+
+
+def helps(*names: str, **extra: str) -> dict:
+    out = {n: HELP[n] for n in names}
+    out.update(extra)
+    return out
+
+
+def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), name=None, **kw):
+    """@task with fabship's error boundary: a FabshipError (a user or
+    environment problem) prints one line and exits non-zero; Ctrl-C and
+    SIGTERM exit 130/143 after the task's own cleanup ran (finally blocks)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(c, *args, **kwargs):
+            old = signal.getsignal(signal.SIGTERM)
+            try:
+                signal.signal(signal.SIGTERM, _sigterm)
+            except ValueError:  # not the main thread (tests calling tasks directly)
+                old = None
+            try:
+                return fn(c, *args, **kwargs)
+            except FabshipError as e:
+                raise Exit(f"fabship: {e}", code=e.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit("fabship: interrupted", code=130) from None
+            except Terminated:
+                raise Exit("fabship: terminated", code=143) from None
+            finally:
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
+
+        kwargs = dict(help=help, iterable=list(iterable), incrementable=list(incrementable), **kw)
+        if name:
+            kwargs["name"] = name
+        return task(**kwargs)(wrapper)
+
+    return deco
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception, so finally-blocks (lock release) run."""
+
+
+def _sigterm(signum, frame):
+    raise Terminated()
+
+
+def open_run(task_name: str, inventory, set=(), limit=None, parallel=10, dry_run=False, verbose=0,
+             accept_new_host_keys=False, options: dict | None = None):
+    """Load and validate the inventory, resolve hosts, and return a Run.
+    Nothing connects until a step needs the host."""
+    from .inventory import load_inventory
+    from .runner import Run
+
+    inv = load_inventory(inventory, overrides=list(set or ()))
+    hosts = inv.resolve_hosts(limit)
+    return Run(task_name, inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
+               accept_new_host_keys=accept_new_host_keys, options=options or {})
+
+
+def finish(run, *, summary: bool = True) -> None:
+    """Print the summary, write the run record, exit non-zero on any failure."""
+    if summary:
+        run.summary()
+    code = run.finish()
+    if code:
+        failed = ", ".join(run.failed_hosts())
+        raise Exit(f"fabship: {run.task} failed on: {failed}", code=code)
+
+
+def not_available(name: str, issue: str):
+    raise FabshipError(f"`fab {name}` is not available yet ({issue}); nothing was done")
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr)

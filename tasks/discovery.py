@@ -1,0 +1,164 @@
+"""Host discovery: one swappable function per source (static list, EC2 by tag).
+
+boto3 is imported only when an inventory asks for EC2: it costs ~0.5 s of
+start-up that static inventories should not pay.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, DiscoveryError
+
+if TYPE_CHECKING:
+    from .inventory import Host, Inventory
+
+
+def discover(inv: "Inventory") -> list["Host"]:
+    spec = inv.data["hosts"]
+    if spec.get("static") is not None:
+        hosts = static_hosts(inv, spec["static"])
+    else:
+        hosts = ec2_hosts(inv, spec["ec2"])
+    seen: dict = {}
+    for h in hosts:
+        if h.name in seen:
+            raise inv.error("hosts", f"host name '{h.name}' appears twice")
+        seen[h.name] = h
+    return hosts
+
+
+def static_hosts(inv: "Inventory", static) -> list["Host"]:
+    from .inventory import Host
+
+    ssh = inv.data["ssh"]
+    src = f"static ({inv.file_of('hosts.static')})"
+    out = []
+    if isinstance(static, list):
+        for addr in static:
+            out.append(Host(name=addr, address=addr, user=ssh["user"], port=ssh["port"], source=src))
+        return out
+    for name, entry in static.items():
+        if isinstance(entry, str):
+            out.append(Host(name=name, address=entry, user=ssh["user"], port=ssh["port"], source=src))
+        else:
+            out.append(Host(
+                name=name, address=entry["address"], user=entry.get("user") or ssh["user"],
+                port=entry.get("port") or ssh["port"], source=src, tags=dict(entry.get("tags") or {}),
+                groups=list(entry.get("groups") or []), vars=dict(entry.get("vars") or {}),
+            ))
+    return out
+
+
+ADDRESS_FIELDS = {
+    "private_ip": "PrivateIpAddress",
+    "public_ip": "PublicIpAddress",
+    "public_dns": "PublicDnsName",
+}
+
+
+def ec2_filters(spec: dict) -> list[dict]:
+    """boto3 Filters from the inventory; running instances only unless the
+    inventory names instance-state-name itself."""
+    filters = []
+    for name, value in (spec.get("filters") or {}).items():
+        values = value if isinstance(value, list) else [value]
+        filters.append({"Name": name, "Values": [str(v) for v in values]})
+    if not any(f["Name"] == "instance-state-name" for f in filters):
+        filters.append({"Name": "instance-state-name", "Values": ["running"]})
+    return filters
+
+
+def ec2_client(spec: dict, service: str = "ec2", *, where: str = "hosts.ec2"):
+    """A boto3 client on the standard credential chain (env vars, profiles,
+    instance role) with an explicit region. AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE>
+    are honoured by botocore itself; `endpoint_url` in the inventory wins."""
+    import boto3
+    import botocore.session
+
+    session = boto3.Session(profile_name=spec.get("profile"), region_name=spec.get("region"))
+    endpoint = spec.get("endpoint_url")
+    kwargs = {}
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    if session.get_credentials() is None:
+        if endpoint or _env_endpoint(service):
+            # A local endpoint (moto, localstack) needs no real credentials.
+            kwargs.update(aws_access_key_id="testing", aws_secret_access_key="testing")
+        else:
+            raise DiscoveryError(
+                f"{where}: no AWS credentials found (env vars, ~/.aws profile or instance role); "
+                "set AWS_PROFILE or the inventory's profile")
+    return session.client(service, **kwargs)
+
+
+def _env_endpoint(service: str) -> bool:
+    return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}"))
+
+
+def describe_instances(spec: dict) -> list[dict]:
+    import botocore.exceptions as bx
+
+    client = ec2_client(spec)
+    instances = []
+    try:
+        for page in client.get_paginator("describe_instances").paginate(
+                Filters=ec2_filters(spec), PaginationConfig={"PageSize": 100}):
+            for res in page.get("Reservations", []):
+                instances.extend(res.get("Instances", []))
+    except bx.NoCredentialsError:
+        raise DiscoveryError("hosts.ec2: no AWS credentials found (env vars, ~/.aws profile or instance role)") from None
+    except bx.ProfileNotFound as e:
+        raise DiscoveryError(f"hosts.ec2.profile: {e}") from None
+    except bx.EndpointConnectionError as e:
+        raise DiscoveryError(f"hosts.ec2: cannot reach the EC2 API: {e}") from None
+    except bx.ClientError as e:
+        err = e.response.get("Error", {})
+        raise DiscoveryError(f"hosts.ec2: EC2 API refused: {err.get('Code')}: {err.get('Message')}") from None
+    except bx.BotoCoreError as e:
+        raise DiscoveryError(f"hosts.ec2: {e}") from None
+    return instances
+
+
+def ec2_hosts(inv: "Inventory", spec: dict) -> list["Host"]:
+    from .inventory import Host
+
+    import botocore.exceptions as bx
+
+    try:
+        instances = describe_instances(spec)
+    except bx.ProfileNotFound as e:  # raised at session creation
+        raise ConfigError(inv.file_of("hosts.ec2"), "hosts.ec2.profile", str(e)) from None
+    except DiscoveryError as e:
+        raise DiscoveryError(f"{inv.file_of('hosts.ec2')}: {e}") from None
+    filt = ", ".join(f"{f['Name']}={','.join(f['Values'])}" for f in ec2_filters(spec))
+    file = inv.file_of("hosts.ec2")
+    if not instances:
+        raise DiscoveryError(f"{file}: hosts.ec2: no instances in {spec['region']} match {filt}")
+    if spec.get("max_hosts") and len(instances) > spec["max_hosts"]:
+        raise DiscoveryError(
+            f"{file}: hosts.ec2.max_hosts: {len(instances)} instances match {filt}, more than "
+            f"max_hosts={spec['max_hosts']}; refusing (tighten the filters or raise max_hosts)")
+    field = ADDRESS_FIELDS[spec["address"]]
+    ssh = inv.data["ssh"]
+    name_tag = spec["name_tag"]
+    names = [_tags(i).get(name_tag) for i in instances]
+    out = []
+    for inst, tag_name in zip(instances, names):
+        iid = inst["InstanceId"]
+        addr = inst.get(field)
+        if not addr:
+            raise DiscoveryError(
+                f"{file}: hosts.ec2.address: instance {iid} ({tag_name or 'no name'}) has no {spec['address']}")
+        unique = tag_name and names.count(tag_name) == 1
+        name = tag_name if unique else (f"{tag_name}-{iid}" if tag_name else iid)
+        tags = _tags(inst)
+        tags.setdefault("instance-id", iid)
+        out.append(Host(name=name, address=addr, user=ssh["user"], port=ssh["port"],
+                        source=f"ec2 {spec['region']} {iid}", tags=tags, groups=list(spec.get("groups") or [])))
+    out.sort(key=lambda h: h.name)
+    return out
+
+
+def _tags(inst: dict) -> dict:
+    return {t["Key"]: t.get("Value", "") for t in inst.get("Tags") or []}

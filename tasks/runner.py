@@ -1,0 +1,435 @@
+"""Run tasks on hosts: one SSH connection per host per run, hosts in a bounded
+parallel pool, host-prefixed output, per-step ok/changed/skipped/failed, one
+summary table, and a JSON run record under .fabship/runs/.
+
+This is the one thin place where commands built elsewhere are executed.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .commands import MASK, Cmd, Secret, become, mask_text
+from .errors import ConnectError, FabshipError, HostKeyError, StepFailed
+
+OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str
+    message: str = ""
+    duration: float = 0.0
+    dry_run: bool = False
+
+    def as_dict(self):
+        return {"name": self.name, "status": self.status, "message": self.message,
+                "duration": round(self.duration, 3), "dry_run": self.dry_run}
+
+
+@dataclass
+class RemoteResult:
+    command: str
+    stdout: str
+    stderr: str
+    exited: int
+
+    @property
+    def ok(self) -> bool:
+        return self.exited == 0
+
+    def tail(self, n: int = 20) -> str:
+        text = (self.stderr.strip() or self.stdout.strip())
+        return "\n".join(text.splitlines()[-n:])
+
+
+class Output:
+    """Thread-safe, host-prefixed printing with secret masking."""
+
+    def __init__(self, stream=None, secrets: list | None = None):
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+        self.secrets = secrets if secrets is not None else []
+
+    def line(self, prefix: str, text: str, stream=None) -> None:
+        text = mask_text(str(text), self.secrets)
+        with self.lock:
+            out = stream or self.stream
+            for ln in (text.splitlines() or [""]):
+                out.write(f"[{prefix}] {ln}\n" if prefix else f"{ln}\n")
+            out.flush()
+
+
+class PrefixWriter(io.TextIOBase):
+    """A stream for invoke's out_stream that prefixes each line with the host."""
+
+    def __init__(self, out: Output, prefix: str):
+        self.out, self.prefix, self.buf = out, prefix, ""
+
+    def write(self, s):
+        self.buf += s
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            self.out.line(self.prefix, line)
+        return len(s)
+
+    def flush(self):
+        if self.buf:
+            self.out.line(self.prefix, self.buf)
+            self.buf = ""
+
+
+class HostContext:
+    """Everything one host's steps need: its connection, facts, options and
+    the record of what ran. Steps call run()/change() and report results."""
+
+    def __init__(self, run: "Run", host):
+        self.run_ = run
+        self.host = host
+        self.steps: list[StepResult] = []
+        self.commands: list[str] = []
+        self.conn = None
+        self.facts: dict = {}
+        self.data: dict = {}
+        self.started = time.monotonic()
+        self.error: str | None = None
+        self.details: str = ""
+        self.status: str | None = None
+        self.note: str = ""
+
+    # -- options -----------------------------------------------------------------
+    @property
+    def dry_run(self) -> bool:
+        return self.run_.dry_run
+
+    @property
+    def inv(self):
+        return self.run_.inv
+
+    @property
+    def verbose(self) -> int:
+        return self.run_.verbose
+
+    def say(self, text: str) -> None:
+        self.run_.out.line(self.host.name, text)
+
+    def debug(self, text: str, level: int = 1) -> None:
+        if self.verbose >= level:
+            self.say(text)
+
+    # -- connection ------------------------------------------------------------------
+    def connect(self):
+        if self.conn is None:
+            self.conn = self.run_.connect(self.host)
+        return self.conn
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:
+                pass
+            self.conn = None
+
+    # -- running commands --------------------------------------------------------------
+    def run(self, cmd: Cmd | str, *, stdin: bytes | str | Secret | None = None, check: bool = True,
+            timeout: float | None = None, stream: bool | None = None, root: bool = True,
+            what: str = "") -> RemoteResult:
+        """Run one command on the host (as root through sudo when the SSH user
+        is not root). Secrets go on stdin, never on the command line."""
+        conn = self.connect()
+        c = cmd if isinstance(cmd, Cmd) else Cmd(_raw(cmd))
+        if root:
+            c = become(c, self.host.user)
+        text = c.render()
+        self.commands.append(text)
+        self.debug(f"$ {_short(text)}")
+        if isinstance(stdin, Secret):
+            stdin = stdin.reveal()
+        if isinstance(stdin, str):
+            stdin = stdin.encode()
+        streaming = stream if stream is not None else self.verbose >= 2
+        kwargs = dict(hide=not streaming, warn=True, pty=False,
+                      in_stream=io.BytesIO(stdin) if stdin is not None else False,
+                      timeout=timeout or self.inv.data["ssh"]["command_timeout"])
+        if streaming:
+            kwargs["out_stream"] = PrefixWriter(self.run_.out, self.host.name)
+            kwargs["err_stream"] = PrefixWriter(self.run_.out, self.host.name)
+        from invoke.exceptions import CommandTimedOut
+
+        try:
+            r = conn.run(text, **kwargs)
+            res = RemoteResult(text, r.stdout, r.stderr, r.exited)
+        except CommandTimedOut as e:
+            res = RemoteResult(text, e.result.stdout, e.result.stderr, 124)
+        except (OSError, EOFError) as e:
+            raise ConnectError(f"{self.host.address}: connection lost: {e}") from None
+        if check and not res.ok:
+            label = what or _short(text, 120)
+            raise StepFailed(f"{label} failed (exit {res.exited})", self.mask(res.tail()))
+        return res
+
+    def mask(self, text: str) -> str:
+        return mask_text(text, self.run_.secrets)
+
+    # -- results ---------------------------------------------------------------------------
+    def record(self, name: str, status: str, message: str = "", started: float | None = None) -> StepResult:
+        dur = time.monotonic() - started if started else 0.0
+        sr = StepResult(name, status, self.mask(message), dur, self.dry_run and status == CHANGED)
+        self.steps.append(sr)
+        shown = {CHANGED: "would change" if self.dry_run else "changed"}.get(status, status)
+        if status != OK or self.verbose >= 1:
+            self.say(f"{shown:<12} {name}" + (f": {sr.message}" if sr.message else ""))
+        return sr
+
+    def ok(self, name: str, message: str = "") -> StepResult:
+        return self.record(name, OK, message)
+
+    def skipped(self, name: str, why: str) -> StepResult:
+        return self.record(name, SKIPPED, why)
+
+    def changed(self, name: str, message: str = "") -> StepResult:
+        return self.record(name, CHANGED, message)
+
+    def change(self, name: str, message: str, *cmds: Cmd, stdin=None, diff: str = "",
+               timeout: float | None = None) -> StepResult:
+        """Apply a change: in dry-run, show what would run (and the diff) and
+        run nothing; otherwise run each command, failing the step on error."""
+        t0 = time.monotonic()
+        if self.dry_run:
+            sr = self.record(name, CHANGED, message, t0)
+            if diff:
+                self.say(diff.rstrip("\n"))
+            for c in cmds:
+                self.say(f"  would run: {_short(become(c, self.host.user).render(), 300)}")
+            return sr
+        try:
+            for c in cmds:
+                self.run(c, stdin=stdin, timeout=timeout, what=name)
+        except StepFailed as e:
+            self.record(name, FAILED, f"{e.message}", t0)
+            raise
+        if diff and self.verbose >= 1:
+            self.say(diff.rstrip("\n"))
+        return self.record(name, CHANGED, message, t0)
+
+    def fail(self, name: str, message: str, details: str = ""):
+        self.record(name, FAILED, message)
+        raise StepFailed(f"{name}: {message}", details)
+
+    @property
+    def changed_count(self) -> int:
+        return sum(1 for s in self.steps if s.status == CHANGED)
+
+    def outcome(self) -> str:
+        if self.status:
+            return self.status
+        if self.error:
+            return FAILED
+        return CHANGED if self.changed_count else OK
+
+
+def _raw(text: str):
+    from .commands import Raw
+
+    return Raw(text)
+
+
+def _short(text: str, n: int = 200) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= n else one[: n - 3] + "..."
+
+
+class Run:
+    """One `fab TASK` invocation over an inventory's hosts."""
+
+    def __init__(self, task: str, inv, hosts: list, *, parallel: int = 10, dry_run: bool = False,
+                 verbose: int = 0, accept_new_host_keys: bool = False, out: Output | None = None,
+                 options: dict | None = None):
+        self.task = task
+        self.inv = inv
+        self.hosts = hosts
+        self.parallel = max(1, int(parallel or 1))
+        self.dry_run = dry_run
+        self.verbose = int(verbose or 0)
+        self.accept_new = accept_new_host_keys
+        self.secrets: list[Secret] = []
+        self.out = out or Output(secrets=self.secrets)
+        self.out.secrets = self.secrets
+        self.options = options or {}
+        self.contexts: dict[str, HostContext] = {h.name: HostContext(self, h) for h in hosts}
+        self.started_at = datetime.now(timezone.utc)
+        self.t0 = time.monotonic()
+        self.extra: dict = {}
+        from .ssh import check_key_file, known_hosts_path
+
+        self.key_file = check_key_file(inv, inv.data["ssh"].get("key_file"))
+        self.known_hosts = known_hosts_path(inv)
+
+    def add_secrets(self, values: Iterable) -> None:
+        for v in values:
+            if isinstance(v, Secret) and v not in self.secrets:
+                self.secrets.append(v)
+
+    def connect(self, host):
+        from .ssh import connect
+
+        return connect(host, self.inv.data["ssh"], key_file=self.key_file, known_hosts=self.known_hosts,
+                       accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m))
+
+    def ctx(self, host) -> HostContext:
+        return self.contexts[host.name]
+
+    def each(self, fn: Callable[[HostContext], object], hosts: list | None = None,
+             parallel: int | None = None) -> dict[str, HostContext]:
+        """Run fn(ctx) for each host in a bounded pool. A host's failure is
+        recorded on its context, never raised: the summary reports it."""
+        targets = hosts if hosts is not None else self.hosts
+        width = min(parallel or self.parallel, max(1, len(targets)))
+
+        def one(h):
+            c = self.contexts[h.name]
+            try:
+                fn(c)
+            except (HostKeyError, ConnectError) as e:
+                c.error = self.mask_text(str(e))
+                c.status = "unreachable"
+                self.out.line(h.name, f"unreachable  {c.error}")
+            except StepFailed as e:
+                c.error = self.mask_text(e.message)
+                c.details = self.mask_text(e.details or "")
+                self.out.line(h.name, f"FAILED       {c.error}")
+                if c.details:
+                    for ln in c.details.splitlines()[-40:]:
+                        self.out.line(h.name, f"  | {ln}")
+            except FabshipError as e:
+                c.error = self.mask_text(str(e))
+                self.out.line(h.name, f"FAILED       {c.error}")
+            except KeyboardInterrupt:
+                c.error = "interrupted"
+                raise
+            except Exception as e:  # a bug: keep the traceback in the run record only
+                c.error = self.mask_text(f"internal error: {type(e).__name__}: {e}")
+                c.details = self.mask_text(traceback.format_exc())
+                self.out.line(h.name, f"FAILED       {c.error}")
+                if self.verbose >= 1:
+                    for ln in c.details.splitlines():
+                        self.out.line(h.name, f"  | {ln}")
+            return c
+
+        if width == 1 or len(targets) <= 1:
+            for h in targets:
+                one(h)
+        else:
+            with ThreadPoolExecutor(max_workers=width, thread_name_prefix="fabship") as pool:
+                list(pool.map(one, targets))
+        return {h.name: self.contexts[h.name] for h in targets}
+
+    def mask_text(self, text: str) -> str:
+        return mask_text(text, self.secrets)
+
+    def close(self) -> None:
+        for c in self.contexts.values():
+            c.close()
+
+    # -- reporting ---------------------------------------------------------------------
+    def failed_hosts(self) -> list[str]:
+        return [n for n, c in self.contexts.items() if c.outcome() in (FAILED, "unreachable")]
+
+    def summary(self, columns: Callable[[HostContext], str] | None = None, title: str = "") -> None:
+        rows = []
+        for h in self.hosts:
+            c = self.contexts[h.name]
+            ok = sum(1 for s in c.steps if s.status == OK)
+            ch = c.changed_count
+            sk = sum(1 for s in c.steps if s.status == SKIPPED)
+            fl = sum(1 for s in c.steps if s.status == FAILED) or (1 if c.error else 0)
+            note = columns(c) if columns else (c.note or "")
+            if c.error:
+                note = (note + "; " if note else "") + c.error
+            rows.append([h.name, h.address, c.outcome().upper() if c.error else c.outcome(), str(ok),
+                         str(ch), str(sk), str(fl), f"{time.monotonic() - c.started:.1f}s"
+                         if not c.steps else f"{sum(s.duration for s in c.steps):.1f}s", _short(note, 100)])
+        head = ["HOST", "ADDRESS", "RESULT", "OK", "CHANGED" if not self.dry_run else "WOULD", "SKIPPED",
+                "FAILED", "TIME", "NOTE"]
+        print_table(head, rows, self.out, title=title or f"{self.task}{' (dry run)' if self.dry_run else ''}"
+                    f" on {len(self.hosts)} host(s) in {time.monotonic() - self.t0:.1f}s")
+
+    def record_path(self) -> Path:
+        from .inventory import project_root
+
+        d = Path(os.environ.get("FABSHIP_RUNS_DIR") or project_root() / ".fabship" / "runs")
+        d.mkdir(parents=True, exist_ok=True)
+        stamp = self.started_at.strftime("%Y%m%dT%H%M%S")
+        return d / f"{stamp}-{self.task}-{os.getpid()}.json"
+
+    def write_record(self) -> Path | None:
+        rec = {
+            "task": self.task,
+            "inventory": str(self.inv.path),
+            "inventory_files": self.inv.files,
+            "started": self.started_at.isoformat(),
+            "duration": round(time.monotonic() - self.t0, 3),
+            "dry_run": self.dry_run,
+            "options": {k: v for k, v in self.options.items() if not isinstance(v, Secret)},
+            "control_host": socket.gethostname(),
+            "user": os.environ.get("USER") or os.environ.get("LOGNAME") or "",
+            "hosts": {},
+            "extra": self.extra,
+        }
+        for n, c in self.contexts.items():
+            rec["hosts"][n] = {
+                "address": c.host.address,
+                "result": c.outcome(),
+                "changed": c.changed_count,
+                "failures": [s.as_dict() for s in c.steps if s.status == FAILED] or
+                            ([{"name": "host", "message": c.error}] if c.error else []),
+                "error": c.error,
+                "details": c.details,
+                "steps": [s.as_dict() for s in c.steps],
+                "remote_commands": len(c.commands),
+                "commands": c.commands,
+                "note": c.note,
+            }
+        text = self.mask_text(json.dumps(rec, indent=2, default=str))
+        try:
+            p = self.record_path()
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            return p
+        except OSError:
+            return None
+
+    def finish(self) -> int:
+        """Write the record; return the exit code (1 if any host failed)."""
+        self.close()
+        self.write_record()
+        return 1 if self.failed_hosts() else 0
+
+
+def print_table(head: list[str], rows: list[list[str]], out: Output | None = None, title: str = "") -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
+    for r in rows:
+        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    text = "\n".join(lines)
+    if out:
+        out.line("", text)
+    else:
+        print(text)

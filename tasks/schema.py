@@ -1,0 +1,276 @@
+"""The inventory schema: every key an inventory may hold, its type and default.
+
+One section per concern. Unknown keys anywhere are errors.
+"""
+from __future__ import annotations
+
+from .schema_types import (
+    F, Any_, Bool, Enum, Int, List, Map, Mode, Number, OneOfShapes, SchemaError, Size, Str, Struct,
+)
+
+NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+ENV_KEY = r"[A-Za-z_][A-Za-z0-9_]*"
+ADDRESS = Str(r"[A-Za-z0-9_.:\-\[\]]+", "a host name or IP address")
+ABS_PATH = Str(r"/.*", "an absolute path (starting with /)")
+
+# -- hosts -------------------------------------------------------------------
+
+STATIC_HOST = Struct({
+    "address": F(ADDRESS, required=True),
+    "user": F(Str()),
+    "port": F(Int(1, 65535)),
+    "tags": F(Map(Str(non_empty=False)), default={}),
+    "groups": F(List(Str(NAME, "a group name")), default=[]),
+    "vars": F(Map(Any_()), default={}),
+})
+
+
+def _static_selector(value):
+    if isinstance(value, list):
+        return List(ADDRESS, min_items=1)
+    if isinstance(value, dict):
+        return Map(OneOfShapes(
+            lambda v: ADDRESS if isinstance(v, str) else STATIC_HOST if isinstance(v, dict) else None,
+            "an address, or a mapping with address/user/port/tags/groups/vars",
+        ), NAME, "letters, digits, '.', '_' or '-'")
+    return None
+
+
+STATIC = OneOfShapes(_static_selector, "a list of addresses, or a mapping of host name to address")
+
+EC2 = Struct({
+    "region": F(Str(r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region such as eu-west-1"), required=True),
+    "filters": F(Map(OneOfShapes(
+        lambda v: Str() if isinstance(v, (str, int)) and not isinstance(v, bool)
+        else List(Str(), min_items=1) if isinstance(v, list) else None,
+        "a value or a list of values",
+    )), default={}),
+    "address": F(Enum("private_ip", "public_ip", "public_dns"), default="private_ip"),
+    "name_tag": F(Str(), default="Name"),
+    "max_hosts": F(Int(1)),
+    "profile": F(Str()),
+    "endpoint_url": F(Str(r"https?://.+", "an http(s) URL")),
+    "groups": F(List(Str(NAME, "a group name")), default=[]),
+})
+
+
+def _one_provider(value, path):
+    given = [k for k in ("static", "ec2") if value.get(k) is not None]
+    if len(given) != 1:
+        raise SchemaError(path, "expected exactly one host source: 'static' or 'ec2'"
+                          + (f" (got both)" if len(given) == 2 else " (got none)"))
+
+
+HOSTS = Struct({"static": F(STATIC), "ec2": F(EC2)}, validator=_one_provider, fill_default=False)
+
+SSH = Struct({
+    "user": F(Str(), default="root"),
+    "key_file": F(Str()),
+    "port": F(Int(1, 65535), default=22),
+    "known_hosts": F(Str(), default="~/.ssh/known_hosts"),
+    "connect_timeout": F(Number(min=1), default=10),
+    "command_timeout": F(Number(min=1), default=1800),
+})
+
+GROUP = Struct({
+    "hosts": F(List(Str(NAME, "a host name")), default=[]),
+    "tags": F(Map(Str(non_empty=False)), default={}),
+    "vars": F(Map(Any_()), default={}),
+})
+
+# -- app and what bootstrap builds ---------------------------------------------
+
+UNIT = Struct({
+    "restart_sec": F(Int(0), default=5),
+    "hardening": F(Bool(), default=True),
+    "environment": F(Map(Str(non_empty=False), ENV_KEY, "an environment variable name"), default={}),
+    "after": F(List(Str()), default=["network-online.target"]),
+    "extra": F(Map(Str(non_empty=False)), default={}),
+})
+
+APP = Struct({
+    "name": F(Str(NAME, "an app name (letters, digits, '.', '_' or '-')"), required=True),
+    "kind": F(Enum("node", "docker", "compose", "python", "static"), required=True),
+    "user": F(Str(NAME, "a user name")),
+    "group": F(Str(NAME, "a group name")),
+    "root": F(ABS_PATH),
+    "config_dir": F(ABS_PATH),
+    "port": F(Int(1, 65535)),
+    "start": F(Str()),
+    "root_mode": F(Mode(), default="0755"),
+    "config_dir_mode": F(Mode(), default="0750"),
+    "shared_dirs": F(List(Str()), default=[]),
+    "shared_files": F(List(Str()), default=[]),
+    "node_version": F(Str(r"\d+", "a Node.js major version such as 20")),
+    "python_version": F(Str(r"3(\.\d+)?", "a Python 3 version such as 3.11")),
+    "unit": F(UNIT),
+}, fill_default=False)
+
+SWAP = Struct({
+    "size": F(Size(), required=True),
+    "path": F(ABS_PATH, default="/swapfile"),
+}, fill_default=False)
+
+NGINX = Struct({
+    "enabled": F(Bool(), default=True),
+    "server_name": F(Str()),
+    "client_max_body_size": F(Size(), default="10M"),
+    "websocket": F(Bool(), default=True),
+    "proxy_read_timeout": F(Int(1), default=60),
+    "remove_default_site": F(Bool(), default=True),
+}, fill_default=False)
+
+TLS = Struct({
+    "enabled": F(Bool(), default=False),
+    "email": F(Str(r"[^@\s]+@[^@\s]+", "an e-mail address")),
+    "domains": F(List(Str(), single_ok=True), default=[]),
+    "method": F(Enum("nginx", "webroot"), default="nginx"),
+    "acme_server": F(Str(r"https?://.+", "an ACME directory URL")),
+    "acme_ca_file": F(Str()),
+    "min_days": F(Int(1), default=30),
+})
+
+DOCKER = Struct({
+    "registry": F(Str()),
+    "insecure_registries": F(List(Str()), default=[]),
+    "image": F(Str()),
+    "container_port": F(Int(1, 65535)),
+    "run_args": F(List(Str()), default=[]),
+    "restart": F(Enum("no", "always", "unless-stopped", "on-failure"), default="unless-stopped"),
+    "secrets_dir": F(ABS_PATH),
+    "secret_files": F(Map(Str()), default={}),
+    "certs_dir": F(ABS_PATH),
+    "cert_files": F(Map(Str()), default={}),
+    "compose_file": F(Str()),
+    "compose_project": F(Str()),
+    "compose_tag_vars": F(List(Str(ENV_KEY, "a variable name")), default=["TAG"]),
+})
+
+# -- env file and its contract -------------------------------------------------
+
+RULE = Struct({
+    "non_empty": F(Bool()),
+    "min_length": F(Int(0)),
+    "max_length": F(Int(1)),
+    "hex": F(Bool()),
+    "base64": F(Bool()),
+    "url": F(Bool()),
+    "one_of": F(List(Str(non_empty=False), min_items=1)),
+    "int_range": F(List(Int(), min_items=2)),
+    "pattern": F(Str()),
+}, fill_default=False)
+
+CONTRACT = Struct({
+    "required": F(List(Str(ENV_KEY, "an environment variable name")), default=[]),
+    "optional": F(List(Str(ENV_KEY, "an environment variable name")), default=[]),
+    "allow_unknown": F(Bool(), default=False),
+    "rules": F(Map(RULE, ENV_KEY, "an environment variable name"), default={}),
+    "differ_from": F(List(Str()), default=[]),
+    "differ_keys": F(List(Str(ENV_KEY, "an environment variable name")), default=[]),
+})
+
+ENV_SOURCE = Struct({
+    "type": F(Enum("file", "secretsmanager", "ssm"), default="file"),
+    "file": F(Str()),
+    "secret_id": F(Str()),
+    "format": F(Enum("auto", "json", "dotenv"), default="auto"),
+    "path": F(Str(r"/.*", "an SSM parameter path starting with /")),
+    "region": F(Str()),
+    "profile": F(Str()),
+    "endpoint_url": F(Str(r"https?://.+", "an http(s) URL")),
+}, fill_default=False)
+
+ENV = Struct({
+    "path": F(ABS_PATH),
+    "owner": F(Str(), default="root"),
+    "group": F(Str()),
+    "mode": F(Mode(), default="0600"),
+    "keep_previous": F(Int(0), default=5),
+    "source": F(ENV_SOURCE),
+    "contract": F(CONTRACT),
+}, fill_default=False)
+
+# -- deploy, health, verify ---------------------------------------------------
+
+HEALTH = Struct({
+    "path": F(Str(r"/.*", "a URL path starting with /"), default="/health"),
+    "port": F(Int(1, 65535)),
+    "scheme": F(Enum("http", "https"), default="http"),
+    "method": F(Enum("GET", "HEAD", "POST"), default="GET"),
+    "headers": F(Map(Str(non_empty=False)), default={}),
+    "expect_status": F(Int(100, 599), default=200),
+    "body_contains": F(Str()),
+    "timeout": F(Number(min=0.1), default=5),
+    "interval": F(Number(min=0.05), default=1),
+    "retries": F(Int(1), default=30),
+})
+
+DEPLOY = Struct({
+    "source": F(Enum("git", "artifact", "image", "compose"), required=True),
+    "repo": F(Str()),
+    "ref": F(Str(), default="main"),
+    "artifact": F(Str()),
+    "build": F(List(Str()), default=[]),
+    "strategy": F(Enum("blue_green", "restart"), default="blue_green"),
+    "ports": F(List(Int(1, 65535))),
+    "keep_releases": F(Int(1), default=5),
+    "batch": F(Str(r"\d+%?", "a count such as 2 or a percent such as 25%")),
+    "max_fail": F(Str(r"\d+%?", "a count such as 1 or a percent such as 10%"), default="0"),
+    "rollback_fleet": F(Bool(), default=True),
+    "lock_wait": F(Number(min=0), default=0),
+    "image": F(Str()),
+    "tag": F(Str()),
+}, fill_default=False)
+
+HTTP_CHECK = Struct({
+    "name": F(Str()),
+    "method": F(Enum("GET", "HEAD", "POST", "PUT", "DELETE"), default="GET"),
+    "path": F(Str(r"/.*", "a URL path starting with /"), required=True),
+    "headers": F(Map(Str(non_empty=False)), default={}),
+    "body": F(Str(non_empty=False)),
+    "expect_status": F(Int(100, 599), default=200),
+    "body_contains": F(Str()),
+    "via": F(Enum("app", "nginx", "https"), default="app"),
+})
+
+VERIFY = Struct({
+    "gate": F(Map(Bool()), default={}),
+    "checks": F(List(HTTP_CHECK), default=[]),
+    "cert_min_days": F(Int(0), default=14),
+    "cert_issuer": F(Str()),
+    "swap_tolerance": F(Number(min=0), default=0.05),
+})
+
+ALB = Struct({
+    "target_group_arn": F(Str(r"arn:aws[a-z\-]*:elasticloadbalancing:.+", "a target group ARN"), required=True),
+    "region": F(Str()),
+    "endpoint_url": F(Str(r"https?://.+", "an http(s) URL")),
+    "port": F(Int(1, 65535)),
+    "drain_timeout": F(Number(min=0), default=30),
+}, fill_default=False)
+
+HOOKS = Struct({"alb": F(ALB)}, fill_default=False)
+
+SANDBOX = Map(Any_())
+
+INVENTORY = Struct({
+    "include": F(List(Str(), single_ok=True), default=[]),
+    "description": F(Str(non_empty=False)),
+    "environment": F(Str(NAME, "an environment name such as dev or prod")),
+    "hosts": F(HOSTS, required=True),
+    "ssh": F(SSH),
+    "groups": F(Map(GROUP, NAME, "letters, digits, '.', '_' or '-'"), default={}),
+    "vars": F(Map(Any_()), default={}),
+    "packages": F(List(Str(r"[A-Za-z0-9][A-Za-z0-9+.\-_:]*", "a package name")), default=[]),
+    "swap": F(SWAP),
+    "app": F(APP),
+    "nginx": F(NGINX),
+    "tls": F(TLS),
+    "docker": F(DOCKER),
+    "env": F(ENV),
+    "deploy": F(DEPLOY),
+    "health": F(HEALTH),
+    "verify": F(VERIFY),
+    "hooks": F(HOOKS),
+    "sandbox": F(SANDBOX, default={}),
+})
