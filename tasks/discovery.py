@@ -74,11 +74,13 @@ def ec2_client(spec: dict, service: str = "ec2", *, where: str = "hosts.ec2"):
     instance role) with an explicit region. AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE>
     are honoured by botocore itself; `endpoint_url` in the inventory wins."""
     import boto3
-    import botocore.session
+    from botocore.config import Config
 
     session = boto3.Session(profile_name=spec.get("profile"), region_name=spec.get("region"))
     endpoint = spec.get("endpoint_url")
-    kwargs = {}
+    # Fail fast on an unreachable endpoint: a CLI user should not wait through
+    # botocore's default five attempts with backoff.
+    kwargs = {"config": Config(connect_timeout=5, read_timeout=30, retries={"total_max_attempts": 2, "mode": "standard"})}
     if endpoint:
         kwargs["endpoint_url"] = endpoint
     if session.get_credentials() is None:

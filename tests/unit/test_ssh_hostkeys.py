@@ -1,0 +1,99 @@
+"""Strict host key checking against a real (in-process paramiko) SSH server."""
+import paramiko
+import pytest
+
+from tasks.errors import HostKeyError
+from tasks.inventory import load_inventory
+from tasks.runner import Run
+from tests.unit.sshd import TinySSHD
+
+
+@pytest.fixture
+def client_key(tmp_path):
+    key = paramiko.ECDSAKey.generate()
+    path = tmp_path / "id_ecdsa"
+    key.write_private_key_file(str(path))
+    return key, path
+
+
+@pytest.fixture
+def server(client_key):
+    s = TinySSHD(client_key[0])
+    yield s
+    s.stop()
+
+
+def make_run(tmp_path, server, client_key, known_hosts, accept_new=False):
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(
+        f"hosts: {{static: {{local: {{address: 127.0.0.1, port: {server.port}}}}}}}\n"
+        f"ssh: {{user: root, key_file: {client_key[1]}, known_hosts: {known_hosts}, connect_timeout: 5}}\n")
+    inv = load_inventory(str(inv_path))
+    return Run("test", inv, inv.resolve_hosts(), accept_new_host_keys=accept_new)
+
+
+def known_line(server):
+    k = server.host_key
+    return f"[127.0.0.1]:{server.port} {k.get_name()} {k.get_base64()}\n"
+
+
+def test_unknown_key_is_refused(tmp_path, server, client_key):
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    run = make_run(tmp_path, server, client_key, kh)
+    ctx = run.ctx(run.hosts[0])
+    with pytest.raises(HostKeyError) as e:
+        ctx.connect()
+    assert "not in" in str(e.value) and "--accept-new-host-keys" in str(e.value)
+    assert server.commands == []
+    assert kh.read_text() == ""
+
+
+def test_known_key_connects_and_runs(tmp_path, server, client_key):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_line(server))
+    run = make_run(tmp_path, server, client_key, kh)
+    ctx = run.ctx(run.hosts[0])
+    assert ctx.run("echo hello").stdout == "hello\n"
+    assert ctx.run("echo again").stdout == "again\n"
+    # one connection per host per run: the same transport served both commands
+    assert ctx.conn.transport.is_active()
+    run.close()
+
+
+def test_changed_key_is_refused_even_with_accept_new(tmp_path, server, client_key):
+    other = paramiko.ECDSAKey.generate()
+    kh = tmp_path / "known_hosts"
+    kh.write_text(f"[127.0.0.1]:{server.port} {other.get_name()} {other.get_base64()}\n")
+    before = kh.read_text()
+    run = make_run(tmp_path, server, client_key, kh, accept_new=True)
+    with pytest.raises(HostKeyError, match="HOST KEY CHANGED"):
+        run.ctx(run.hosts[0]).connect()
+    assert kh.read_text() == before
+    assert server.commands == []
+
+
+def test_accept_new_records_the_key(tmp_path, server, client_key):
+    kh = tmp_path / "known_hosts"
+    run = make_run(tmp_path, server, client_key, kh, accept_new=True)
+    ctx = run.ctx(run.hosts[0])
+    ctx.run("true")
+    run.close()
+    assert kh.read_text() == known_line(server)
+    # and afterwards strict mode accepts it
+    run2 = make_run(tmp_path, server, client_key, kh)
+    assert run2.ctx(run2.hosts[0]).run("echo ok").stdout == "ok\n"
+    run2.close()
+
+
+def test_secret_goes_on_stdin_not_command_line(tmp_path, server, client_key):
+    from tasks.commands import Cmd, Secret
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_line(server))
+    run = make_run(tmp_path, server, client_key, kh)
+    ctx = run.ctx(run.hosts[0])
+    r = ctx.run(Cmd("cat"), stdin=Secret("CANARY-stdin-42"))
+    assert r.stdout == "CANARY-stdin-42"
+    assert all("CANARY" not in c for c in server.commands + ctx.commands)
+    run.close()
