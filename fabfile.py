@@ -67,7 +67,10 @@ def unlock(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host
 def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
                dry_run=False, lock_wait=None, gate=True, env_file=None, show_hashes=False):
     """Validate, install and apply a new env file; restore the old one if the app fails its health check."""
-    not_available("rotate-env", "issue 6")
+    from tasks.rotate_env import rotate_env as run_rotate_env
+
+    run_rotate_env(inventory, set, limit, parallel, accept_new_host_keys, verbose, dry_run, lock_wait, gate,
+                   env_file, show_hashes)
 
 
 @fabship_task(help=helps(*COMMON))

@@ -1,0 +1,405 @@
+"""`fab rotate-env`: validated, atomic, versioned, reversible env rotation.
+
+Before anything connects: load the new values (--env-file or env.source:
+file, Secrets Manager, SSM), check them against env.contract (rule names in
+messages, never values) and against differ_from inventories. Then per host,
+under the deploy lock:
+
+  1. facts (one round trip): the env file's sha256, owner/group/mode, a
+     short hash per key (computed on the host: old values never leave it),
+     and the current release;
+  2. diff by key name (added/removed/changed; hashes only with --show-hashes);
+  3. install: temp file 0600 in the target dir, fsync, rename; the previous
+     version kept as PATH.prev (older ones PATH.prev.1..; env.keep_previous);
+  4. restart with the deploy strategy and health-check (service.restart_app);
+  5. on failure: put the previous file back (checked against its sha256),
+     restart again, and fail the host with the reason;
+  6. on success: snapshot the env file for the current release
+     (APP_ROOT/.fabship/env/<release>.env, root 0600) so `fab rollback`
+     restores code and env together; one audit line either way.
+
+`--dry-run` validates, shows the key diff per host and changes nothing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .commands import Cmd, Secret, script, sh
+from .envfile import (
+    describe_diff, install_env_file, key_diff, key_hashes_cmd, parse_key_hashes, render_dotenv, sha256_hex,
+    value_hashes,
+)
+from .errors import ConfigError, StepFailed
+
+MARK = "@@fabship:"
+# Values shorter than this are not registered for output masking: masking
+# "true" or "info" would garble output and run records, and a value that
+# short is not a secret worth the name. (Nothing prints values anyway.)
+MASK_MIN = 8
+
+
+# -- where the env file lives ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class EnvTarget:
+    app: str
+    kind: str
+    path: str
+    owner: str
+    group: str
+    mode: str
+    keep: int
+    state: str       # APP_ROOT/.fabship
+    current: str     # APP_ROOT/current
+
+    @classmethod
+    def from_inventory(cls, inv) -> "EnvTarget":
+        from .releases import Layout
+
+        if not inv.get("app.name"):
+            raise inv.error("app.name", "required: rotate-env installs the env file of this app")
+        lay = Layout.from_inventory(inv)
+        mode = inv.get("env.mode") or "0600"
+        return cls(app=lay.app, kind=lay.kind or "", path=lay.env_path, owner=inv.get("env.owner") or "root",
+                   group=inv.get("env.group") or lay.group, mode=mode,
+                   keep=max(1, int(inv.get("env.keep_previous", 5))), state=lay.state, current=lay.current)
+
+    @property
+    def snapshots(self) -> str:
+        return f"{self.state}/env"
+
+    def snapshot(self, rid: str) -> str:
+        return f"{self.snapshots}/{rid}.env"
+
+
+# -- command builders (pure) --------------------------------------------------------------
+
+def facts_cmd(t: EnvTarget) -> Cmd:
+    """One round trip: env file state, per-key hashes, current release."""
+    return Cmd("sh", "-c", "\n".join([
+        sh("f={}", t.path).render(),
+        f"echo {MARK}file",
+        'if [ -f "$f" ]; then echo "present $(sha256sum < "$f" | cut -d" " -f1) $(stat -c %U:%G:%a -- "$f")";'
+        " else echo missing; fi",
+        f"echo {MARK}keys",
+        key_hashes_cmd(t.path).render() + " || true",
+        f"echo {MARK}current",
+        sh("readlink -- {} 2>/dev/null || true", t.current).render(),
+        f"echo {MARK}end",
+    ]))
+
+
+@dataclass
+class EnvFacts:
+    exists: bool = False
+    sha: str | None = None
+    owner: str = ""
+    group: str = ""
+    mode: str = ""
+    hashes: dict = field(default_factory=dict)
+    current: str | None = None
+
+    def perms_ok(self, t: EnvTarget) -> bool:
+        return (self.owner, self.group, self.mode) == (t.owner, t.group, t.mode.lstrip("0") or "0")
+
+
+def parse_facts(text: str) -> EnvFacts:
+    sec: dict[str, list[str]] = {}
+    cur = None
+    for ln in text.splitlines():
+        if ln.startswith(MARK):
+            cur = ln[len(MARK):].strip()
+            sec[cur] = []
+        elif cur:
+            sec[cur].append(ln)
+    f = EnvFacts()
+    line = (sec.get("file") or ["missing"])[0].split()
+    if line and line[0] == "present" and len(line) >= 3:
+        f.exists, f.sha = True, line[1]
+        own = line[2].split(":")
+        if len(own) == 3:
+            f.owner, f.group, f.mode = own
+    f.hashes = parse_key_hashes("\n".join(sec.get("keys", [])))
+    link = "\n".join(sec.get("current", [])).strip()
+    if link:
+        f.current = link.rstrip("/").rsplit("/", 1)[-1]
+    return f
+
+
+def _put_in_place(t: EnvTarget, src: str, keep: int) -> list[str]:
+    """Script lines: copy $src over the env file atomically (temp 0600 in the
+    same dir, fsync, owner/mode, rename), keeping the old one as .prev when keep>0."""
+    return [
+        "umask 077",
+        sh("f={} src={} owner={} group={} mode={} keep={}", t.path, src, t.owner, t.group,
+           t.mode if t.mode.startswith("0") else "0" + t.mode, keep).render(),
+        'dir=$(dirname -- "$f"); base=$(basename -- "$f")',
+        'tmp=$(mktemp "$dir/.$base.XXXXXX")',
+        "trap 'rm -f \"$tmp\"' EXIT",
+        'cat -- "$src" > "$tmp"',
+        'sync -- "$tmp" 2>/dev/null || sync',
+        'chown -- "$owner:$group" "$tmp"',
+        'chmod -- "$mode" "$tmp"',
+        'if [ -f "$f" ] && [ "$keep" -gt 0 ]; then',
+        '  i=$((keep - 1)); while [ "$i" -gt 1 ]; do',
+        '    [ -f "$f.prev.$((i - 1))" ] && mv -f -- "$f.prev.$((i - 1))" "$f.prev.$i"; i=$((i - 1)); done',
+        '  if [ "$keep" -gt 1 ] && [ -f "$f.prev" ]; then mv -f -- "$f.prev" "$f.prev.1"; fi',
+        '  ln -f -- "$f" "$f.prev"; chmod 0600 -- "$f.prev"',
+        "fi",
+        'mv -f -- "$tmp" "$f"',
+        "trap - EXIT",
+        'sync -- "$dir" 2>/dev/null || true',
+    ]
+
+
+def restore_previous_cmd(t: EnvTarget, old_sha: str | None) -> Cmd:
+    """Put PATH.prev back (only if it is the version we replaced: sha256
+    check), or remove the file when there was none before."""
+    if not old_sha:
+        return sh("rm -f -- {} && echo removed", t.path)
+    return script([
+        sh("want={} prev={}", old_sha, f"{t.path}.prev"),
+        '[ -f "$prev" ] || { echo "$prev is missing: cannot restore the previous env file" >&2; exit 3; }',
+        'got=$(sha256sum < "$prev" | cut -d" " -f1)',
+        '[ "$got" = "$want" ] || { echo "$prev is not the version that was replaced (sha256 differs)" >&2; exit 4; }',
+        *_put_in_place(t, f"{t.path}.prev", keep=0),
+        "echo restored",
+    ])
+
+
+def snapshot_cmd(t: EnvTarget, rid: str) -> Cmd:
+    """Record the env file a release runs with: APP_ROOT/.fabship/env/<rid>.env
+    (root 0600 in a root 0700 dir). Rollback to <rid> restores it."""
+    from .releases import is_release_id
+
+    if not is_release_id(rid):
+        raise ValueError(f"not a release id: {rid!r}")
+    return script([
+        "umask 077",
+        sh("f={} d={} dst={}", t.path, t.snapshots, t.snapshot(rid)),
+        'install -d -m 0700 -o root -g root -- "$d"',
+        'if [ -f "$f" ]; then',
+        '  tmp=$(mktemp "$d/.snapshot.XXXXXX"); cat -- "$f" > "$tmp"; sync -- "$tmp" 2>/dev/null || true',
+        '  mv -f -- "$tmp" "$dst"; echo "snapshot $(sha256sum < "$dst" | cut -d" " -f1)"',
+        'else rm -f -- "$dst"; echo none; fi',
+    ])
+
+
+def release_env_restore_cmd(t: EnvTarget, rid: str) -> Cmd:
+    """For `fab rollback` to <rid>: install the release's env snapshot as the
+    env file (atomic, old one kept as .prev). Prints `missing`, `unchanged`
+    or `changed old=<sha|-> new=<sha>`."""
+    from .releases import is_release_id
+
+    if not is_release_id(rid):
+        raise ValueError(f"not a release id: {rid!r}")
+    return script([
+        sh("snap={} f0={}", t.snapshot(rid), t.path),
+        '[ -f "$snap" ] || { echo missing; exit 0; }',
+        'new=$(sha256sum < "$snap" | cut -d" " -f1); old=-',
+        '[ -f "$f0" ] && old=$(sha256sum < "$f0" | cut -d" " -f1)',
+        '[ "$new" != "$old" ] || { echo unchanged; exit 0; }',
+        *_put_in_place(t, t.snapshot(rid), keep=t.keep),
+        'echo "changed old=$old new=$new"',
+    ])
+
+
+def snapshot_delete_cmd(t: EnvTarget, rids: list[str]) -> Cmd | None:
+    """Prune snapshots together with their releases."""
+    from .releases import is_release_id
+
+    if not rids:
+        return None
+    for r in rids:
+        if not is_release_id(r):
+            raise ValueError(f"not a release id: {r!r}")
+    return Cmd("rm", "-f", "--", *[t.snapshot(r) for r in rids])
+
+
+# -- for deploy/rollback (ARCHITECTURE.md "Env files") -------------------------------------
+
+def snapshot_release_env(ctx, rid: str) -> str | None:
+    """After a release went live: record its env file. Returns the sha256 (or None)."""
+    t = EnvTarget.from_inventory(ctx.inv)
+    if ctx.dry_run:
+        return None
+    r = ctx.run(snapshot_cmd(t, rid), what="env snapshot")
+    out = r.stdout.strip().split()
+    return out[1] if len(out) == 2 and out[0] == "snapshot" else None
+
+
+def restore_release_env(ctx, rid: str) -> str:
+    """Before rollback restarts <rid>: restore the env it ran with.
+    Returns "missing" (no snapshot: env left as it is), "unchanged" or "changed"."""
+    t = EnvTarget.from_inventory(ctx.inv)
+    cmd = release_env_restore_cmd(t, rid)
+    if ctx.dry_run:
+        ctx.change("env file", f"restore the env file release {rid} ran with (if it differs)", cmd)
+        return "changed"
+    r = ctx.run(cmd, what="restore release env")
+    word = (r.stdout.strip().split() or ["missing"])[0]
+    if word == "changed":
+        kv = dict(p.split("=", 1) for p in r.stdout.split() if "=" in p)
+        ctx.changed("env file", f"{t.path}: restored the env of {rid} (sha256 {kv.get('old', '-')[:12]} -> "
+                                f"{kv.get('new', '')[:12]})")
+    elif word == "unchanged":
+        ctx.ok("env file", f"{t.path} already is the env of {rid}")
+    else:
+        ctx.skipped("env file", f"no env snapshot for {rid}: env file left as it is")
+    return word
+
+
+# -- planning (no host) -----------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    target: EnvTarget
+    values: dict            # KEY -> Secret
+    content: bytes
+    sha: str
+    hashes: dict            # KEY -> short hash, comparable with the host's
+    source: str
+    warnings: list
+    show_hashes: bool = False
+
+    def __repr__(self) -> str:  # never the content
+        return f"Plan({self.target.path}, {len(self.values)} keys from {self.source}, sha256 {self.sha[:12]})"
+
+
+def plan(inv, env_file: str | None = None, show_hashes: bool = False) -> Plan:
+    """Everything that can be checked without a host: raises ConfigError
+    (or EnvSourceError) before any connection."""
+    from .env_contract import EnvContractError, check_contract, differ_check, enforce
+    from .env_sources import load_env_source
+
+    target = EnvTarget.from_inventory(inv)
+    check_contract(inv)
+    ev = load_env_source(inv, env_file)
+    enforce(inv, ev.values, ev.label)
+    dr = differ_check(inv, ev.values)
+    if dr.errors:
+        raise EnvContractError(ev.label, dr.errors, inv.file_of("env.contract"))
+    content = render_dotenv(ev.values)
+    return Plan(target=target, values=ev.values, content=content, sha=sha256_hex(content),
+                hashes=value_hashes(ev.values), source=ev.label, warnings=dr.warnings, show_hashes=show_hashes)
+
+
+def diff_text(old: dict, new: dict, show_hashes: bool = False) -> str:
+    """Key names only; with show_hashes, `KEY (old8 -> new8)` for changed keys."""
+    added, removed, changed = key_diff(old, new)
+    if show_hashes and changed:
+        changed = [f"{k} ({old[k][:8]} -> {new[k][:8]})" for k in changed]
+    return describe_diff(added, removed, changed)
+
+
+# -- one host ---------------------------------------------------------------------------------
+
+def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
+    from .audit import audit
+    from .lock import deploy_lock
+
+    t = p.target
+    with deploy_lock(ctx, "rotate-env", wait=lock_wait):
+        facts = parse_facts(ctx.run(facts_cmd(t), stream=False, what="env facts").stdout)
+        diff = diff_text(facts.hashes, p.hashes, p.show_hashes) if facts.exists else \
+            f"new file; added {', '.join(p.values)}"
+        same_bytes = facts.sha == p.sha
+        ctx.say(f"env keys: {diff}" + (" (file unchanged)" if same_bytes else ""))
+        if same_bytes and facts.perms_ok(t):
+            ctx.ok("env file", f"{t.path} up to date (sha256 {p.sha[:12]})")
+            ctx.note = "unchanged"
+            audit(ctx, "rotate-env", facts.current, "unchanged", f"env sha256 {p.sha[:12]}")
+            return
+        ctx.note = diff
+        inst = install_env_file(ctx, p.content, t.path, t.owner, t.group, t.mode, keep_previous=t.keep,
+                                step="env file")
+        if ctx.dry_run:
+            if not same_bytes:
+                ctx.change("restart", "restart the app with the new env and health-check it "
+                                      "(on failure: restore the previous env file and restart)")
+            return
+        if not inst.changed or same_bytes:
+            # same bytes (only owner/mode were fixed): the app needs no restart
+            ctx.skipped("restart", "env values unchanged")
+            audit(ctx, "rotate-env", facts.current, "ok", f"env sha256 {p.sha[:12]} (owner/mode fixed)")
+            return
+        detail = f"env sha256 {(inst.old_sha or '-')[:12]} -> {p.sha[:12]}; {diff}"
+        try:
+            restart(ctx)
+        except StepFailed as e:
+            reason = e.message
+            ctx.say(f"restart with the new env failed: {reason}; restoring the previous env file")
+            _restore(ctx, t, inst.old_sha)
+            try:
+                restart(ctx)
+                after = "the previous env file is back and the app is healthy"
+            except StepFailed as e2:
+                after = f"the previous env file is back but the app is still failing: {e2.message}"
+            audit(ctx, "rotate-env", facts.current, "failed", f"{detail}; rolled back: {reason}")
+            ctx.note = "rolled back"
+            raise StepFailed(f"rotate-env failed: {reason}; {after}", e.details) from None
+        if facts.current and _is_release(facts.current):
+            ctx.run(snapshot_cmd(t, facts.current), what="env snapshot")
+            ctx.debug(f"env recorded for release {facts.current} ({t.snapshot(facts.current)})")
+        audit(ctx, "rotate-env", facts.current, "ok", detail)
+        ctx.note = diff
+
+
+def _is_release(rid: str) -> bool:
+    from .releases import is_release_id
+
+    return is_release_id(rid)
+
+
+def _restore(ctx, t: EnvTarget, old_sha: str | None) -> None:
+    r = ctx.run(restore_previous_cmd(t, old_sha), check=False, what="restore previous env file")
+    if not r.ok:
+        ctx.fail("restore env file", f"could not restore {t.path}: {ctx.mask(r.tail(3))}")
+    ctx.changed("restore env file", f"{t.path} restored (sha256 {(old_sha or 'none')[:12]})")
+
+
+def restart(ctx) -> None:
+    """Restart with the deploy strategy and health-check (tasks/service.py)."""
+    from .service import restart_app
+
+    restart_app(ctx)
+
+
+# -- the task ---------------------------------------------------------------------------------
+
+def rotate_env(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+               dry_run=False, lock_wait=None, gate=True, env_file=None, show_hashes=False) -> None:
+    from .cli import finish
+    from .inventory import load_inventory
+    from .runner import Run
+
+    if lock_wait not in (None, ""):
+        try:
+            lock_wait = float(lock_wait)
+        except ValueError:
+            raise ConfigError("command line", "--lock-wait", f"expected a number of seconds, got {lock_wait!r}") \
+                from None
+    inv = load_inventory(inventory, overrides=list(set or ()))
+    p = plan(inv, env_file, show_hashes)          # validation: before any connection
+    hosts = inv.resolve_hosts(limit)
+    run = Run("rotate-env", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
+              accept_new_host_keys=accept_new_host_keys,
+              options={"env_file": env_file, "show_hashes": show_hashes, "limit": limit, "gate": gate})
+    run.add_secrets(v for v in p.values.values() if isinstance(v, Secret) and len(v) >= MASK_MIN)
+    for w in p.warnings:
+        run.out.line("", f"warning: {w}")
+    run.extra.update({"env_source": p.source, "env_sha256": p.sha[:12], "env_keys": sorted(p.values)})
+    run.out.line("", f"rotate-env: {len(p.values)} keys from {p.source} (sha256 {p.sha[:12]}) -> {p.target.path}")
+    run.each(lambda ctx: rotate_host(ctx, p, lock_wait))
+    if gate and not dry_run:
+        _gate(run)
+    finish(run)
+
+
+def _gate(run) -> None:
+    """The verification gate after a change, where verify.gate enables it."""
+    try:
+        from .verify import run_gate
+    except ImportError:
+        return
+    run_gate(run)
