@@ -1,0 +1,23 @@
+"""pyinfra 3 equivalent of fabship's bootstrap work for the peer benchmark:
+packages, user, dirs, env file, systemd unit, nginx site."""
+from pathlib import Path
+
+from pyinfra.operations import apt, files, server, systemd
+
+HERE = Path(__file__).parent
+APP = "benchapp"
+
+apt.packages(name="packages", packages=["nginx", "git", "jq", "unzip"])
+server.group(name="group", group=APP, system=True)
+server.user(name="user", user=APP, group=APP, system=True, home=f"/opt/{APP}", shell="/usr/sbin/nologin")
+for d, owner, mode in [(f"/opt/{APP}", "root", "755"), (f"/opt/{APP}/releases", APP, "755"),
+                       (f"/opt/{APP}/shared", APP, "755"), (f"/etc/{APP}", "root", "750")]:
+    files.directory(name=f"dir {d}", path=d, user=owner, group=APP, mode=mode)
+files.put(name="env file", src=str(HERE / "bench.env"), dest=f"/etc/{APP}/{APP}.env", user="root", group=APP,
+          mode="600")
+unit = files.template(name="unit", src=str(HERE / "benchapp.service.j2"), dest=f"/etc/systemd/system/{APP}.service",
+                      app=APP)
+systemd.service(name="enable unit", service=f"{APP}.service", enabled=True, daemon_reload=unit.changed)
+site = files.template(name="nginx site", src=str(HERE / "benchapp.nginx.j2"),
+                      dest=f"/etc/nginx/sites-enabled/{APP}.conf", app=APP)
+server.shell(name="nginx reload", commands=["nginx -t && systemctl reload nginx"], _if=site.did_change)
