@@ -1,0 +1,45 @@
+"""One audit line per deploy, rollback, rotate-env and unlock, appended on
+the host (/opt/APP/.fabship/audit.log): time, user, action, release, result.
+
+The line travels on stdin (no quoting games, nothing on the command line)
+and is rendered from templates/deploy/audit-line.j2. Never put a secret in
+`detail`: the line is also masked with the run's registered secrets.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from .commands import Cmd
+from .releases import Layout, append_lines_script
+from .templates import render
+
+
+def audit_line(action: str, release: str | None, result: str, user: str, detail: str = "",
+               now: datetime | None = None) -> str:
+    now = now or datetime.now(timezone.utc)
+    clean = lambda s: re.sub(r"\s+", " ", str(s or "")).strip()  # one line, whatever the input
+    return render("deploy/audit-line.j2", time=now.strftime("%Y-%m-%dT%H:%M:%SZ"), user=clean(user) or "-",
+                  action=clean(action), release=clean(release) or "-", result=clean(result),
+                  detail=clean(detail)).rstrip("\n")
+
+
+def audit_cmd(lay: Layout) -> Cmd:
+    return append_lines_script([lay.audit_log], ensure_dir=lay.state)
+
+
+def audit(ctx, action: str, release: str | None, result: str, detail: str = "") -> None:
+    """Append one audit line on ctx's host. Best effort: an audit failure is
+    reported, it does not undo the action it describes. Nothing in dry-run."""
+    if ctx.dry_run:
+        return
+    from .lock import who
+
+    lay = Layout.from_inventory(ctx.inv)
+    line = ctx.mask(audit_line(action, release, result, who(), detail))
+    try:
+        r = ctx.run(audit_cmd(lay), stdin=line + "\n", check=False, timeout=30, what="audit")
+        if not r.ok:
+            ctx.say(f"warning: could not append to {lay.audit_log}: {ctx.mask(r.tail(2))}")
+    except Exception as e:
+        ctx.say(f"warning: could not append to {lay.audit_log}: {e}")

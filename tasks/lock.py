@@ -1,0 +1,277 @@
+"""The per-app deploy lock on each host (kamal's design): `mkdir` is atomic,
+so exactly one run gets /opt/APP/.fabship/lock; it writes holder.json (who,
+pid, control host, time, action, release) so a refused run can name the
+holder. Released on success, failure, Ctrl-C and SIGTERM (the context
+manager's `finally`); only a holder whose id matches ours removes the dir,
+so we never release someone else's lock.
+
+A lock left by a killed run (SIGKILL, lost machine) is reported as *stale*
+— its process is gone on this control host, or it is older than
+deploy.lock_max_age — and is broken only by `fab unlock`, never silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+from datetime import datetime, timezone
+
+from .commands import Cmd, sh
+from .errors import LockError, StepFailed
+from .releases import Layout
+from .templates import render
+
+DEFAULT_MAX_AGE = 7200  # seconds; builds can be slow, a lock older than this is presumed dead
+POLL = 1.0
+ACQUIRED, HELD = "FABSHIP_LOCK_ACQUIRED", "FABSHIP_LOCK_HELD"
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = os.environ.get("USER") or "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _proc_start(pid: int) -> str:
+    """The process's start time in clock ticks: with the pid it identifies a
+    process even if the pid number is reused later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def make_holder(action: str, release: str | None = None, task: str = "") -> dict:
+    now = time.time()
+    pid = os.getpid()
+    return {
+        "id": uuid.uuid4().hex,
+        "user": who(),
+        "control_host": socket.gethostname(),
+        "pid": pid,
+        "pid_start": _proc_start(pid),
+        "time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "epoch": int(now),
+        "action": action,
+        "release": release or "",
+        "task": task or action,
+    }
+
+
+def holder_text(holder: dict) -> str:
+    return render("deploy/holder.json.j2", holder=holder)
+
+
+# -- command builders ------------------------------------------------------------
+
+def acquire_cmd(lay: Layout) -> Cmd:
+    """mkdir the lock; on success write holder.json from stdin, else show the holder."""
+    return Cmd("sh", "-c", "\n".join([
+        "set -eu", "umask 077",
+        sh("install -d -m 0750 -- {}", lay.state).render(),
+        sh("if mkdir -- {} 2>/dev/null; then cat > {}; echo {}; else echo {}; cat -- {} 2>/dev/null || true; fi",
+           lay.lock_dir, f"{lay.lock_dir}/holder.json", ACQUIRED, HELD, f"{lay.lock_dir}/holder.json").render(),
+    ]))
+
+
+def release_cmd(lay: Layout, holder_id: str) -> Cmd:
+    """Remove the lock only if we hold it (our id is in holder.json)."""
+    return sh("if grep -qF -- {} {} 2>/dev/null; then rm -rf -- {}; echo released; else echo not-ours; fi",
+              holder_id, f"{lay.lock_dir}/holder.json", lay.lock_dir)
+
+
+def read_cmd(lay: Layout) -> Cmd:
+    return sh("if [ -d {} ]; then echo {}; cat -- {} 2>/dev/null || true; fi",
+              lay.lock_dir, HELD, f"{lay.lock_dir}/holder.json")
+
+
+def break_cmd(lay: Layout) -> Cmd:
+    return Cmd("rm", "-rf", "--", lay.lock_dir)
+
+
+# -- judging a holder ---------------------------------------------------------------
+
+def parse_holder(text: str) -> dict:
+    try:
+        d = json.loads(text.strip() or "{}")
+        return d if isinstance(d, dict) else {}
+    except ValueError:
+        return {}
+
+
+def stale_reason(holder: dict, *, max_age: float = DEFAULT_MAX_AGE, now: float | None = None,
+                 this_host: str | None = None) -> str | None:
+    """Why a lock is stale, or None when it looks live."""
+    now = time.time() if now is None else now
+    if not holder or not holder.get("epoch"):
+        return "the lock has no holder details (a run was killed while taking it)"
+    this_host = this_host or socket.gethostname()
+    try:
+        pid = int(holder.get("pid") or 0)
+    except (TypeError, ValueError):
+        pid = 0
+    if holder.get("control_host") == this_host and pid:
+        if not _pid_alive(pid):
+            return f"its process {pid} on {this_host} is gone"
+        start = holder.get("pid_start")
+        if start and _proc_start(pid) and _proc_start(pid) != start:
+            return f"its process {pid} on {this_host} is gone (the pid was reused)"
+    age = now - float(holder.get("epoch") or now)
+    if max_age and age > max_age:
+        return f"it is {_ago(age)} old (older than deploy.lock_max_age {int(max_age)}s)"
+    return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ago(seconds: float) -> str:
+    s = int(max(0, seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def describe(holder: dict, now: float | None = None) -> str:
+    if not holder:
+        return "an unknown holder"
+    now = time.time() if now is None else now
+    rel = f" of {holder['release']}" if holder.get("release") else ""
+    age = f", {_ago(now - float(holder['epoch']))} ago" if holder.get("epoch") else ""
+    return (f"{holder.get('user', '?')} (pid {holder.get('pid', '?')} on {holder.get('control_host', '?')}): "
+            f"{holder.get('action', '?')}{rel} since {holder.get('time', '?')}{age}")
+
+
+def max_age_of(ctx) -> float:
+    return float(ctx.inv.get("deploy.lock_max_age") or DEFAULT_MAX_AGE)
+
+
+def lock_error(ctx, holder: dict, waited: float = 0) -> LockError:
+    lay = Layout.from_inventory(ctx.inv)
+    reason = stale_reason(holder, max_age=max_age_of(ctx))
+    where = f"{ctx.host.name}: {lay.lock_dir}"
+    if reason:
+        return LockError(f"{where}: STALE deploy lock held by {describe(holder)}; {reason}. Check that no run "
+                         f"is still working on this host, then break it with `fab unlock` (nothing was changed)")
+    extra = f" (waited {int(waited)}s)" if waited else ""
+    return LockError(f"{where}: deploy lock held by {describe(holder)}{extra}; refusing to run a second "
+                     f"deploy/rollback/rotate-env at once (nothing was changed). Retry later or pass "
+                     f"--lock-wait SECONDS")
+
+
+# -- taking and releasing ------------------------------------------------------------
+
+def acquire(ctx, action: str, release: str | None = None, wait: float | None = None) -> dict:
+    """Take the lock on ctx's host or raise LockError naming the holder.
+    With wait > 0, poll until the lock is free or the time is up (a stale
+    lock fails at once: waiting would not free it)."""
+    lay = Layout.from_inventory(ctx.inv)
+    wait = float(ctx.inv.get("deploy.lock_wait") or 0) if wait is None else float(wait)
+    holder = make_holder(action, release, ctx.run_.task)
+    if ctx.dry_run:  # dry run: report who holds it, take nothing
+        r = ctx.run(read_cmd(lay), what="read deploy lock")
+        if r.stdout.startswith(HELD):
+            raise lock_error(ctx, parse_holder(r.stdout[len(HELD):]))
+        ctx.ok("deploy lock", "free (dry run: not taken)")
+        return {}
+    t0 = time.monotonic()
+    while True:
+        r = ctx.run(acquire_cmd(lay), stdin=holder_text(holder), what="take deploy lock")
+        if r.stdout.startswith(ACQUIRED):
+            ctx.data["lock_holder"] = holder
+            ctx.debug(f"deploy lock taken ({lay.lock_dir})")
+            return holder
+        other = parse_holder(r.stdout[len(HELD):] if r.stdout.startswith(HELD) else "")
+        waited = time.monotonic() - t0
+        if not wait or waited >= wait or stale_reason(other, max_age=max_age_of(ctx)):
+            raise lock_error(ctx, other, waited)
+        if ctx.run_.__dict__.get("cancel") is not None and ctx.run_.cancel.is_set():
+            raise lock_error(ctx, other, waited)
+        ctx.say(f"waiting for the deploy lock: held by {describe(other)}")
+        time.sleep(min(POLL * 2, max(0.2, wait - waited)))
+
+
+def release(ctx, holder: dict) -> bool:
+    """Release our lock; never raises (it runs in finally blocks)."""
+    if not holder or ctx.dry_run:
+        return False
+    lay = Layout.from_inventory(ctx.inv)
+    for attempt in range(2):
+        try:
+            r = ctx.run(release_cmd(lay, holder["id"]), check=False, timeout=30, what="release deploy lock")
+            ctx.data.pop("lock_holder", None)
+            if "not-ours" in r.stdout:
+                ctx.say(f"warning: the deploy lock in {lay.lock_dir} is no longer ours; left it alone")
+            return "released" in r.stdout
+        except Exception as e:  # connection lost mid-run: reconnect once
+            ctx.close()
+            if attempt:
+                ctx.say(f"warning: could not release the deploy lock ({e}); `fab unlock` will report it as stale")
+    return False
+
+
+@contextlib.contextmanager
+def deploy_lock(ctx, action: str, release_id: str | None = None, wait: float | None = None):
+    """`with deploy_lock(ctx, "rotate-env"): ...` — raises LockError (naming
+    the holder) when another run holds it; released on any exit."""
+    holder = acquire(ctx, action, release_id, wait)
+    try:
+        yield holder
+    finally:
+        release(ctx, holder)
+
+
+# -- fab unlock ----------------------------------------------------------------------
+
+def unlock_host(ctx, force: bool = False) -> None:
+    lay = Layout.from_inventory(ctx.inv)
+    r = ctx.run(read_cmd(lay), what="read deploy lock")
+    if not r.stdout.startswith(HELD):
+        ctx.ok("deploy lock", "not locked")
+        ctx.note = "not locked"
+        return
+    holder = parse_holder(r.stdout[len(HELD):])
+    reason = stale_reason(holder, max_age=max_age_of(ctx))
+    if not reason and not force:
+        raise StepFailed(f"deploy lock is held by a live run: {describe(holder)}; not breaking it "
+                         f"(use --force if you are sure that run is dead)")
+    why = reason or "forced (--force)"
+    ctx.change("break deploy lock", f"was held by {describe(holder)}; {why}", break_cmd(lay))
+    ctx.note = f"broke lock of {holder.get('user', '?')} ({holder.get('action', '?')})"
+    if not ctx.dry_run:
+        from .audit import audit
+
+        audit(ctx, "unlock", holder.get("release") or "-", "ok",
+              f"broke lock of {holder.get('user', '?')} pid {holder.get('pid', '?')} ({why})")
+
+
+def unlock(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           force=False, dry_run=False) -> None:
+    from .cli import finish, open_run
+
+    run = open_run("unlock", inventory, set, limit, parallel, dry_run, verbose, accept_new_host_keys,
+                   options={"force": force})
+    _require_app(run.inv)
+    run.each(lambda ctx: unlock_host(ctx, force))
+    finish(run)
+
+
+def _require_app(inv) -> None:
+    if not inv.get("app.name"):
+        raise inv.error("app.name", "required: the lock lives under the app's root (/opt/APP/.fabship/lock)")
