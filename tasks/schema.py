@@ -233,20 +233,39 @@ HTTP_CHECK = Struct({
     "via": F(Enum("app", "nginx", "https"), default="app"),
 })
 
+# Which tasks end with the verification gate (tasks/verify.py run_gate); all by default.
+GATE = Struct({
+    "bootstrap": F(Bool(), default=True),
+    "deploy": F(Bool(), default=True),
+    "rotate-env": F(Bool(), default=True),
+    "rollback": F(Bool(), default=True),
+})
+
 VERIFY = Struct({
-    "gate": F(Map(Bool()), default={}),
+    "gate": F(GATE),
     "checks": F(List(HTTP_CHECK), default=[]),
+    # check names (or prefixes ending in '*') that fab verify and the gate leave out
+    "skip": F(List(Str(r"[a-z_]+\*?|http:.+", "a check name such as cert_valid or http:*")), default=[]),
+    # units that may be failed without failing the failed_units check
+    "ignore_failed_units": F(List(Str()), default=[]),
     "cert_min_days": F(Int(0), default=14),
     "cert_issuer": F(Str()),
     "swap_tolerance": F(Number(min=0), default=0.05),
 })
 
+# tasks/aws_hooks.py: take a host out of an ALB target group around its deploy.
 ALB = Struct({
-    "target_group_arn": F(Str(r"arn:aws[a-z\-]*:elasticloadbalancing:.+", "a target group ARN"), required=True),
-    "region": F(Str()),
+    "target_group_arn": F(Str(r"arn:aws[a-z\-]*:elasticloadbalancing:[a-z0-9\-]+:\d+:targetgroup/.+",
+                              "a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)"),
+                          required=True),
+    "region": F(Str(r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region such as eu-west-1")),  # default: from the ARN
+    "profile": F(Str()),
     "endpoint_url": F(Str(r"https?://.+", "an http(s) URL")),
-    "port": F(Int(1, 65535)),
+    "port": F(Int(1, 65535)),  # the target's port when it differs from the target group's
     "drain_timeout": F(Number(min=0), default=30),
+    "register_timeout": F(Number(min=0), default=300),
+    "poll_interval": F(Number(min=0.05), default=5),
+    "min_in_service": F(Int(0), default=1),
 }, fill_default=False)
 
 HOOKS = Struct({"alb": F(ALB)}, fill_default=False)
