@@ -73,17 +73,30 @@ def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_
                    env_file, show_hashes)
 
 
-@fabship_task(help=helps(*COMMON))
-def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0):
+@fabship_task(help=helps(*COMMON,
+                         stage="run only the checks a gate stage runs: bootstrap, deploy, rotate-env or rollback "
+                               "(default: every check)",
+                         only="only these checks, comma-separated names; a trailing * matches a prefix "
+                              "(e.g. env_file*,http:*)",
+                         ssh_config="write an OpenSSH config (strict host keys, the inventory's known_hosts and "
+                                    "key) to PATH for `pytest --hosts=ssh://HOST --ssh-config=PATH`, then exit"))
+def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           stage=None, only=None, ssh_config=None):
     """Run the testinfra verification suite against every host; print a pass/fail table."""
-    not_available("verify", "issue 7")
+    from tasks.verify import verify as run_verify
+
+    run_verify(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, stage=stage, only=only,
+               ssh_config=ssh_config)
 
 
-@fabship_task(help=helps(*COMMON, lines="journal lines per unit (default 200)"))
+@fabship_task(help=helps(*COMMON, lines="journal lines per unit (default 200)",
+                         out="also write each host's report to DIR/HOST.txt (mode 0600)"))
 def diagnose(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-             lines=200):
+             lines=200, out=None):
     """Collect what an operator looks at when something is wrong (secrets masked)."""
-    not_available("diagnose", "issue 7")
+    from tasks.diagnose import diagnose as run_diagnose
+
+    run_diagnose(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, lines=lines, out=out)
 
 
 ns = Collection(hosts, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose)

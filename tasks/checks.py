@@ -1,0 +1,1042 @@
+"""The verification checks: read-only questions about a host, each with a
+stable name and a one-line failure message that says what is wrong and what
+was expected.
+
+How it fits together (pure, no connection here):
+  Spec      what the inventory promises for one host (paths, owners, modes,
+            units, ports, domains, HTTP checks) — `build_spec(inv, host)`
+  probes    one shell script that gathers every fact the checks need in a
+            single round trip (`facts_script(spec)`), parsed by `parse_facts`
+  CHECKS    plain functions `check(probe) -> str` that return a short "ok"
+            detail, raise `CheckFailed` (an AssertionError, so they read like
+            testinfra assertions under pytest) or `CheckSkipped`
+  evaluate  runs the selected checks in order; a check whose prerequisite
+            failed is *skipped* naming it, so one broken thing shows as one
+            failed check (a stopped unit fails `unit_active`, not also
+            `health` and every HTTP check behind it)
+
+The runner (`tasks/verify.py`) executes the facts script over fabship's own
+SSH connection (through a testinfra backend) and the pytest suite
+(`tasks/verify_suite/`) wraps the same checks as parametrized tests.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
+
+from .schema_types import parse_size
+
+PASS, FAIL, SKIP = "passed", "failed", "skipped"
+STAGES = ("bootstrap", "deploy", "rotate-env", "rollback")
+MARK = "@@fabship-fact@@"
+COMPLETED = ("ok",)  # releases.jsonl result of a finished deploy (tasks/releases.py)
+
+
+class CheckFailed(AssertionError):
+    """The host is not in the promised state; the message says how."""
+
+
+class CheckSkipped(Exception):
+    """The check does not apply here (the message says why)."""
+
+
+# -- what the inventory promises ------------------------------------------------------
+
+@dataclass
+class HttpCheck:
+    name: str
+    method: str = "GET"
+    path: str = "/"
+    headers: dict = field(default_factory=dict)
+    body: str | None = None
+    expect_status: int = 200
+    body_contains: str | None = None
+    via: str = "app"
+
+
+@dataclass
+class Spec:
+    """Everything the checks compare against, for one host."""
+
+    host: str = ""
+    app: str | None = None
+    kind: str | None = None
+    user: str = ""
+    group: str = ""
+    root: str = ""
+    config_dir: str = ""
+    root_mode: str = "0755"
+    config_dir_mode: str = "0750"
+    strategy: str = "restart"
+    blue_green: bool = False
+    systemd: bool = False
+    docker: bool = False
+    port: int | None = None
+    ports: tuple = ()
+    node_version: str | None = None
+    python_version: str | None = None
+    packages: list = field(default_factory=list)
+    swap_path: str | None = None
+    swap_size: str | None = None
+    swap_bytes: int = 0
+    swap_tolerance: float = 0.05
+    env_path: str | None = None
+    env_owner: str = "root"
+    env_group: str = ""
+    env_mode: str = "0600"
+    nginx: bool = False
+    server_name: str | None = None
+    upstream_file: str = ""
+    tls: bool = False
+    tls_method: str = "nginx"
+    domains: list = field(default_factory=list)
+    cert_min_days: int = 14
+    cert_issuer: str | None = None
+    health: dict = field(default_factory=dict)
+    http_checks: list = field(default_factory=list)
+    skip: list = field(default_factory=list)
+    ignore_failed_units: list = field(default_factory=list)
+
+    # paths derived from the layout (ARCHITECTURE.md "Host layout")
+    @property
+    def current(self) -> str:
+        return f"{self.root}/current"
+
+    @property
+    def state_dir(self) -> str:
+        return f"{self.root}/.fabship"
+
+    @property
+    def release_log(self) -> str:
+        return f"{self.state_dir}/releases.jsonl"
+
+    @property
+    def audit_log(self) -> str:
+        return f"{self.state_dir}/audit.log"
+
+    def unit_for(self, port: int | None) -> str | None:
+        if not self.systemd or not self.app:
+            return None
+        if self.blue_green:
+            return f"{self.app}@{port}.service" if port else None
+        return f"{self.app}.service"
+
+    def dirs(self) -> list[tuple[str, str | None, str | None, str | None]]:
+        """(path, owner, group, mode) bootstrap promises; None = not checked."""
+        if not self.app:
+            return []
+        return [
+            (self.root, "root", self.group, self.root_mode),
+            (f"{self.root}/releases", None, None, None),
+            (f"{self.root}/shared", None, None, None),
+            (self.state_dir, "root", None, "0750"),
+            (self.config_dir, "root", self.group, self.config_dir_mode),
+        ]
+
+
+def http_check_name(c: dict) -> str:
+    return c.get("name") or f"{c.get('method') or 'GET'} {c['path']}"
+
+
+def build_spec(inv, host=None) -> Spec:
+    """The expectations for one host, from the validated inventory. Pure: the
+    Layout rules are shared with deploy (tasks/releases.py)."""
+    d = inv.data
+    expand = host.expand if host is not None else (lambda v: v)
+    s = Spec(host=host.name if host is not None else "")
+    s.packages = list(d.get("packages") or [])
+    swap = d.get("swap")
+    if swap:
+        s.swap_path, s.swap_size = swap["path"], swap["size"]
+        s.swap_bytes = parse_size(swap["size"])
+    v = d.get("verify") or {}
+    s.swap_tolerance = float(v.get("swap_tolerance", 0.05))
+    s.cert_min_days = int(v.get("cert_min_days", 14))
+    s.cert_issuer = v.get("cert_issuer")
+    s.skip = list(v.get("skip") or [])
+    s.ignore_failed_units = list(v.get("ignore_failed_units") or [])
+    if inv.get("app.name"):
+        from .releases import Layout
+
+        lay = Layout.from_inventory(inv)
+        s.app, s.kind, s.user, s.group = lay.app, lay.kind, lay.user, lay.group
+        s.root, s.config_dir = lay.root, lay.config_dir
+        s.root_mode = inv.get("app.root_mode") or "0755"
+        s.config_dir_mode = inv.get("app.config_dir_mode") or "0750"
+        s.strategy, s.blue_green, s.systemd, s.docker = lay.strategy, lay.blue_green, lay.systemd, lay.docker
+        s.port, s.ports = lay.port, tuple(lay.ports)
+        s.nginx, s.upstream_file = lay.nginx, lay.upstream_file
+        s.node_version, s.python_version = inv.get("app.node_version"), inv.get("app.python_version")
+        if d.get("env") is not None:
+            env = d["env"]
+            s.env_path = lay.env_path
+            s.env_owner = env.get("owner") or "root"
+            s.env_group = env.get("group") or lay.group
+            s.env_mode = env.get("mode") or "0600"
+    tls = d.get("tls") or {}
+    s.tls = bool(tls.get("enabled")) and s.nginx
+    s.tls_method = tls.get("method") or "nginx"
+    s.domains = [expand(x) for x in (tls.get("domains") or [])]
+    s.server_name = expand(inv.get("nginx.server_name")) if inv.get("nginx.server_name") else (
+        s.domains[0] if s.domains else None)
+    s.health = dict(d.get("health") or {})
+    s.health["headers"] = expand(s.health.get("headers") or {})
+    seen = set()
+    for i, c in enumerate(v.get("checks") or []):
+        name = http_check_name(c)
+        if name in seen:
+            raise inv.error(f"verify.checks[{i}].name", f"duplicate check name '{name}' (give each check a unique name)")
+        seen.add(name)
+        via = c.get("via") or "app"
+        if via in ("nginx", "https") and not s.nginx:
+            raise inv.error(f"verify.checks[{i}].via", f"'{via}' needs nginx (the inventory has no nginx section)")
+        if via == "https" and not s.tls:
+            raise inv.error(f"verify.checks[{i}].via", "'https' needs tls.enabled: true")
+        s.http_checks.append(HttpCheck(name=name, method=c.get("method") or "GET", path=c["path"],
+                                       headers=expand(c.get("headers") or {}), body=c.get("body"),
+                                       expect_status=c.get("expect_status") or 200,
+                                       body_contains=c.get("body_contains"), via=via))
+    return s
+
+
+# -- the facts script: one round trip per host -----------------------------------------
+
+def q(value) -> str:
+    return shlex.quote(str(value))
+
+
+# Shell helpers the probes use. `probe NAME SNIPPET` runs a snippet and prints
+# a header with its exit code, then its output base64-encoded (any bytes, no
+# delimiter clashes). `http` runs curl and prints "rc code", curl's error and
+# the first 16 KiB of the body. Temp files are mktemp (0600, root).
+_PRELUDE = r"""
+probe() { n=$1; shift; o=$(eval "$1" 2>&1); r=$?; printf '%s %s %s\n' "MARK" "$n" "$r"; printf '%s' "$o" | base64 | tr -d '\n'; printf '\n'; }
+http() { t=$(mktemp) || return 99; e=$(mktemp); c=$(curl -sS -o "$t" -w '%{http_code}' "$@" 2>"$e"); r=$?; printf '%s %s\n' "$r" "$c"; head -c 300 "$e" | tr '\n' ' '; printf '\n'; head -c 16384 "$t"; rm -f "$t" "$e"; return 0; }
+""".replace("MARK", MARK)
+
+
+def _curl_args(method: str, headers: dict, body: str | None, timeout: float) -> list[str]:
+    args = ["--max-time", str(timeout)]
+    if method == "HEAD":
+        args.append("--head")
+    elif method != "GET":
+        args += ["-X", method]
+    for k, val in (headers or {}).items():
+        args += ["-H", f"{k}: {val}"]
+    if body is not None:
+        args += ["--data-binary", body]
+    return args
+
+
+def _url_args(spec: Spec, via: str, path: str, port_var: str = "$port", scheme: str = "http") -> str:
+    """The curl target for an HTTP probe, as shell text (the port may be a
+    variable resolved on the host from the nginx upstream)."""
+    if via == "https":
+        name = spec.server_name or "localhost"
+        return f"--insecure --resolve {q(name + ':443:127.0.0.1')} {q('https://' + name + path)}"
+    if via == "nginx":
+        host_hdr = f"-H {q('Host: ' + spec.server_name)} " if spec.server_name else ""
+        return f"{host_hdr}{q('http://127.0.0.1' + path)}"
+    if scheme == "https":  # an app serving TLS itself: its certificate is not what we check here
+        return f"--insecure \"https://127.0.0.1:{port_var}\"{q(path)}"
+    return f"\"http://127.0.0.1:{port_var}\"{q(path)}"
+
+
+def _http_snippet(spec: Spec, via: str, method: str, path: str, headers: dict, body, timeout: float,
+                  port_var: str = "$port", scheme: str = "http") -> str:
+    args = " ".join(q(a) for a in _curl_args(method, headers, body, timeout))
+    return f"http {args} {_url_args(spec, via, path, port_var, scheme)}"
+
+
+def facts_script(spec: Spec) -> str:
+    """One read-only shell script that gathers every fact the checks need."""
+    P = []
+
+    def probe(name: str, snippet: str):
+        P.append(f"probe {q(name)} {q(snippet)}")
+
+    P.append(_PRELUDE)
+    probe("now", "date +%s")
+    probe("virt", "systemd-detect-virt --container")
+    probe("os", "cat /etc/os-release")
+    # every installed package (a few KB): the expected list depends on the platform
+    probe("packages", "if command -v dpkg-query >/dev/null; then dpkg-query -W "
+                      "-f='${Package}\\t${db:Status-Abbrev}\\n'; else rpm -qa --qf '%{NAME}\\tii\\n'; fi")
+    if spec.swap_path:
+        probe("swaps", "cat /proc/swaps")
+        probe("fstab", "cat /etc/fstab")
+        probe("swapfile", f"stat -c '%s|%U|%a' -- {q(spec.swap_path)}")
+    if spec.app:
+        probe("user", f"id -u {q(spec.user)} && id -gn {q(spec.user)} && getent group {q(spec.group)}")
+        stat_paths = [p for p, *_ in spec.dirs()]
+        probe("dirs", "for f in " + " ".join(q(p) for p in stat_paths)
+              + "; do stat -c '%n|%U|%G|%a|%F' -- \"$f\" 2>/dev/null || echo \"$f|MISSING\"; done")
+    if spec.env_path:
+        probe("env", f"stat -c '%n|%U|%G|%a|%F' -- {q(spec.env_path)}")
+    # The live port: the one nginx's upstream sends traffic to (blue/green), else app.port.
+    default_port = spec.port or ""
+    if spec.blue_green and spec.nginx:
+        P.append(f"port=$(grep -oE 'server[[:space:]]+[^;[:space:]]+:[0-9]+' {q(spec.upstream_file)} 2>/dev/null"
+                 " | head -n1 | sed 's/.*://')")
+    elif spec.blue_green and spec.systemd:
+        P.append("port=; for p in " + " ".join(str(p) for p in spec.ports)
+                 + f"; do systemctl -q is-active {q(spec.app)}@$p.service && port=$p; done")
+    else:
+        P.append(f"port={q(default_port)}")
+    if spec.health.get("port"):
+        P.append(f"hport={int(spec.health['port'])}")
+    else:
+        P.append("hport=$port")
+    probe("port", "echo $port")
+    if spec.systemd:
+        unit = f"{spec.app}@$port.service" if spec.blue_green else f"{spec.app}.service"
+        probe("unit", f"systemctl show \"{unit}\" -p Id -p LoadState -p ActiveState -p SubState "
+                      "-p UnitFileState -p Result -p NRestarts")
+    if spec.docker and spec.app:
+        probe("containers", "docker ps -a --filter " + q(f"label=fabship.app={spec.app}")
+              + " --format '{{.Names}}|{{.Label \"fabship.port\"}}|{{.State}}|{{.Status}}'")
+    probe("failed", "systemctl list-units --failed --plain --no-legend --no-pager")
+    if spec.nginx:
+        probe("nginx_t", "nginx -t")
+        probe("nginx_active", "systemctl is-active nginx")
+        probe("listen", "ss -Hltn")
+    if spec.tls and spec.domains:
+        d0 = q(spec.domains[0])
+        probe("cert", f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -servername {d0} 2>/dev/null"
+                      " | openssl x509 -noout -enddate -issuer -subject -ext subjectAltName")
+        probe("redirect", "curl -sS -o /dev/null --max-time 5 -w '%{http_code} %{redirect_url}' "
+                          f"-H {q('Host: ' + spec.domains[0])} http://127.0.0.1/")
+    if spec.app and (spec.systemd or spec.docker or spec.health.get("port")):
+        h = spec.health
+        probe("health", _http_snippet(spec, "app", h.get("method", "GET"), h.get("path", "/health"),
+                                      h.get("headers") or {}, None, h.get("timeout", 5), port_var="$hport",
+                                      scheme=h.get("scheme") or "http"))
+    if spec.nginx and spec.app:
+        h = spec.health
+        probe("nginx_proxy", _http_snippet(spec, "https" if spec.tls else "nginx", h.get("method", "GET"),
+                                           h.get("path", "/health"), h.get("headers") or {}, None,
+                                           h.get("timeout", 5)))
+    if spec.app and (spec.systemd or spec.docker):
+        probe("current", f"readlink -- {q(spec.current)} && test -d {q(spec.current + '/')} && echo isdir")
+        probe("release_log", f"tail -n 200 -- {q(spec.release_log)}")
+        if spec.blue_green and spec.systemd:
+            probe("slot", f"readlink -- {q(spec.state_dir + '/slots/')}\"$port\"")
+    for i, c in enumerate(spec.http_checks):
+        probe(f"http.{i}", _http_snippet(spec, c.via, c.method, c.path, c.headers, c.body,
+                                         spec.health.get("timeout", 5)))
+    return "\n".join(P) + "\n"
+
+
+@dataclass
+class Fact:
+    rc: int
+    out: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+def parse_facts(text: str) -> dict[str, Fact]:
+    facts: dict[str, Fact] = {}
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        if not ln.startswith(MARK + " "):
+            continue
+        parts = ln.split(" ")
+        if len(parts) < 3:
+            continue
+        name, rc = parts[1], parts[2]
+        payload = lines[i + 1] if i + 1 < len(lines) else ""
+        try:
+            out = base64.b64decode(payload).decode("utf-8", "replace")
+        except ValueError:
+            out = ""
+        facts[name] = Fact(int(rc) if rc.lstrip("-").isdigit() else 255, out)
+    return facts
+
+
+# -- parsers of command output (pure, unit-tested) --------------------------------
+
+def parse_kv(text: str) -> dict[str, str]:
+    out = {}
+    for ln in text.splitlines():
+        k, sep, v = ln.partition("=")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def parse_stat(text: str) -> dict[str, dict]:
+    """Lines `path|owner|group|mode|type` (or `path|MISSING`)."""
+    out = {}
+    for ln in text.splitlines():
+        parts = ln.split("|")
+        if len(parts) == 2 and parts[1] == "MISSING":
+            out[parts[0]] = None
+        elif len(parts) >= 5:
+            out[parts[0]] = {"owner": parts[1], "group": parts[2], "mode": f"{int(parts[3], 8):04o}",
+                             "type": parts[4]}
+    return out
+
+
+def parse_swaps(text: str) -> dict[str, int]:
+    """/proc/swaps -> {path: size in bytes}."""
+    out = {}
+    for ln in text.splitlines()[1:]:
+        f = ln.split()
+        if len(f) >= 3 and f[2].isdigit():
+            out[f[0].replace("\\040", " ")] = int(f[2]) * 1024
+    return out
+
+
+def fstab_swap_lines(text: str, path: str) -> list[str]:
+    """Active (uncommented) fstab lines that mount `path` as swap."""
+    out = []
+    for ln in text.splitlines():
+        s = ln.strip()
+        if not s or s.startswith("#"):
+            continue
+        f = s.split()
+        if len(f) >= 3 and f[0] == path and f[2] == "swap":
+            out.append(s)
+    return out
+
+
+def parse_listen(text: str) -> set[int]:
+    """`ss -Hltn` -> set of listening TCP ports."""
+    ports = set()
+    for ln in text.splitlines():
+        f = ln.split()
+        if len(f) >= 4:
+            port = f[3].rsplit(":", 1)[-1]
+            if port.isdigit():
+                ports.add(int(port))
+    return ports
+
+
+def parse_failed_units(text: str) -> list[str]:
+    out = []
+    for ln in text.splitlines():
+        f = ln.split()
+        if f and f[0] not in ("●", "*"):
+            out.append(f[0])
+        elif len(f) > 1:
+            out.append(f[1])
+    return out
+
+
+def parse_packages(text: str) -> dict[str, bool]:
+    """dpkg-query/rpm output -> {package: installed}."""
+    out = {}
+    for ln in text.splitlines():
+        if "\t" in ln:
+            name, status = ln.split("\t", 1)
+            out[name.strip()] = status.strip().startswith("ii")
+        else:
+            m = re.search(r"no packages found matching (\S+)|package (\S+) is not installed", ln)
+            if m:
+                out[(m.group(1) or m.group(2)).strip()] = False
+    return out
+
+
+_DN_CN = re.compile(r"CN\s*=\s*([^,/]+)")
+
+
+@dataclass
+class CertInfo:
+    not_after: datetime | None
+    issuer: str
+    subject: str
+    names: list
+
+
+def parse_cert(text: str) -> CertInfo | None:
+    """`openssl x509 -noout -enddate -issuer -subject -ext subjectAltName`."""
+    not_after = None
+    issuer = subject = ""
+    names: list = []
+    lines = text.splitlines()
+    for i, ln in enumerate(lines):
+        if ln.startswith("notAfter="):
+            raw = " ".join(ln.split("=", 1)[1].split())
+            try:
+                not_after = datetime.strptime(raw, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
+            except ValueError:
+                not_after = None
+        elif ln.startswith("issuer="):
+            issuer = ln.split("=", 1)[1].strip()
+        elif ln.startswith("subject="):
+            subject = ln.split("=", 1)[1].strip()
+        elif "Subject Alternative Name" in ln and i + 1 < len(lines):
+            names = [n.strip()[4:] for n in lines[i + 1].split(",") if n.strip().startswith("DNS:")]
+    if not_after is None and not issuer:
+        return None
+    if not names:
+        m = _DN_CN.search(subject)
+        names = [m.group(1).strip()] if m else []
+    return CertInfo(not_after, issuer, subject, names)
+
+
+def name_covered(domain: str, names: list) -> bool:
+    for n in names:
+        if n == domain:
+            return True
+        if n.startswith("*.") and "." in domain and domain.split(".", 1)[1] == n[2:]:
+            return True
+    return False
+
+
+@dataclass
+class HttpResponse:
+    curl_rc: int
+    status: int
+    error: str
+    body: str
+
+
+def parse_http(text: str) -> HttpResponse:
+    lines = text.split("\n", 2)
+    head = (lines[0] if lines else "").split()
+    rc = int(head[0]) if head and head[0].lstrip("-").isdigit() else 255
+    status = int(head[1]) if len(head) > 1 and head[1].isdigit() else 0
+    err = lines[1].strip() if len(lines) > 1 else ""
+    body = lines[2] if len(lines) > 2 else ""
+    return HttpResponse(rc, status, err, body)
+
+
+def snippet(text: str, n: int = 120) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= n else one[: n - 3] + "..."
+
+
+# -- the checks ----------------------------------------------------------------------------
+
+@dataclass
+class Probe:
+    """What a check looks at: the expectations and the gathered facts."""
+
+    spec: Spec
+    facts: dict
+    stage: str | None = None
+
+    def fact(self, name: str) -> Fact:
+        f = self.facts.get(name)
+        if f is None:
+            raise CheckSkipped(f"no '{name}' fact was gathered")
+        return f
+
+    @property
+    def port(self) -> int | None:
+        f = self.facts.get("port")
+        t = f.out.strip() if f else ""
+        return int(t) if t.isdigit() else None
+
+    @property
+    def in_container(self) -> str | None:
+        f = self.facts.get("virt")
+        if f and f.ok and f.out.strip() and f.out.strip() != "none":
+            return f.out.strip()
+        return None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    fn: Callable[[Probe], str]
+    stages: tuple            # gate stages that run it; every check runs in `fab verify`
+    applies: Callable[[Spec], bool]
+    needs: tuple = ()        # checks that must have passed (else this one is skipped)
+    doc: str = ""
+
+
+def _mode_problem(actual: str, expected: str) -> str:
+    a, e = int(actual, 8), int(expected, 8)
+    notes = []
+    if a & 0o007 and not e & 0o007:
+        notes.append("world bits set")
+    elif a & 0o070 and not e & 0o070:
+        notes.append("group bits set")
+    return f"mode {actual}, expected {expected}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def expected_packages(spec: Spec, os_release: str) -> list[str]:
+    """What bootstrap installs on this platform: the inventory's `packages`
+    plus what the app kind, nginx and TLS need (tasks/platforms.py)."""
+    from . import platforms
+
+    try:
+        plat = platforms.detect(os_release)
+    except platforms.UnsupportedPlatform:
+        return list(spec.packages)
+    out = list(platforms.base_packages(plat))
+    if spec.nginx:
+        out.append("nginx")
+    if spec.tls:
+        out += platforms.certbot_packages(plat, spec.tls_method)
+    if spec.kind == "node":
+        out += platforms.node_packages(plat, spec.node_version)
+    elif spec.kind == "python":
+        out += platforms.python_packages(plat, spec.python_version)
+    elif spec.kind in ("docker", "compose"):
+        out += platforms.docker_packages(plat, spec.kind == "compose")
+    out += spec.packages
+    return list(dict.fromkeys(out))
+
+
+def check_packages(p: Probe) -> str:
+    want = expected_packages(p.spec, p.fact("os").out)
+    got = parse_packages(p.fact("packages").out)
+    missing = [x for x in want if not got.get(x)]
+    if missing:
+        raise CheckFailed(f"packages not installed: {', '.join(missing)}")
+    return f"{len(want)} package(s) installed"
+
+
+def check_swap_active(p: Probe) -> str:
+    s = p.spec
+    swaps = parse_swaps(p.fact("swaps").out)
+    if s.swap_path not in swaps:
+        others = {k: v for k, v in swaps.items() if k != s.swap_path}
+        sf = p.facts.get("swapfile")
+        if sum(others.values()) >= s.swap_bytes and not (sf and sf.ok):
+            # bootstrap leaves swap.path alone when enough swap is active elsewhere
+            return f"enough swap active elsewhere: {', '.join(others)} ({_human(sum(others.values()))})"
+        virt = p.in_container
+        if virt:
+            raise CheckSkipped(f"swap cannot be enabled inside a {virt} container (the kernel's swap belongs "
+                               "to the machine running it); bootstrap skips swapon there too")
+        other = f" (active swap: {', '.join(swaps)})" if swaps else " (no swap is active)"
+        raise CheckFailed(f"swap {s.swap_path} is not active{other}; expected {s.swap_size}: "
+                          f"run `swapon {s.swap_path}` or re-run bootstrap")
+    size = swaps[s.swap_path]
+    # /proc/swaps leaves out the first page (the swap header)
+    if abs(size + 4096 - s.swap_bytes) > s.swap_bytes * s.swap_tolerance:
+        raise CheckFailed(f"swap {s.swap_path} is {_human(size)}, expected {s.swap_size} "
+                          f"(±{s.swap_tolerance:.0%}, verify.swap_tolerance)")
+    return f"{s.swap_path} active, {_human(size)}"
+
+
+def check_swap_fstab(p: Probe) -> str:
+    s = p.spec
+    lines = fstab_swap_lines(p.fact("fstab").out, s.swap_path)
+    if not lines:
+        sf = p.facts.get("swapfile")
+        others = {k: v for k, v in parse_swaps(p.fact("swaps").out).items() if k != s.swap_path}
+        if sum(others.values()) >= s.swap_bytes and not (sf and sf.ok):
+            raise CheckSkipped(f"{s.swap_path} not used: enough swap active elsewhere ({', '.join(others)})")
+        raise CheckFailed(f"/etc/fstab has no swap line for {s.swap_path} (swap would be gone after a reboot)")
+    if len(lines) > 1:
+        raise CheckFailed(f"/etc/fstab has {len(lines)} swap lines for {s.swap_path}, expected exactly one")
+    return f"one fstab line for {s.swap_path}"
+
+
+def check_app_user(p: Probe) -> str:
+    s = p.spec
+    f = p.fact("user")
+    if not f.ok:
+        first = snippet(f.out, 100)
+        raise CheckFailed(f"app user '{s.user}' or group '{s.group}' missing ({first})")
+    return f"user {s.user}, group {s.group}"
+
+
+def check_app_dirs(p: Probe) -> str:
+    got = parse_stat(p.fact("dirs").out)
+    problems = []
+    for path, owner, group, mode in p.spec.dirs():
+        st = got.get(path)
+        if st is None:
+            problems.append(f"{path} is missing")
+            continue
+        if st["type"] != "directory":
+            problems.append(f"{path} is a {st['type']}, expected a directory")
+            continue
+        if owner and st["owner"] != owner or group and st["group"] != group:
+            problems.append(f"{path} is owned by {st['owner']}:{st['group']}, expected "
+                            f"{owner or st['owner']}:{group or st['group']}")
+        if mode and st["mode"] != mode:
+            problems.append(f"{path} has {_mode_problem(st['mode'], mode)}")
+    if problems:
+        raise CheckFailed("; ".join(problems))
+    return f"{len(got)} directories with the expected owners and modes"
+
+
+def _env_stat(p: Probe) -> dict:
+    st = parse_stat(p.fact("env").out).get(p.spec.env_path)
+    if not st:
+        raise CheckFailed(f"env file {p.spec.env_path} is missing")
+    return st
+
+
+def check_env_present(p: Probe) -> str:
+    st = _env_stat(p)
+    if st["type"] != "regular file" and st["type"] != "regular empty file":
+        raise CheckFailed(f"env file {p.spec.env_path} is a {st['type']}, expected a regular file")
+    return f"{p.spec.env_path} present"
+
+
+def check_env_owner(p: Probe) -> str:
+    s, st = p.spec, _env_stat(p)
+    if (st["owner"], st["group"]) != (s.env_owner, s.env_group):
+        raise CheckFailed(f"env file {s.env_path} is owned by {st['owner']}:{st['group']}, expected "
+                          f"{s.env_owner}:{s.env_group} (env.owner/env.group)")
+    return f"{st['owner']}:{st['group']}"
+
+
+def check_env_mode(p: Probe) -> str:
+    s, st = p.spec, _env_stat(p)
+    if int(s.env_mode, 8) & 0o007:
+        raise CheckFailed(f"env.mode {s.env_mode} in the inventory lets every user read the env file "
+                          f"{s.env_path}; use 0600 or 0640")
+    if st["mode"] != s.env_mode:
+        raise CheckFailed(f"env file {s.env_path} has {_mode_problem(st['mode'], s.env_mode)}")
+    return st["mode"]
+
+
+def _unit_props(p: Probe) -> tuple[str, dict]:
+    port = p.port
+    if p.spec.blue_green and not port:
+        raise CheckFailed(f"no live port: nginx upstream {p.spec.upstream_file} names no port "
+                          "(has the app been deployed?)")
+    props = parse_kv(p.fact("unit").out)
+    return props.get("Id") or p.spec.unit_for(port) or "?", props
+
+
+def check_unit_enabled(p: Probe) -> str:
+    unit, props = _unit_props(p)
+    if props.get("LoadState") != "loaded":
+        raise CheckFailed(f"unit {unit} is not installed (LoadState={props.get('LoadState') or '?'})")
+    state = props.get("UnitFileState", "")
+    if state not in ("enabled", "enabled-runtime", "static", "indirect", "generated"):
+        raise CheckFailed(f"unit {unit} is {state or 'not enabled'}, expected enabled (it would not start "
+                          f"after a reboot): systemctl enable {unit}")
+    return f"{unit} {state}"
+
+
+def check_unit_active(p: Probe) -> str:
+    unit, props = _unit_props(p)
+    active, sub = props.get("ActiveState", "?"), props.get("SubState", "?")
+    if active != "active" or sub not in ("running", "exited", "listening"):
+        result = props.get("Result", "")
+        why = f", result {result}" if result and result != "success" else ""
+        raise CheckFailed(f"unit {unit} is {active} ({sub}){why}, expected active (running); "
+                          f"see: journalctl -u {unit}")
+    restarts = props.get("NRestarts", "0")
+    return f"{unit} active ({sub})" + (f", {restarts} restart(s)" if restarts not in ("", "0") else "")
+
+
+def check_container(p: Probe) -> str:
+    rows = [ln.split("|") for ln in p.fact("containers").out.splitlines() if ln.count("|") >= 3]
+    running = [r for r in rows if r[2] == "running"]
+    port = p.port
+    if p.spec.blue_green and port:
+        running_on = [r for r in running if r[1] == str(port)]
+        if not running_on:
+            raise CheckFailed(f"no running container of {p.spec.app} on live port {port} "
+                              f"(containers: {', '.join(f'{r[0]} {r[2]}' for r in rows) or 'none'})")
+        return f"{running_on[0][0]} running"
+    if not running:
+        raise CheckFailed(f"no running container of {p.spec.app} "
+                          f"(containers: {', '.join(f'{r[0]} {r[2]}' for r in rows) or 'none'})")
+    return ", ".join(r[0] for r in running) + " running"
+
+
+def check_failed_units(p: Probe) -> str:
+    failed = [u for u in parse_failed_units(p.fact("failed").out) if u not in p.spec.ignore_failed_units]
+    if failed:
+        raise CheckFailed(f"failed systemd units: {', '.join(failed)} (systemctl status {failed[0]})")
+    return "no failed units"
+
+
+def check_nginx_config(p: Probe) -> str:
+    f = p.fact("nginx_t")
+    if not f.ok:
+        lines = [ln for ln in f.out.splitlines() if "[emerg]" in ln or "failed" in ln] or f.out.splitlines()
+        raise CheckFailed(f"nginx -t fails: {snippet(lines[0] if lines else 'no output', 200)}")
+    return "nginx -t ok"
+
+
+def check_nginx_running(p: Probe) -> str:
+    state = p.fact("nginx_active").out.strip()
+    if state != "active":
+        raise CheckFailed(f"nginx is {state or 'not running'}, expected active; see: journalctl -u nginx")
+    return "nginx active"
+
+
+def _listening(port: int):
+    def fn(p: Probe) -> str:
+        ports = parse_listen(p.fact("listen").out)
+        if port not in ports:
+            raise CheckFailed(f"nothing listens on TCP port {port} (expected nginx)")
+        return f"listening on {port}"
+
+    fn.__name__ = f"check_listen_{port}"
+    return fn
+
+
+def check_cert(p: Probe) -> str:
+    s = p.spec
+    d0 = s.domains[0]
+    info = parse_cert(p.fact("cert").out)
+    if info is None:
+        raise CheckFailed(f"no certificate served on 127.0.0.1:443 for {d0} (openssl s_client got none)")
+    problems = []
+    now = datetime.fromtimestamp(int(p.fact("now").out.strip() or 0), timezone.utc)
+    days = None
+    if info.not_after is None:
+        problems.append("cannot read its expiry date")
+    else:
+        days = (info.not_after - now).total_seconds() / 86400
+        if days < 0:
+            problems.append(f"expired on {info.not_after:%Y-%m-%d} ({-days:.0f} days ago)")
+        elif days < s.cert_min_days:
+            problems.append(f"expires on {info.not_after:%Y-%m-%d}, in {days:.0f} days: fewer than "
+                            f"{s.cert_min_days} (verify.cert_min_days)")
+    missing = [d for d in s.domains if not name_covered(d, info.names)]
+    if missing:
+        problems.append(f"does not cover {', '.join(missing)} (names: {', '.join(info.names) or 'none'})")
+    if s.cert_issuer and s.cert_issuer.lower() not in info.issuer.lower():
+        problems.append(f"issuer is '{info.issuer}', expected '{s.cert_issuer}' (verify.cert_issuer)")
+    if problems:
+        raise CheckFailed(f"certificate for {d0}: " + "; ".join(problems))
+    return f"valid for {d0} until {info.not_after:%Y-%m-%d} ({days:.0f} days), issuer {_cn(info.issuer)}"
+
+
+def _cn(dn: str) -> str:
+    m = _DN_CN.search(dn)
+    return m.group(1).strip() if m else dn
+
+
+def check_redirect(p: Probe) -> str:
+    d0 = p.spec.domains[0]
+    out = p.fact("redirect").out.strip().split()
+    status = int(out[0]) if out and out[0].isdigit() else 0
+    loc = out[1] if len(out) > 1 else ""
+    if status not in (301, 302, 307, 308) or not loc.startswith(f"https://{d0}"):
+        got = f"{status} {loc}".strip() if status else f"no answer ({snippet(' '.join(out), 80) or 'curl failed'})"
+        raise CheckFailed(f"http://{d0}/ answers {got}, expected a redirect to https://{d0}/")
+    return f"{status} -> {loc}"
+
+
+def _http_result(p: Probe, fact: str, what: str, expect: int, contains: str | None) -> str:
+    r = parse_http(p.fact(fact).out)
+    if r.curl_rc != 0:
+        raise CheckFailed(f"{what}: no answer ({r.error or f'curl exit {r.curl_rc}'})")
+    if r.status != expect:
+        raise CheckFailed(f"{what} answered {r.status}, expected {expect}"
+                          + (f" (body: {snippet(r.body, 100)})" if r.body.strip() else ""))
+    if contains and contains not in r.body:
+        raise CheckFailed(f"{what} answered {r.status} but the body lacks {contains!r} "
+                          f"(body: {snippet(r.body, 100)})")
+    return f"{r.status}"
+
+
+def check_health(p: Probe) -> str:
+    h = p.spec.health
+    port = h.get("port") or p.port
+    what = f"{h.get('method', 'GET')} {h.get('scheme') or 'http'}://127.0.0.1:{port}{h.get('path', '/health')}"
+    return what + " -> " + _http_result(p, "health", what, h.get("expect_status", 200), h.get("body_contains"))
+
+
+def check_nginx_proxy(p: Probe) -> str:
+    s, h = p.spec, p.spec.health
+    base = f"https://{s.server_name}" if s.tls else "http://127.0.0.1" + (
+        f" (Host: {s.server_name})" if s.server_name else "")
+    what = f"{h.get('method', 'GET')} {base}{h.get('path', '/health')} through nginx"
+    return what + " -> " + _http_result(p, "nginx_proxy", what, h.get("expect_status", 200), h.get("body_contains"))
+
+
+def _current_id(p: Probe) -> str:
+    f = p.fact("current")
+    lines = f.out.splitlines()
+    target = lines[0].strip() if lines else ""
+    if not target:
+        raise CheckFailed(f"{p.spec.current} does not exist (no release deployed yet?)")
+    if "isdir" not in lines[1:]:
+        raise CheckFailed(f"{p.spec.current} -> {target}, which is not a directory (release deleted?)")
+    return target.rstrip("/").rsplit("/", 1)[-1]
+
+
+def check_current_release(p: Probe) -> str:
+    rid = _current_id(p)
+    from .releases import parse_log
+
+    entries = [e for e in parse_log(p.fact("release_log").out) if e.id == rid and e.action == "deploy"]
+    if any(e.result in COMPLETED for e in entries):
+        return f"current -> {rid} (completed)"
+    if p.stage == "deploy":
+        # The deploy gate runs before the release is recorded as completed.
+        return f"current -> {rid} (being deployed)"
+    results = ", ".join(e.result or "?" for e in entries)
+    raise CheckFailed(f"current -> {rid}, which is not a completed release in {p.spec.release_log}"
+                      + (f" (recorded: {results})" if results else " (not recorded)"))
+
+
+def check_active_slot(p: Probe) -> str:
+    rid = _current_id(p)
+    port = p.port
+    target = p.fact("slot").out.strip()
+    slot_id = target.rstrip("/").rsplit("/", 1)[-1] if target else ""
+    if slot_id != rid:
+        raise CheckFailed(f"nginx sends traffic to port {port}, whose slot runs "
+                          f"{slot_id or 'nothing'}, but current is {rid}")
+    return f"port {port} runs {rid}"
+
+
+def _http_check(index: int, c: HttpCheck):
+    def fn(p: Probe) -> str:
+        s = p.spec
+        if c.via == "https":
+            base = f"https://{s.server_name}"
+        elif c.via == "nginx":
+            base = "http://127.0.0.1" + (f" (Host: {s.server_name})" if s.server_name else "")
+        else:
+            base = f"http://127.0.0.1:{p.port}"
+        hdrs = "".join(f" {k}: {v}" for k, v in c.headers.items())
+        what = f"{c.method} {base}{c.path}" + (f" [{hdrs.strip()}]" if hdrs else "")
+        return what + " -> " + _http_result(p, f"http.{index}", what, c.expect_status, c.body_contains)
+
+    return fn
+
+
+# The catalogue. Order matters: a check's `needs` come before it.
+_ALL = ("bootstrap", "deploy", "rotate-env", "rollback")
+_APP = ("deploy", "rotate-env", "rollback")
+
+
+def _has_app(s): return bool(s.app)
+def _has_unit(s): return s.systemd
+def _has_container(s): return s.docker
+
+
+def _runs_app(s):
+    return s.systemd or s.docker
+
+
+def static_checks() -> list[Check]:
+    return [
+        Check("packages", check_packages, ("bootstrap",), lambda s: True,
+              doc="the inventory's `packages` and what the app kind, nginx and TLS need are installed"),
+        Check("swap_active", check_swap_active, ("bootstrap",), lambda s: bool(s.swap_path),
+              doc="swap file active at swap.size (± verify.swap_tolerance)"),
+        Check("swap_fstab_once", check_swap_fstab, ("bootstrap",), lambda s: bool(s.swap_path),
+              doc="exactly one /etc/fstab line for the swap file"),
+        Check("app_user", check_app_user, ("bootstrap",), _has_app, doc="app user and group exist"),
+        Check("app_dirs", check_app_dirs, ("bootstrap", "deploy"), _has_app,
+              doc="app root, releases, shared, .fabship and config dir with their owners and modes"),
+        Check("env_file", check_env_present, _ALL, lambda s: bool(s.env_path), doc="env file present"),
+        Check("env_file_owner", check_env_owner, _ALL, lambda s: bool(s.env_path), ("env_file",),
+              doc="env file owner:group as env.owner/env.group"),
+        Check("env_file_mode", check_env_mode, _ALL, lambda s: bool(s.env_path), ("env_file",),
+              doc="env file mode as env.mode, never world-accessible"),
+        Check("unit_enabled", check_unit_enabled, _APP, _has_unit,
+              doc="the app's systemd unit (the live blue/green instance) is enabled"),
+        Check("unit_active", check_unit_active, _APP, _has_unit, doc="the app's unit is active (running)"),
+        Check("container_running", check_container, _APP, _has_container,
+              doc="the app's container runs (on the live port for blue/green)"),
+        Check("failed_units", check_failed_units, _ALL, lambda s: True, doc="no failed systemd units"),
+        Check("nginx_config", check_nginx_config, _ALL, lambda s: s.nginx, doc="nginx -t passes"),
+        Check("nginx_running", check_nginx_running, _ALL, lambda s: s.nginx, doc="nginx is active"),
+        Check("listen_http", _listening(80), _ALL, lambda s: s.nginx, ("nginx_running",),
+              doc="something listens on port 80"),
+        Check("listen_https", _listening(443), _ALL, lambda s: s.tls, ("nginx_running",),
+              doc="something listens on port 443"),
+        Check("cert_valid", check_cert, ("bootstrap", "deploy"), lambda s: s.tls and bool(s.domains),
+              ("listen_https",),
+              doc="the certificate served for the first domain is unexpired, has more than "
+                  "verify.cert_min_days left, covers every domain and has verify.cert_issuer"),
+        Check("http_redirect", check_redirect, ("bootstrap", "deploy"), lambda s: s.tls and bool(s.domains),
+              ("listen_http",), doc="http:// redirects to https://"),
+        Check("health", check_health, _APP, lambda s: _runs_app(s) or bool(s.health.get("port")),
+              ("unit_active", "container_running"), doc="the health URL answers on the app's live port"),
+        Check("nginx_proxy", check_nginx_proxy, _APP, lambda s: s.nginx and bool(s.app),
+              ("health", "nginx_running"), doc="the health URL answers through nginx (https when TLS is on)"),
+        Check("current_release", check_current_release, ("deploy", "rollback"), _runs_app,
+              doc="`current` points to a completed release"),
+        Check("active_slot", check_active_slot, ("deploy", "rollback"), lambda s: s.blue_green and s.systemd,
+              ("current_release", "unit_active"), doc="the live blue/green port runs the current release"),
+    ]
+
+
+def checks_for(spec: Spec) -> list[Check]:
+    """Every check that applies to this host (static ones + the inventory's HTTP checks)."""
+    out = [c for c in static_checks() if c.applies(spec)]
+    names = {c.name for c in out}
+    for i, hc in enumerate(spec.http_checks):
+        needs = tuple(n for n in ("unit_active", "container_running") if n in names)
+        needs += ("nginx_running",) if hc.via != "app" else ()
+        out.append(Check(f"http:{hc.name}", _http_check(i, hc), _APP, lambda s: True, needs,
+                         doc=f"{hc.method} {hc.path} answers {hc.expect_status}"))
+    return out
+
+
+STATIC_NAMES = tuple(c.name for c in static_checks())
+
+
+def select(checks: list[Check], *, stage: str | None = None, only: list[str] | None = None,
+           skip: list[str] | None = None) -> list[Check]:
+    """Checks for a gate stage (None = all), optionally narrowed with `only`
+    (names or prefixes ending in '*', e.g. 'http:*') and minus `skip`."""
+    def match(name, pats):
+        return any(name == x or (x.endswith("*") and name.startswith(x[:-1])) for x in pats)
+
+    out = [c for c in checks if stage is None or stage in c.stages]
+    if only:
+        out = [c for c in out if match(c.name, only)]
+    if skip:
+        out = [c for c in out if not match(c.name, skip)]
+    return out
+
+
+def unknown_names(names: list[str], spec_checks: list[str]) -> list[str]:
+    known = set(STATIC_NAMES) | set(spec_checks)
+    return [n for n in names if not (n in known or (n.endswith("*") and any(
+        k.startswith(n[:-1]) for k in known)) or n.startswith("http:"))]
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str
+    message: str
+
+    def as_dict(self):
+        return {"name": self.name, "status": self.status, "message": self.message}
+
+
+def evaluate(checks: list[Check], probe: Probe) -> list[CheckResult]:
+    """Run the checks in order. A check whose prerequisite failed or was
+    skipped is skipped naming it, so one fault is one failed check."""
+    done: dict[str, tuple[str, str]] = {}   # name -> (status, the failed check at the root)
+    out = []
+    for c in checks:
+        blocked = [n for n in c.needs if n in done and done[n][0] in (FAIL, SKIP)]
+        if blocked:
+            status, root = done[blocked[0]]
+            if root:
+                res = CheckResult(c.name, SKIP, f"{root} failed")
+            else:
+                res = CheckResult(c.name, SKIP, f"{blocked[0]} was skipped")
+            done[c.name] = (SKIP, root)
+        else:
+            try:
+                res = CheckResult(c.name, PASS, c.fn(probe) or "")
+            except CheckSkipped as e:
+                res = CheckResult(c.name, SKIP, str(e))
+            except CheckFailed as e:
+                res = CheckResult(c.name, FAIL, str(e))
+            done[c.name] = (res.status, c.name if res.status == FAIL else "")
+        out.append(res)
+    return out
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,297 @@
+"""`fab verify` and the verification gate: the checks of tasks/checks.py run
+against hosts over fabship's own SSH connection, through testinfra.
+
+Why a custom testinfra backend (FabshipBackend) rather than testinfra's
+`paramiko://`: testinfra's paramiko backend sets paramiko's WarningPolicy and
+loads no known_hosts, so it talks to any host that answers (a warning in a
+log nobody reads). fabship's connection (tasks/ssh.py) loads the inventory's
+known_hosts and refuses unknown or changed keys. Running testinfra on that
+connection keeps one SSH layer (same keys, user, sudo, timeouts), costs no
+extra connection, and lets the gate reuse the connection the task already has
+open. The pytest suite (tasks/verify_suite/) uses the same backend by default;
+with `--hosts` it wraps paramiko:// in StrictParamikoBackend (known_hosts +
+RejectPolicy) and recommends ssh:// with the ssh_config this module writes.
+
+All facts come from one read-only script per host (one round trip); the
+checks are pure functions over those facts.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import testinfra.backend.base
+import testinfra.host
+
+from . import checks as C
+from .commands import Raw
+from .errors import ConfigError, FabshipError
+
+GATE_STEP = "verify gate"
+
+
+# -- testinfra backends -----------------------------------------------------------------
+
+class FabshipBackend(testinfra.backend.base.BaseBackend):
+    """testinfra over a fabship HostContext: commands go through `ctx.run`
+    (strict host keys, sudo -n for non-root users, output masking, the run
+    record), on the connection the run already holds."""
+
+    NAME = "fabship"
+
+    def __init__(self, ctx, *args: Any, **kwargs: Any):
+        self.ctx = ctx
+        super().__init__(ctx.host.name, *args, **kwargs)
+
+    def get_pytest_id(self) -> str:
+        return self.ctx.host.name
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> testinfra.backend.base.CommandResult:
+        cmd = self.get_command(command, *args)
+        r = self.ctx.run(Raw(cmd), check=False, timeout=kwargs.get("timeout"), what="verify facts")
+        return self.result(r.exited, cmd.encode("utf-8", "replace"), r.stdout, r.stderr)
+
+
+def testinfra_host(ctx) -> testinfra.host.Host:
+    host = ctx.data.get("testinfra_host")
+    if host is None:
+        backend = FabshipBackend(ctx)
+        host = testinfra.host.Host(backend)
+        backend.set_host(host)
+        ctx.data["testinfra_host"] = host
+    return host
+
+
+def strict_paramiko_backend(hostspec: str, known_hosts: str, **kwargs):
+    """testinfra's paramiko backend with real host key checking."""
+    import paramiko
+    from testinfra.backend.paramiko import ParamikoBackend
+
+    from .ssh import StrictPolicy
+
+    class StrictParamikoBackend(ParamikoBackend):
+        @property
+        def client(self):  # testinfra's is a cached_property with WarningPolicy
+            if getattr(self, "_strict_client", None) is None:
+                client = paramiko.SSHClient()
+                if Path(known_hosts).exists():
+                    client.load_host_keys(known_hosts)
+                client._host_keys_filename = None
+                client.set_missing_host_key_policy(StrictPolicy(Path(known_hosts), int(self.host.port or 22)))
+                cfg = {"hostname": self.host.name, "port": int(self.host.port or 22),
+                       "username": self.host.user, "timeout": self.timeout}
+                if self.ssh_identity_file:
+                    cfg.update(key_filename=self.ssh_identity_file, look_for_keys=False)
+                client.connect(**cfg)
+                self._strict_client = client
+            return self._strict_client
+
+    return StrictParamikoBackend(hostspec, **kwargs)
+
+
+# -- gathering and evaluating ----------------------------------------------------------
+
+def gather(host: testinfra.host.Host, spec: C.Spec, timeout: float = 60) -> dict[str, C.Fact]:
+    """Every fact the checks need, in one round trip (one `sh -c`)."""
+    script = C.facts_script(spec)
+    res = host.run("sh -c %s", script, timeout=timeout)
+    facts = C.parse_facts(res.stdout)
+    if "now" not in facts:
+        raise FabshipError(f"verify: the facts script failed on {host.backend.get_hostname()} "
+                           f"(exit {res.rc}): {C.snippet(res.stderr or res.stdout, 200)}")
+    return facts
+
+
+def plan(inv, host, stage: str | None = None, only: list | None = None) -> tuple[C.Spec, list[C.Check]]:
+    """Expectations and the selected checks for one host. Pure; raises
+    ConfigError naming the inventory key when the verify section is wrong."""
+    spec = build_spec(inv, host)
+    selected = C.select(C.checks_for(spec), stage=stage, only=only, skip=spec.skip)
+    return spec, selected
+
+
+def build_spec(inv, host) -> C.Spec:
+    spec = C.build_spec(inv, host)
+    bad = C.unknown_names(spec.skip, [])
+    if bad:
+        raise inv.error("verify.skip", f"unknown check name(s): {', '.join(bad)}; known: "
+                                       f"{', '.join(C.STATIC_NAMES)}, http:NAME")
+    return spec
+
+
+def verify_host(ctx, stage: str | None = None, only: list | None = None) -> list[C.CheckResult]:
+    spec, selected = plan(ctx.inv, ctx.host, stage, only)
+    if not selected:
+        return []
+    facts = gather(testinfra_host(ctx), spec, timeout=max(60.0, float(spec.health.get("timeout", 5)) * 8))
+    return C.evaluate(selected, C.Probe(spec, facts, stage))
+
+
+# -- the gate ---------------------------------------------------------------------------------
+
+def gate_enabled(inv, stage: str) -> bool:
+    g = inv.get("verify.gate") or {}
+    return bool(g.get(stage, True))
+
+
+def run_gate(ctx, stage: str | None = None, *, enabled: bool | None = None) -> list[C.CheckResult]:
+    """The checks relevant to `stage` (bootstrap, deploy, rotate-env,
+    rollback) on one host, after the task changed it. Records one step
+    ("verify gate": ok, failed or skipped) and returns the failed checks;
+    the caller decides what a failure means (deploy: a failed health check,
+    so it rolls back). Skipped in dry-run, with --no-gate (`enabled=False`, or
+    the run's options["gate"] False) and where verify.gate.STAGE is false.
+
+    Also accepts a Run (gates every host that has not failed; the stage is the
+    task name) for callers that gate after `run.each`."""
+    from .runner import Run
+
+    if isinstance(ctx, Run):
+        gate_run(ctx, stage or ctx.task, enabled=enabled)
+        return []
+    stage = stage or ctx.run_.task
+    if stage not in C.STAGES:
+        raise ValueError(f"unknown gate stage {stage!r}; expected one of {', '.join(C.STAGES)}")
+    if enabled is False or ctx.run_.options.get("gate") is False:
+        ctx.skipped(GATE_STEP, "--no-gate")
+        return []
+    if not gate_enabled(ctx.inv, stage):
+        ctx.skipped(GATE_STEP, f"verify.gate.{stage} is false")
+        return []
+    if ctx.dry_run:
+        ctx.skipped(GATE_STEP, "dry run (nothing changed to verify)")
+        return []
+    t0 = time.monotonic()
+    results = verify_host(ctx, stage)
+    ctx.data["gate_results"] = results
+    failed = [r for r in results if r.status == C.FAIL]
+    passed = sum(1 for r in results if r.status == C.PASS)
+    skipped = [r for r in results if r.status == C.SKIP]
+    for r in skipped:
+        ctx.debug(f"  gate: {r.name} skipped: {r.message}")
+    if failed:
+        ctx.record(GATE_STEP, "failed", "; ".join(f"{r.name}: {r.message}" for r in failed), t0)
+    else:
+        ctx.record(GATE_STEP, "ok", f"{passed} check(s) passed" + (f", {len(skipped)} skipped" if skipped
+                                                                      else ""), t0)
+    return failed
+
+
+def gate_failure_message(failed: list[C.CheckResult]) -> str:
+    """One line for a StepFailed / health failure built from gate failures."""
+    return "verify gate failed: " + "; ".join(f"{r.name}: {r.message}" for r in failed)
+
+
+def gate_run(run, stage: str, *, enabled: bool | None = None) -> dict[str, list]:
+    """Gate every host of a run that has not failed; a host whose gate fails
+    is marked failed (so the task exits non-zero)."""
+    ok_hosts = [c.host for c in run.contexts.values() if not c.error]
+    out: dict[str, list] = {}
+
+    def one(ctx):
+        failed = run_gate(ctx, stage, enabled=enabled)
+        out[ctx.host.name] = failed
+        if failed:
+            ctx.error = gate_failure_message(failed)
+
+    run.each(one, hosts=ok_hosts)
+    return out
+
+
+# -- fab verify ---------------------------------------------------------------------------------
+
+def _split(value) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, (list, tuple)):
+        value = ",".join(value)
+    return [x.strip() for x in str(value).split(",") if x.strip()]
+
+
+def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           stage=None, only=None, ssh_config=None) -> None:
+    """The `fab verify` task body."""
+    from .cli import open_run
+    from .inventory import load_inventory
+    from .runner import print_table
+
+    only_l = _split(only)
+    if stage and stage not in C.STAGES:
+        raise ConfigError("command line", "--stage", f"expected one of {', '.join(C.STAGES)}, got {stage!r}")
+    if ssh_config:
+        inv = load_inventory(inventory, overrides=list(set or ()))
+        write_ssh_config(inv, inv.resolve_hosts(limit), ssh_config)
+        print(f"wrote {ssh_config}; run: pytest {Path(__file__).parent / 'verify_suite'} "
+              f"--hosts=ssh://{inv.resolve_hosts(limit)[0].name} --ssh-config={ssh_config} "
+              f"--fabship-inventory={inv.path}")
+        return
+    run = open_run("verify", inventory, set=set, limit=limit, parallel=parallel, verbose=verbose,
+                   accept_new_host_keys=accept_new_host_keys,
+                   options={"stage": stage, "only": only_l, "limit": limit})
+    # Validate everything before connecting: a bad verify section fails here, once.
+    for h in run.hosts:
+        _, selected = plan(run.inv, h, stage, only_l)
+    if only_l:
+        known = {c.name for h in run.hosts for c in C.checks_for(build_spec(run.inv, h))}
+        bad = [n for n in only_l if not any(k == n or (n.endswith("*") and k.startswith(n[:-1])) for k in known)]
+        if bad:
+            raise ConfigError("command line", "--only", f"no such check: {', '.join(bad)}; known: "
+                                                      f"{', '.join(sorted(known))}")
+    results: dict[str, list[C.CheckResult]] = {}
+
+    def one(ctx):
+        res = verify_host(ctx, stage, only_l)
+        results[ctx.host.name] = res
+        for r in res:
+            ctx.record(r.name, {C.PASS: "ok", C.FAIL: "failed", C.SKIP: "skipped"}[r.status], r.message)
+        failed = [r.name for r in res if r.status == C.FAIL]
+        if failed:
+            ctx.error = f"{len(failed)} check(s) failed: {', '.join(failed)}"
+
+    run.each(one)
+    rows = []
+    for h in run.hosts:
+        ctx = run.contexts[h.name]
+        res = results.get(h.name)
+        if res is None:  # unreachable or crashed: the error says why
+            rows.append([h.name, "-", "-", "-", ctx.error or "not verified"])
+            continue
+        n = {s: sum(1 for r in res if r.status == s) for s in (C.PASS, C.FAIL, C.SKIP)}
+        rows.append([h.name, str(n[C.PASS]), str(n[C.FAIL]), str(n[C.SKIP]),
+                     ", ".join(r.name for r in res if r.status == C.FAIL) or "-"])
+    run.extra["verify"] = {n: [r.as_dict() for r in res] for n, res in results.items()}
+    what = f" (stage {stage})" if stage else ""
+    print_table(["HOST", "PASSED", "FAILED", "SKIPPED", "FAILED CHECKS"], rows, run.out,
+                title=f"verify{what} on {len(run.hosts)} host(s) in {time.monotonic() - run.t0:.1f}s")
+    from .cli import finish
+
+    finish(run, summary=False)
+
+
+# -- ssh_config for testinfra's ssh:// backend ---------------------------------------------
+
+def ssh_config_text(inv, hosts) -> str:
+    """An OpenSSH client config for the inventory's hosts with strict host key
+    checking against the inventory's known_hosts (for `pytest --hosts=ssh://NAME
+    --ssh-config=FILE`)."""
+    from .ssh import check_key_file, known_hosts_path
+
+    key = check_key_file(inv, inv.data["ssh"].get("key_file"))
+    kh = known_hosts_path(inv)
+    lines = [f"# written by `fab verify --ssh-config` for {inv.path}"]
+    for h in hosts:
+        lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}",
+                  "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}", "  BatchMode yes",
+                  f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
+        if key:
+            lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
+    return "\n".join(lines) + "\n"
+
+
+def write_ssh_config(inv, hosts, path: str) -> None:
+    p = Path(path).expanduser()
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(ssh_config_text(inv, hosts))

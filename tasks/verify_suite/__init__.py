@@ -1,0 +1,1 @@
+"""fabship's verification suite as a pytest/testinfra module (see conftest.py)."""
