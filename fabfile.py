@@ -78,15 +78,16 @@ def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_
                                "(default: every check)",
                          only="only these checks, comma-separated names; a trailing * matches a prefix "
                               "(e.g. env_file*,http:*)",
-                         ssh_config="write an OpenSSH config (strict host keys, the inventory's known_hosts and "
-                                    "key) to PATH for `pytest --hosts=ssh://HOST --ssh-config=PATH`, then exit"))
+                         write_ssh_config="write an OpenSSH config (strict host keys, the inventory's "
+                                          "known_hosts and key) to PATH for `pytest --hosts=ssh://HOST "
+                                          "--ssh-config=PATH`, then exit"))
 def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-           stage=None, only=None, ssh_config=None):
+           stage=None, only=None, write_ssh_config=None):
     """Run the testinfra verification suite against every host; print a pass/fail table."""
     from tasks.verify import verify as run_verify
 
     run_verify(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, stage=stage, only=only,
-               ssh_config=ssh_config)
+               ssh_config=write_ssh_config)
 
 
 @fabship_task(help=helps(*COMMON, lines="journal lines per unit (default 200)",
