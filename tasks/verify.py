@@ -280,7 +280,7 @@ def ssh_config_text(inv, hosts) -> str:
 
     key = check_key_file(inv, inv.data["ssh"].get("key_file"))
     kh = known_hosts_path(inv)
-    lines = [f"# written by `fab verify --ssh-config` for {inv.path}"]
+    lines = [f"# written by `fab verify --write-ssh-config` for {inv.path}"]
     for h in hosts:
         lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}",
                   "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}", "  BatchMode yes",

@@ -5,7 +5,7 @@ tasks/checks.py as parametrized testinfra tests, one test per (host, check).
     pytest tasks/verify_suite --fabship-inventory=prod [--fabship-limit=web1] [--fabship-stage=deploy]
 
     # over testinfra's own backends; hosts are matched to the inventory by name or address:
-    fab verify -i prod --ssh-config=prod.ssh_config
+    fab verify -i prod --write-ssh-config=prod.ssh_config
     pytest tasks/verify_suite --fabship-inventory=prod --hosts=ssh://web1 --ssh-config=prod.ssh_config
     pytest tasks/verify_suite --fabship-inventory=prod --hosts=paramiko://root@10.0.0.5 \
         --ssh-identity-file=~/.ssh/id_ed25519
