@@ -37,7 +37,11 @@ def deploy(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host
            dry_run=False, lock_wait=None, gate=True, ref=None, artifact=None, tag=None, strategy=None,
            batch=None, max_fail=None, rollback_fleet=True):
     """Deploy a new release: build it, health-check it, switch, and roll back automatically on failure."""
-    not_available("deploy", "issue 5")
+    from tasks.deploy import deploy as run_deploy
+
+    run_deploy(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, lock_wait, gate,
+               ref=ref, artifact=artifact, tag=tag, strategy=strategy, batch=batch, max_fail=max_fail,
+               rollback_fleet=rollback_fleet)
 
 
 @fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
@@ -45,20 +49,27 @@ def deploy(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host
 def rollback(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
              dry_run=False, lock_wait=None, gate=True, to=None):
     """Re-point to the previous (or named) completed release, restart and health-check."""
-    not_available("rollback", "issue 5")
+    from tasks.rollback import rollback as run_rollback
+
+    run_rollback(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, lock_wait, gate,
+                 to=to)
 
 
-@fabship_task(help=helps(*COMMON))
-def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0):
-    """Show each host's releases and which one is current."""
-    not_available("releases", "issue 5")
+@fabship_task(help=helps(*COMMON, last="show only the newest N releases per host (default: all)"))
+def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, last=0):
+    """Show each host's releases (id, version, time, who, result) and which one is current."""
+    from tasks.rollback import releases as show_releases
+
+    show_releases(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, max_rows=int(last or 0))
 
 
-@fabship_task(help=helps(*COMMON, force="also break a lock that looks live (held by a running process)"))
+@fabship_task(help=helps(*COMMON, "dry_run", force="also break a lock that looks live (held by a running process)"))
 def unlock(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-           force=False):
-    """Break a stale deploy lock left by a killed run."""
-    not_available("unlock", "issue 5")
+           force=False, dry_run=False):
+    """Break a stale deploy lock left by a killed run (shows the holder; a live one only with --force)."""
+    from tasks.lock import unlock as run_unlock
+
+    run_unlock(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, force=force, dry_run=dry_run)
 
 
 @fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",

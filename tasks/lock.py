@@ -211,7 +211,10 @@ def release(ctx, holder: dict) -> bool:
     """Release our lock; never raises (it runs in finally blocks)."""
     if not holder or ctx.dry_run:
         return False
+    from .service import ensure_connection
+
     lay = Layout.from_inventory(ctx.inv)
+    ensure_connection(ctx)
     for attempt in range(2):
         try:
             r = ctx.run(release_cmd(lay, holder["id"]), check=False, timeout=30, what="release deploy lock")

@@ -126,7 +126,7 @@ class Layout:
 
     @property
     def upstream_name(self) -> str:
-        return f"{self.app}_backend".replace("-", "_").replace(".", "_")
+        return f"{self.app}_backend"  # the name the site's proxy_pass uses (tasks/nginx.py)
 
     @property
     def systemd(self) -> bool:
@@ -257,8 +257,11 @@ def switch_current(lay: Layout, rid: str) -> Cmd:
 
 
 def point_slot(lay: Layout, port: int, rid: str) -> Cmd:
-    """Blue/green: the port's unit runs whatever its slot link points at."""
-    return sh("install -d -m 0755 -- {}", lay.slots) & switch_symlink(lay.slot(port), f"../releases/{rid}")
+    """Blue/green: the port's unit runs whatever its slot link points at. The
+    app user must be able to traverse .fabship to reach its WorkingDirectory,
+    hence root:APPGROUP 0750 (ARCHITECTURE.md)."""
+    return sh("install -d -m 0750 -o root -g {} -- {} && install -d -m 0755 -- {}", lay.group, lay.state,
+              lay.slots) & switch_symlink(lay.slot(port), f"../releases/{rid}")
 
 
 def delete_releases(lay: Layout, rids: list[str]) -> Cmd | None:

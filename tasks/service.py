@@ -60,7 +60,12 @@ class Activation:
 # -- command builders (pure) ------------------------------------------------------
 
 def upstream_text(lay: Layout, port: int) -> str:
-    return render("deploy/upstream.conf.j2", app=lay.app, upstream=lay.upstream_name, port=port)
+    """The same bytes bootstrap writes (tasks/nginx.py), with the live port."""
+    try:
+        from .nginx import render_upstream
+    except ImportError:  # bootstrap's module not present: same contract, our template
+        return render("deploy/upstream.conf.j2", app=lay.app, upstream=lay.upstream_name, port=port)
+    return render_upstream(lay.app, [port])
 
 
 def upstream_switch_cmd(lay: Layout, drain: float = DRAIN_SECONDS) -> Cmd:
@@ -245,24 +250,27 @@ def pick_ports(lay: Layout, st: HostState, live: int | None) -> tuple[int | None
 def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
     live, idle = pick_ports(lay, st, st.live_port())
     new_unit = lay.instance(idle)
-    ctx.change("start new instance", f"{new_unit} on release {rid}", start_instance_cmd(lay, idle, rid))
-    check_cancel(ctx)
-    h = check_health(ctx, idle, dead_if=unit_dead(new_unit), spec=spec)
-    if not h.ok:
-        diag = collect_diagnostics(ctx, lay, since, h, units=[new_unit])
-        _quietly(ctx, "stop new instance", stop_instance_cmd(lay, idle))
-        ctx.record("health check", "failed", h.describe())
-        raise ActivationFailed(f"release {rid} failed its health check on port {idle}; "
-                               f"{'the old release keeps serving' if live else 'nothing was serving before'}",
-                               diag, health=h, old_serving=True)
-    check_cancel(ctx)
     try:
-        ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                   upstream_switch_cmd(lay), stdin=upstream_text(lay, idle), timeout=DRAIN_SECONDS + 60)
-    except StepFailed as e:
+        ctx.change("start new instance", f"{new_unit} on release {rid}", start_instance_cmd(lay, idle, rid))
+        check_cancel(ctx)
+        h = check_health(ctx, idle, dead_if=unit_dead(new_unit), spec=spec)
+        check_cancel(ctx)
+        if not h.ok:
+            diag = collect_diagnostics(ctx, lay, since, h, units=[new_unit])
+            ctx.record("health check", "failed", h.describe())
+            raise ActivationFailed(f"release {rid} failed its health check on port {idle}; " +
+                                   ("the old release keeps serving" if live else "nothing was serving before"),
+                                   diag, health=h, old_serving=True)
+        try:
+            ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
+                       upstream_switch_cmd(lay), stdin=upstream_text(lay, idle), timeout=DRAIN_SECONDS + 60)
+        except StepFailed as e:
+            raise ActivationFailed("nginx refused the new upstream; the old release keeps serving", e.details,
+                                   health=h, old_serving=True) from None
+    except BaseException:
+        # never switched: the new instance goes, the old one never stopped serving
         _quietly(ctx, "stop new instance", stop_instance_cmd(lay, idle))
-        raise ActivationFailed(f"nginx refused the new upstream; the old release keeps serving", e.details,
-                               health=h, old_serving=True) from None
+        raise
     # From here the new release serves: callers roll back by activating the old one.
     ctx.data["switched"] = True
     cmds = [switch_current(lay, rid), enable_instance_cmd(lay, idle)]
@@ -314,27 +322,29 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
         live = int(live_c["port"]) if live_c and live_c["port"].isdigit() else None
         _, idle = pick_ports(lay, st, live)
         olds = [c["name"] for c in st.containers if c["name"] != name]
-        ctx.change("start new container", f"{name} ({image}) on 127.0.0.1:{idle}",
-                   docker_free_name_cmd(name),
-                   docker_run_cmd(lay, name, rid, image, idle, cport, restart=restart, run_args=run_args))
-        if live_c and live_c["name"] == name:
-            olds = [f"{name}-prev" if o == name else o for o in olds] + [f"{name}-prev"]
-        check_cancel(ctx)
-        h = check_health(ctx, idle, dead_if=container_dead(name), spec=spec)
-        if not h.ok:
-            diag = collect_diagnostics(ctx, lay, since, h, containers=[name])
-            _quietly(ctx, "remove new container", docker_remove_cmd(name), _restore_name_cmd(name))
-            ctx.record("health check", "failed", h.describe())
-            raise ActivationFailed(f"release {rid} ({image}) failed its health check on port {idle}; "
-                                   "the old container keeps serving", diag, health=h, old_serving=True)
-        check_cancel(ctx)
+        if live_c and live_c["name"] == name:  # restart_app: the live one is renamed aside
+            olds.append(f"{name}-prev")
         try:
-            ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                       upstream_switch_cmd(lay), stdin=upstream_text(lay, idle), timeout=DRAIN_SECONDS + 60)
-        except StepFailed as e:
+            ctx.change("start new container", f"{name} ({image}) on 127.0.0.1:{idle}",
+                       docker_free_name_cmd(name),
+                       docker_run_cmd(lay, name, rid, image, idle, cport, restart=restart, run_args=run_args))
+            check_cancel(ctx)
+            h = check_health(ctx, idle, dead_if=container_dead(name), spec=spec)
+            check_cancel(ctx)
+            if not h.ok:
+                diag = collect_diagnostics(ctx, lay, since, h, containers=[name])
+                ctx.record("health check", "failed", h.describe())
+                raise ActivationFailed(f"release {rid} ({image}) failed its health check on port {idle}; "
+                                       "the old container keeps serving", diag, health=h, old_serving=True)
+            try:
+                ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
+                           upstream_switch_cmd(lay), stdin=upstream_text(lay, idle), timeout=DRAIN_SECONDS + 60)
+            except StepFailed as e:
+                raise ActivationFailed("nginx refused the new upstream; the old container keeps serving",
+                                       e.details, health=h, old_serving=True) from None
+        except BaseException:
             _quietly(ctx, "remove new container", docker_remove_cmd(name), _restore_name_cmd(name))
-            raise ActivationFailed("nginx refused the new upstream; the old container keeps serving", e.details,
-                                   health=h, old_serving=True) from None
+            raise
         ctx.data["switched"] = True
         cmds = [switch_current(lay, rid)] + [docker_remove_cmd(o) for o in dict.fromkeys(olds)]
         ctx.change("stop old container", ", ".join(dict.fromkeys(olds)) or "none running", *cmds)
@@ -422,10 +432,26 @@ def _static(ctx, lay, st, rid, spec) -> Activation:
     return Activation(rid)
 
 
+def ensure_connection(ctx) -> None:
+    """After an interruption closed the SSH transport under a command, the
+    cleanup needs a fresh connection."""
+    conn = ctx.conn
+    if conn is None:
+        return
+    try:
+        t = conn.client.get_transport()
+        alive = t is not None and t.is_active()
+    except Exception:
+        alive = False
+    if not alive:
+        ctx.close()
+
+
 def _quietly(ctx, step: str, *cmds: Cmd) -> None:
     """Cleanup after a failure: report, never raise over the real error."""
     if ctx.dry_run:
         return
+    ensure_connection(ctx)
     for c in cmds:
         try:
             ctx.run(c, check=False, timeout=120, what=step)

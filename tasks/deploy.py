@@ -1,0 +1,583 @@
+"""`fab deploy`: build a release, health-check it, switch, roll back on failure.
+
+Per host (`deploy_host`), new before old:
+  1. release dir /opt/APP/releases/<id> from the source (git / artifact /
+     image / compose, tasks/sources.py), build commands as the app user,
+     shared dirs/files linked in;
+  2. activate it (tasks/service.py): blue/green start beside the old one,
+     health-check, switch the nginx upstream, stop the old one; or restart;
+  3. record it: releases.jsonl entry + audit line (one round trip), env
+     snapshot for rollback, old releases pruned (keep N, never the current
+     or the last good one).
+A failed build/start/health check leaves the old release serving (never
+switched) or switches back, appends a `failed` entry and an audit line, and
+the host's failure shows the journal/docker logs, unit status and the last
+health response.
+
+Fleet (`Fleet`): every host's deploy lock is taken first (a second deploy
+fails fast naming the holder, before anything changes), then rolling batches
+(--batch N or N%); once failures pass --max-fail (unreachable hosts count)
+the deploy stops, and hosts already switched in this run roll back to their
+previous release in reverse order (--no-rollback-fleet keeps them). Ctrl-C
+and SIGTERM interrupt the in-flight remote commands, each host cleans up
+(the old release keeps serving), switched hosts roll back, locks are
+released. The summary says which host runs which release.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from .commands import Cmd, sh
+from .errors import ConfigError, ConnectError, FabshipError, HostKeyError, LockError, StepFailed
+from .releases import (Entry, HostState, Layout, append_lines_script, delete_releases, is_release_id, link_shared,
+                       release_id, releases_to_delete)
+from .service import (Cancelled, activate, check_cancel, check_installed, ensure_connection, gather_state)
+from .sources import Source, build_cmd, kill_build_cmd, plan_source, release_meta_cmd
+from .templates import render
+
+# per-host outcomes, shown in the summary
+DEPLOYED, FAILED, ROLLED_BACK, NOT_STARTED, UNREACHABLE, UNCHANGED = (
+    "deployed", "failed", "rolled back", "not started", "unreachable", "unchanged")
+
+
+# -- options ----------------------------------------------------------------------------
+
+def parse_amount(value, total: int, what: str, *, minimum: int = 0) -> int:
+    """'3' -> 3, '25%' of 8 hosts -> 2. Batches round up (at least 1);
+    failure allowances round down."""
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if not 0 <= pct <= 100:
+                raise ValueError
+            n = math.ceil(total * pct / 100) if minimum else math.floor(total * pct / 100)
+        else:
+            n = int(text)
+            if n < 0:
+                raise ValueError
+    except ValueError:
+        raise ConfigError("command line", what, f"expected a count such as 2 or a percent such as 25%, "
+                                                f"got {value!r}") from None
+    return max(minimum, n)
+
+
+def batches_of(hosts: list, size: int) -> list[list]:
+    size = max(1, size)
+    return [hosts[i:i + size] for i in range(0, len(hosts), size)]
+
+
+@dataclass
+class Plan:
+    lay: Layout
+    src: Source
+    rid: str
+    batch: int
+    max_fail: int
+    rollback_fleet: bool
+    lock_wait: float
+    alb: object = None
+    shared_dirs: list = field(default_factory=list)
+    shared_files: list = field(default_factory=list)
+
+
+def validate_app(inv, lay: Layout, action: str = "deploy") -> None:
+    """Everything about the app section a deploy/rollback needs, checked
+    before connecting; errors name the file and key."""
+    inv.require("app.name", action)
+    inv.require("app.kind", action)
+    if lay.kind in ("node", "python", "docker") and not lay.port:
+        raise inv.error("app.port", f"required for {action} of a {lay.kind} app (the port it listens on)")
+    if lay.kind in ("node", "python") and lay.strategy == "blue_green" and not lay.nginx:
+        raise inv.error("deploy.strategy", "blue_green switches traffic with nginx, but nginx is not enabled; "
+                                           "enable nginx or use strategy: restart")
+    if lay.blue_green:
+        ports = list(lay.ports)
+        if len(ports) != 2 or ports[0] == ports[1]:
+            raise inv.error("deploy.ports", "blue/green needs exactly two different ports")
+        if lay.port in ports:
+            raise inv.error("deploy.ports", f"must not include app.port ({lay.port})")
+    source = inv.get("deploy.source")
+    allowed = {"node": ("git", "artifact"), "python": ("git", "artifact"), "static": ("git", "artifact"),
+               "docker": ("image",), "compose": ("compose",)}[lay.kind]
+    if action == "deploy" and source not in allowed:
+        raise inv.error("deploy.source", f"{source} does not fit app.kind {lay.kind} "
+                                         f"(use {' or '.join(allowed)})")
+
+
+def plan_deploy(inv, hosts, *, ref=None, artifact=None, tag=None, batch=None, max_fail=None,
+                rollback_fleet=True, lock_wait=None) -> Plan:
+    if not inv.get("app"):
+        raise ConfigError(inv.path, "app", "required for deploy: the app section (name, kind, port)")
+    if not inv.get("deploy"):
+        raise ConfigError(inv.path, "deploy", "required for deploy: the deploy section (source, ...)")
+    lay = Layout.from_inventory(inv)
+    validate_app(inv, lay)
+    src = plan_source(inv, ref=ref, artifact=artifact, tag=tag)
+    total = len(hosts)
+    b = parse_amount(batch if batch not in (None, "") else (inv.get("deploy.batch") or total or 1), total,
+                     "--batch", minimum=1)
+    mf = parse_amount(max_fail if max_fail not in (None, "") else (inv.get("deploy.max_fail") or "0"), total,
+                      "--max-fail")
+    alb = None
+    if inv.get("hooks.alb"):
+        from .aws_hooks import preflight
+
+        alb = preflight(inv, hosts)
+    return Plan(lay=lay, src=src, rid=release_id(src.version), batch=b, max_fail=mf,
+                rollback_fleet=rollback_fleet if inv.get("deploy.rollback_fleet", True) else False,
+                lock_wait=float(lock_wait if lock_wait not in (None, "") else inv.get("deploy.lock_wait") or 0),
+                alb=alb, shared_dirs=list(inv.get("app.shared_dirs") or []),
+                shared_files=list(inv.get("app.shared_files") or []))
+
+
+# -- one host ---------------------------------------------------------------------------------
+
+def release_entry(plan_or_rid, *, action: str, result: str, previous: str | None, meta: dict | None = None,
+                  src: Source | None = None, st: HostState | None = None, **extra) -> Entry:
+    from datetime import datetime, timezone
+
+    from .lock import who
+
+    rid = plan_or_rid
+    meta = dict(meta or {})
+    e = Entry(id=rid, action=action, version=src.version if src else "", result=result,
+              time=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), user=who(),
+              previous=previous or "", source=src.kind if src else "", commit=meta.pop("commit", "") or "",
+              image=meta.pop("image", "") or "")
+    if st is not None and previous:
+        pe = st.entry(previous)
+        if pe and pe.image:
+            e.previous_image = pe.image
+    if src and src.ref:
+        e.extra["ref"] = src.ref
+    e.extra.update({k: v for k, v in meta.items() if v})
+    e.extra.update({k: v for k, v in extra.items() if v})
+    return e
+
+
+def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> None:
+    """Release log entry + audit line on the host, one round trip (stdin)."""
+    if ctx.dry_run:
+        return
+    from .audit import audit_line
+
+    line = render("deploy/release-line.j2", entry=entry.as_dict()).strip()
+    al = audit_line(entry.action, entry.id, entry.result, entry.user, audit_detail)
+    try:
+        ctx.run(append_lines_script([lay.release_log, lay.audit_log], ensure_dir=lay.state),
+                stdin=ctx.mask(line) + "\n" + ctx.mask(al) + "\n", timeout=30, what="release log")
+    except Exception as e:
+        ctx.say(f"warning: could not append to {lay.release_log}: {e}")
+
+
+def run_build(ctx, plan: Plan) -> None:
+    lay, rid = plan.lay, plan.rid
+    cmd = build_cmd(lay, rid, plan.src.build)
+    if ctx.dry_run:
+        ctx.change("build", "; ".join(plan.src.build), cmd)
+        return
+    t0 = time.monotonic()
+    ctx.say(f"build: {'; '.join(plan.src.build)}")
+    r = ctx.run(cmd, check=False, what="build")
+    if not r.ok:
+        ctx.record("build", "failed", f"exit {r.exited}", t0)
+        out = "\n".join((r.stdout + r.stderr).strip().splitlines()[-40:])
+        raise StepFailed(f"build failed (exit {r.exited}) in {lay.release_dir(rid)}; the old release keeps serving",
+                         ctx.mask(f"--- build output (last 40 lines)\n{out}"))
+    ctx.record("build", "changed", f"{len(plan.src.build)} command(s)", t0)
+
+
+def prepare_release(ctx, plan: Plan, st: HostState) -> dict:
+    lay, rid = plan.lay, plan.rid
+    meta = plan.src.prepare(ctx, lay, st, rid)
+    check_cancel(ctx)
+    if plan.src.build:
+        run_build(ctx, plan)
+        check_cancel(ctx)
+    ls = link_shared(lay, rid, plan.shared_dirs, plan.shared_files)
+    if ls is not None:
+        ctx.change("shared", f"{len(plan.shared_dirs)} dir(s), {len(plan.shared_files)} file(s) linked", ls)
+    info = {"id": rid, "version": plan.src.version, "source": plan.src.kind, **{k: v for k, v in meta.items() if v}}
+    if not ctx.dry_run:
+        ctx.run(release_meta_cmd(lay, rid), stdin=render("deploy/release.json.j2", release=info), what="release meta")
+    return meta
+
+
+def deploy_host(ctx, plan: Plan) -> None:
+    """One host's deploy, under the lock the fleet took. Raises on failure
+    after leaving the old release serving (or switching back)."""
+    lay, rid = plan.lay, plan.rid
+    st: HostState = ctx.data["state"]
+    prev = st.current
+    since = st.now or int(time.time())
+    ctx.data.update(previous=prev, outcome=None, switched=False, rid=rid)
+    meta: dict = {}
+    try:
+        check_cancel(ctx)
+        meta = prepare_release(ctx, plan, st)
+        check_cancel(ctx)
+        image = meta.get("image", "")
+        if plan.alb is not None:
+            from .aws_hooks import alb_out_of_service
+
+            with alb_out_of_service(ctx, plan.alb):
+                act = activate(ctx, lay, st, rid, since=since, image=image, previous=prev)
+        else:
+            act = activate(ctx, lay, st, rid, since=since, image=image, previous=prev)
+        ctx.data["outcome"] = DEPLOYED
+    except BaseException as e:
+        ctx.data["outcome"] = FAILED
+        _after_failure(ctx, plan, st, prev, meta, e)
+        if _cancelled(ctx) and not isinstance(e, Cancelled):
+            # the cut connection is not the host's fault: say what happened
+            raise Cancelled("interrupted (Ctrl-C/SIGTERM): " +
+                            ("the fleet rollback handles this host" if ctx.data.get("switched")
+                             else "never switched, the old release keeps serving")) from None
+        raise
+    # The release serves. Record it; what follows never undoes the switch.
+    _snapshot_env(ctx, rid)
+    entry = release_entry(rid, action="deploy", result="ok", previous=prev, meta=meta, src=plan.src, st=st,
+                          port=str(act.port or ""))
+    record(ctx, lay, entry, f"previous={prev or '-'} port={act.port or '-'}")
+    st.log.append(entry)
+    if rid not in st.releases:
+        st.releases.append(rid)
+    prune(ctx, lay, st, protect=(rid,))
+    ctx.note = f"-> {rid}" + (f" (was {prev})" if prev else " (first release)")
+
+
+def _after_failure(ctx, plan: Plan, st: HostState, prev: str | None, meta: dict, e: BaseException) -> None:
+    """Leave the host as it was: kill a build still running, log the failed
+    attempt. activate() already stopped a new instance or switched back."""
+    lay, rid = plan.lay, plan.rid
+    interrupted = isinstance(e, (KeyboardInterrupt, Cancelled)) or type(e).__name__ == "Terminated" or \
+        _cancelled(ctx)
+    if ctx.dry_run:
+        return
+    try:
+        ensure_connection(ctx)  # an interruption cut the old one
+        ctx.run(kill_build_cmd(lay), check=False, timeout=30, what="stop build")
+        if ctx.data.get("switched") and interrupted and prev:
+            ctx.say(f"interrupted after the switch: the fleet rollback puts {prev} back")
+        why = "interrupted" if interrupted else (e.message if isinstance(e, FabshipError) else str(e))
+        entry = release_entry(rid, action="deploy", result="interrupted" if interrupted else "failed",
+                              previous=prev, meta=meta, src=plan.src, st=st, reason=why[:300])
+        record(ctx, lay, entry, f"previous={prev or '-'}; {why[:200]}")
+    except Exception as err:  # cleanup must not hide the real failure
+        ctx.say(f"warning: cleanup after the failure: {err}")
+
+
+def _cancelled(ctx) -> bool:
+    ev = getattr(ctx.run_, "cancel", None)
+    return bool(ev is not None and ev.is_set())
+
+
+def _snapshot_env(ctx, rid: str) -> None:
+    """Rollback restores code and env together (ARCHITECTURE.md, env per release)."""
+    if ctx.dry_run or not ctx.inv.get("app.name"):
+        return
+    try:
+        from .rotate_env import snapshot_release_env
+
+        snapshot_release_env(ctx, rid)
+    except ImportError:
+        pass
+    except Exception as e:
+        ctx.say(f"warning: could not snapshot the env file for {rid}: {e}")
+
+
+def prune(ctx, lay: Layout, st: HostState, protect: tuple = ()) -> None:
+    """Keep N releases; never the current one or the last good one."""
+    doomed = releases_to_delete(st.releases, st.log, st.current, lay.keep, protect)
+    if not doomed:
+        return
+    cmds = [delete_releases(lay, doomed)]
+    try:
+        from .rotate_env import EnvTarget, snapshot_delete_cmd
+
+        c = snapshot_delete_cmd(EnvTarget.from_inventory(ctx.inv), doomed)
+        if c is not None:
+            cmds.append(c)
+    except ImportError:
+        pass
+    if lay.kind == "docker":
+        keep_images = {e.image for e in st.log if e.id not in doomed and e.image}
+        drop = sorted({e.image for e in st.log if e.id in doomed and e.image} - keep_images)
+        for c in st.containers:  # never an image a container still uses
+            drop = [i for i in drop if i != c["image"]]
+        if drop:
+            cmds.append(Cmd("sh", "-c", 'docker rmi "$@" >/dev/null 2>&1 || true', "sh", *drop))
+    try:
+        ctx.change("prune releases", f"{len(doomed)} old release(s): {', '.join(doomed)}", *cmds)
+        st.releases = [r for r in st.releases if r not in doomed]
+    except StepFailed as e:
+        ctx.say(f"warning: pruning old releases failed: {e}")
+
+
+# -- the fleet ----------------------------------------------------------------------------------
+
+class Fleet:
+    """Locks, batches, max-fail, fleet rollback, interruption, summary."""
+
+    def __init__(self, run, plan: Plan | None, action: str = "deploy"):
+        self.run = run
+        self.plan = plan
+        self.action = action
+        self.lay = plan.lay if plan else Layout.from_inventory(run.inv)
+        run.cancel = threading.Event()
+        self.lock_wait = plan.lock_wait if plan else None
+        self.failed: set[str] = set()
+        self.interrupted: BaseException | None = None
+        self.order: list[str] = []     # hosts in the order they were switched (batch by batch)
+
+    # parallel with interruption: Ctrl-C/SIGTERM cancels the in-flight commands,
+    # then waits for every host to clean up before re-raising
+    def parallel(self, fn, hosts: list, width: int | None = None) -> None:
+        if not hosts:
+            return
+        width = min(width or self.run.parallel, len(hosts))
+        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="fabship")
+        futs = [pool.submit(self.run.each, fn, [h], 1) for h in hosts]
+        try:
+            pending = set(futs)
+            while pending:
+                _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+        except BaseException as e:
+            self.interrupted = e
+            self.run.out.line("", "interrupted: stopping the work in flight; the hosts clean up "
+                                  "(Ctrl-C again to abandon the cleanup)")
+            self.run.cancel.set()
+            for h in hosts:
+                _abort(self.run.ctx(h))
+            wait(futs)
+        finally:
+            pool.shutdown(wait=True)
+
+    def lock_all(self, hosts: list, release: str | None, want_state: bool = True, **state_kw) -> list:
+        """Take every host's lock and gather its facts; returns the hosts that
+        are ready. A lock held elsewhere aborts the whole run, before any change."""
+        from .lock import acquire
+
+        def one(ctx):
+            ctx.data["holder"] = acquire(ctx, self.action, release, self.lock_wait)
+            if want_state:
+                st = gather_state(ctx, self.lay, **state_kw)
+                check_installed(ctx, self.lay, st)
+
+        self.parallel(one, hosts)
+        if self.interrupted:
+            return []
+        ready = [h for h in hosts if not self.run.ctx(h).error]
+        locked_out = [h for h in hosts if _is_lock_error(self.run.ctx(h))]
+        return ready if not locked_out else []
+
+    def unlock_all(self) -> None:
+        from .lock import release
+
+        held = [h for h in self.run.hosts if self.run.ctx(h).data.get("holder")]
+        if not held:
+            return
+        ev = self.run.cancel
+        self.run.cancel = threading.Event()
+
+        def one(ctx):
+            release(ctx, ctx.data.get("holder"))
+            ctx.data.pop("holder", None)
+
+        pool = ThreadPoolExecutor(max_workers=min(self.run.parallel, len(held)))
+        try:
+            list(pool.map(lambda h: one(self.run.ctx(h)), held))
+        finally:
+            pool.shutdown(wait=True)
+            self.run.cancel = ev
+
+
+def _is_lock_error(ctx) -> bool:
+    return bool(ctx.error) and ("deploy lock held" in ctx.error or "STALE deploy lock" in ctx.error)
+
+
+def _abort(ctx) -> None:
+    """Cut the host's in-flight command: close the SSH transport under it.
+    The host's cleanup then runs on a fresh connection."""
+    conn = ctx.conn
+    if conn is None:
+        return
+    try:
+        t = conn.client.get_transport()
+        if t is not None:
+            t.close()
+    except Exception:
+        pass
+
+
+def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, dry_run=False,
+           lock_wait=None, gate=True, ref=None, artifact=None, tag=None, strategy=None, batch=None, max_fail=None,
+           rollback_fleet=True) -> None:
+    from .cli import finish
+    from .inventory import load_inventory
+    from .runner import Run
+
+    if strategy not in (None, "", "blue_green", "restart"):
+        raise ConfigError("command line", "--strategy", f"expected blue_green or restart, got {strategy!r}")
+    lw = _seconds(lock_wait, "--lock-wait")
+    inv = load_inventory(inventory, overrides=list(set or ()), cli={"deploy.strategy": strategy or None})
+    hosts = inv.resolve_hosts(limit)
+    plan = plan_deploy(inv, hosts, ref=ref, artifact=artifact, tag=tag, batch=batch, max_fail=max_fail,
+                       rollback_fleet=rollback_fleet, lock_wait=lw)
+    run = Run("deploy", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
+              accept_new_host_keys=accept_new_host_keys,
+              options={"ref": ref, "artifact": artifact, "tag": tag, "strategy": plan.lay.strategy, "batch": batch,
+                       "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet, "limit": limit})
+    run.extra.update({"release": plan.rid, "source": plan.src.describe()})
+    run.out.line("", f"deploy {plan.src.describe()} as release {plan.rid} to {len(hosts)} host(s): "
+                     f"{plan.lay.kind}, {'blue/green' if plan.lay.blue_green else 'restart'}, batches of "
+                     f"{plan.batch}, max-fail {plan.max_fail}{' (dry run)' if dry_run else ''}")
+    fleet = Fleet(run, plan)
+    try:
+        run_fleet(fleet, hosts)
+    finally:
+        fleet.unlock_all()
+    if gate and not dry_run and not run.failed_hosts() and not fleet.interrupted:
+        _gate(run)
+    print_outcome(run, plan.lay, plan.rid)
+    if fleet.interrupted:
+        run.finish()
+        raise fleet.interrupted
+    finish(run, summary=False)
+
+
+def _seconds(value, opt: str) -> float | None:
+    if value in (None, ""):
+        return None
+    try:
+        v = float(value)
+        if v < 0:
+            raise ValueError
+        return v
+    except ValueError:
+        raise ConfigError("command line", opt, f"expected a number of seconds, got {value!r}") from None
+
+
+def run_fleet(fleet: Fleet, hosts: list) -> None:
+    run, plan = fleet.run, fleet.plan
+    git = plan.src.kind == "git"
+    ready = fleet.lock_all(hosts, plan.rid, git=git)
+    if fleet.interrupted:
+        return
+    if not ready:
+        for h in hosts:
+            c = run.ctx(h)
+            if not c.error:
+                c.status = "skipped"
+                c.note = "not deployed: another run holds the deploy lock elsewhere"
+        return
+    for h in hosts:
+        c = run.ctx(h)
+        if h in ready and plan.rid in c.data["state"].releases:
+            c.error = f"release dir {plan.lay.release_dir(plan.rid)} already exists (deploy again in a second)"
+            ready.remove(h)
+    failures = len(hosts) - len(ready)
+    if failures > plan.max_fail:
+        run.out.line("", f"deploy stopped before changing anything: {failures} host(s) failed the checks "
+                         f"(max-fail {plan.max_fail})")
+        for h in ready:
+            run.ctx(h).status = "skipped"
+            run.ctx(h).note = "not deployed (other hosts failed their checks)"
+        return
+    switched: list[list] = []
+    batches = batches_of(ready, plan.batch)
+    stopped = False
+    for i, batch in enumerate(batches):
+        if len(batches) > 1:
+            run.out.line("", f"batch {i + 1}/{len(batches)}: {', '.join(h.name for h in batch)}")
+        fleet.parallel(lambda ctx: deploy_host(ctx, plan), batch)
+        switched.append([h for h in batch if run.ctx(h).data.get("outcome") == DEPLOYED])
+        failures += sum(1 for h in batch if run.ctx(h).data.get("outcome") != DEPLOYED)
+        if fleet.interrupted:
+            stopped = True
+            break
+        if failures > plan.max_fail:
+            stopped = True
+            rest = [h for b in batches[i + 1:] for h in b]
+            if rest:
+                run.out.line("", f"deploy stopped: {failures} host(s) failed (max-fail {plan.max_fail}); "
+                                 f"not deploying {', '.join(h.name for h in rest)}")
+            for h in rest:
+                run.ctx(h).status = "skipped"
+                run.ctx(h).note = "not deployed (deploy stopped)"
+            break
+    if stopped and plan.rollback_fleet and any(switched) and not run.dry_run:
+        fleet_rollback(fleet, switched)
+
+
+def fleet_rollback(fleet: Fleet, switched: list[list]) -> None:
+    """Hosts that switched in this run go back to their previous release,
+    batch by batch in reverse order."""
+    run, plan = fleet.run, fleet.plan
+    interrupted = fleet.interrupted
+    fleet.interrupted = None
+    run.cancel = threading.Event()
+    try:
+        for batch in reversed(switched):
+            batch = [h for h in batch if run.ctx(h).data.get("previous")]
+            if not batch:
+                continue
+            run.out.line("", f"fleet rollback: {', '.join(h.name for h in reversed(batch))} back to their "
+                             "previous release")
+            fleet.parallel(_rollback_switched, list(reversed(batch)))
+            if fleet.interrupted:
+                break
+    finally:
+        fleet.interrupted = fleet.interrupted or interrupted
+
+
+def _rollback_switched(ctx) -> None:
+    from .rollback import rollback_host
+
+    ctx.error = None
+    prev = ctx.data["previous"]
+    try:
+        rollback_host(ctx, prev, reason=f"fleet rollback after the failed deploy of {ctx.data.get('rid', '')}",
+                      restore_env=False)
+        ctx.data["outcome"] = ROLLED_BACK
+        ctx.note = f"rolled back to {prev} (the deploy failed elsewhere)"
+        ctx.status = "rolled back"
+    except BaseException as e:
+        ctx.data["outcome"] = FAILED
+        ctx.note = f"fleet rollback to {prev} FAILED: still on the new release"
+        raise
+
+
+def print_outcome(run, lay: Layout, rid: str | None) -> None:
+    """The summary table, then exactly which host runs which release."""
+    run.summary()
+    lines = ["releases now serving:"]
+    for h in run.hosts:
+        c = run.ctx(h)
+        st = c.data.get("state")
+        cur = st.current if st is not None else None
+        outcome = c.data.get("outcome") or (UNREACHABLE if c.status == "unreachable" else
+                                           NOT_STARTED if not c.data.get("state") or c.status == "skipped"
+                                           else FAILED if c.error else UNCHANGED)
+        if run.dry_run:
+            lines.append(f"  {h.name} -> {cur or '(none)'} (dry run: would deploy {rid})" if rid else
+                         f"  {h.name} -> {cur or '(none)'} (dry run)")
+            continue
+        lines.append(f"  {h.name} -> {cur or '(nothing deployed)' if st is not None else 'unknown'}"
+                     f"  [{outcome}]")
+    run.out.line("", "\n".join(lines))
+    run.extra["serving"] = {h.name: (run.ctx(h).data.get("state").current if run.ctx(h).data.get("state") else None)
+                            for h in run.hosts}
+
+
+def _gate(run) -> None:
+    try:
+        from .verify import run_gate
+    except ImportError:
+        return
+    run_gate(run)

@@ -1,0 +1,206 @@
+"""`fab rollback [--to RELEASE]` and `fab releases`.
+
+Rollback is a re-point (capistrano): activate an older completed release
+that still exists on the host, the same way deploy activates a new one
+(blue/green: start it beside the current one, health-check, switch, stop
+the old; restart strategy: switch and restart). The env file the target
+release last ran healthy with is restored first (tasks/rotate_env.py), so
+code and env go back together.
+
+Before anything changes, every target host is locked and checked: with
+--to, the release must exist (and have completed) on every host; without
+it, every host must have a previous completed release. Otherwise the
+rollback refuses and names the hosts.
+"""
+from __future__ import annotations
+
+import time
+
+from .errors import ConfigError, StepFailed
+from .releases import Entry, HostState, Layout, deployed_ok, is_release_id, rollback_target
+from .runner import print_table
+from .service import ActivationFailed, activate, check_cancel, gather_state
+
+
+def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = True) -> None:
+    """Activate `target` on ctx's host (lock held by the caller). Records a
+    rollback entry and an audit line. Raises ActivationFailed/StepFailed."""
+    from .deploy import record, release_entry
+
+    lay = Layout.from_inventory(ctx.inv)
+    st: HostState = ctx.data.get("state") or gather_state(ctx, lay)
+    cur = st.current
+    since = st.now or int(time.time())
+    e = st.entry(target)
+    env_restored = False
+    try:
+        check_cancel(ctx)
+        if restore_env:
+            env_restored = _restore_env(ctx, target) == "changed"
+        check_cancel(ctx)
+        act = activate(ctx, lay, st, target, since=since, image=e.image if e else "", previous=cur)
+    except BaseException as err:
+        if env_restored and cur:
+            _restore_env(ctx, cur)  # the old release keeps its own env
+        entry = release_entry(target, action="rollback", result="failed", previous=cur, meta={},
+                              reason=(getattr(err, "message", "") or str(err))[:300])
+        entry.version = e.version if e else ""
+        record(ctx, lay, entry, f"from={cur or '-'}; {entry.extra.get('reason', '')[:200]}")
+        raise
+    entry = release_entry(target, action="rollback", result="ok", previous=cur, meta={"image": e.image if e else ""},
+                          port=str(act.port or ""), reason=reason)
+    entry.version = e.version if e else ""
+    record(ctx, lay, entry, f"from={cur or '-'}" + (f"; {reason}" if reason else ""))
+    st.log.append(entry)
+    ctx.note = f"-> {target} (was {cur})"
+
+
+def _restore_env(ctx, rid: str) -> str:
+    try:
+        from .rotate_env import restore_release_env
+    except ImportError:
+        return "missing"
+    return restore_release_env(ctx, rid)
+
+
+def choose_target(st: HostState, to: str | None) -> tuple[str | None, str]:
+    """(target, problem): the release to roll back to, or why there is none."""
+    if to:
+        if to not in st.releases:
+            return None, f"release {to} does not exist on this host"
+        if to not in deployed_ok(st.log):
+            return None, f"release {to} never completed a deploy here (failed or unfinished)"
+        if to == st.current:
+            return None, f"release {to} is already current"
+        return to, ""
+    if not st.current:
+        return None, "nothing is deployed"
+    t = rollback_target(st.log, st.releases, st.current)
+    if not t:
+        return None, f"no completed release older than the current one ({st.current}) exists: nothing to roll back to"
+    return t, ""
+
+
+def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, dry_run=False,
+             lock_wait=None, gate=True, to=None) -> None:
+    from .cli import finish
+    from .deploy import Fleet, _gate, _seconds, print_outcome, validate_app
+    from .inventory import load_inventory
+    from .runner import Run
+
+    if to is not None and not is_release_id(to):
+        raise ConfigError("command line", "--to", f"{to!r} is not a release id (like 20250101T120000Z-v2; "
+                                                  "see `fab releases`)")
+    lw = _seconds(lock_wait, "--lock-wait")
+    inv = load_inventory(inventory, overrides=list(set or ()))
+    if not inv.get("app"):
+        raise ConfigError(inv.path, "app", "required for rollback: the app section (name, kind, port)")
+    lay = Layout.from_inventory(inv)
+    validate_app(inv, lay, "rollback")
+    hosts = inv.resolve_hosts(limit)
+    run = Run("rollback", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
+              accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit})
+    fleet = Fleet(run, None, action="rollback")
+    fleet.lock_wait = lw
+    try:
+        ready = fleet.lock_all(hosts, to)
+        if ready and not fleet.interrupted:
+            targets, problems = {}, []
+            for h in ready:
+                t, why = choose_target(run.ctx(h).data["state"], to)
+                if t:
+                    targets[h.name] = t
+                else:
+                    problems.append((h, why))
+            if problems:  # refuse before changing anything
+                for h, why in problems:
+                    run.ctx(h).error = f"cannot roll back: {why}"
+                for h in ready:
+                    if h.name in targets:
+                        run.ctx(h).status = "skipped"
+                        run.ctx(h).note = "not rolled back (other hosts cannot)"
+                run.out.line("", "rollback refused, nothing changed: " +
+                             "; ".join(f"{h.name}: {why}" for h, why in problems))
+            elif len(ready) < len(hosts):
+                for h in ready:
+                    run.ctx(h).status = "skipped"
+                    run.ctx(h).note = "not rolled back (other hosts failed their checks)"
+            else:
+                for h in ready:
+                    run.ctx(h).data["target"] = targets[h.name]
+                run.out.line("", "rollback: " + ", ".join(f"{h.name} {run.ctx(h).data['state'].current} -> "
+                                                          f"{targets[h.name]}" for h in ready))
+                fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"]), ready)
+    finally:
+        fleet.unlock_all()
+    if gate and not dry_run and not run.failed_hosts() and not fleet.interrupted:
+        _gate(run)
+    print_outcome(run, lay, None)
+    if fleet.interrupted:
+        run.finish()
+        raise fleet.interrupted
+    finish(run, summary=False)
+
+
+# -- fab releases ------------------------------------------------------------------------------
+
+def release_rows(st: HostState) -> list[list[str]]:
+    """One row per release dir on the host (newest first), plus failed attempts
+    whose dir is gone, from the release log."""
+    last: dict[str, Entry] = {}
+    deployed: dict[str, Entry] = {}
+    for e in st.log:
+        last[e.id] = e
+        if e.action == "deploy":
+            deployed[e.id] = e
+    ids = sorted(set(st.releases) | {e.id for e in st.log if e.action == "deploy"}, reverse=True)
+    rows = []
+    for rid in ids:
+        d = deployed.get(rid)
+        e = last.get(rid)
+        mark = "*" if rid == st.current else ""
+        result = (d.result if d else "no record")
+        if e and e.action == "rollback":
+            result += f", rollback {e.result}"
+        if rid not in st.releases:
+            result += " (pruned)"
+        what = (d.commit[:12] if d and d.commit else d.image if d and d.image else "") if d else ""
+        rows.append([mark, rid, d.version if d else "", what, (d.time if d else ""), (d.user if d else ""), result])
+    return rows
+
+
+def releases(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+             max_rows: int = 0) -> None:
+    from .cli import finish, open_run
+    from .lock import describe, parse_holder, stale_reason
+
+    run = open_run("releases", inventory, set, limit, parallel, False, verbose, accept_new_host_keys)
+    if not run.inv.get("app.name"):
+        raise run.inv.error("app.name", "required: releases live under the app's root")
+    lay = Layout.from_inventory(run.inv)
+
+    def one(ctx):
+        st = gather_state(ctx, lay)
+        ctx.note = f"current {st.current or '(none)'}; {len(st.releases)} release(s)"
+
+    run.each(one)
+    for h in run.hosts:
+        c = run.ctx(h)
+        st = c.data.get("state")
+        if st is None:
+            continue
+        rows = release_rows(st)
+        if max_rows:
+            rows = rows[:max_rows]
+        extra = ""
+        if lay.blue_green and st.upstream_port:
+            extra = f"; nginx -> :{st.upstream_port}"
+        title = f"{h.name} ({h.address}): current {st.current or '(nothing deployed)'}{extra}"
+        if st.lock is not None:
+            reason = stale_reason(st.lock, max_age=float(run.inv.get("deploy.lock_max_age") or 7200))
+            title += f"\n  LOCKED by {describe(st.lock)}" + (f" — STALE: {reason}; run `fab unlock`" if reason else "")
+        if rows:
+            print_table(["", "RELEASE", "VERSION", "COMMIT/IMAGE", "TIME", "WHO", "RESULT"], rows, run.out, title=title)
+        else:
+            run.out.line("", title + "\n  (no releases)")
+    finish(run, summary=bool(run.failed_hosts()))
