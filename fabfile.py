@@ -21,7 +21,9 @@ def hosts(c, inventory=None, set=None, limit=None):
 def bootstrap(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False,
               verbose=0, dry_run=False, gate=True, env_file=None):
     """Turn bare hosts into app hosts: packages, swap, runtime, layout, unit, nginx, TLS, env file."""
-    not_available("bootstrap", "issue 4")
+    from tasks.bootstrap import bootstrap as run_bootstrap
+
+    run_bootstrap(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, gate, env_file)
 
 
 @fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",

@@ -1,0 +1,150 @@
+"""The dnf / Amazon Linux 2023 path at the command level.
+
+No AL2023 image can be booted here, so the whole `bootstrap` task runs
+against a recording connection: the fact script is answered with facts
+recorded by hand from a fresh AL2023 instance (fixtures/facts-al2023.txt),
+every other command succeeds, and the exact commands are asserted.
+"""
+from pathlib import Path
+
+import pytest
+
+from tasks import runner
+from tasks.bootstrap import bootstrap
+
+FIXTURE = (Path(__file__).parent / "fixtures" / "facts-al2023.txt").read_text()
+
+
+class Result:
+    def __init__(self, stdout="", stderr="", exited=0):
+        self.stdout, self.stderr, self.exited = stdout, stderr, exited
+
+
+def unwrap(text):
+    """The command as built, without the sudo wrapper and the `sh -c` of scripts."""
+    import shlex
+
+    for _ in range(2):
+        parts = shlex.split(text)
+        if parts[:4] == ["sudo", "-n", "-H", "--"]:
+            parts = parts[4:]
+        if parts[:2] == ["sh", "-c"] and len(parts) == 3:
+            text = parts[2]
+    return text
+
+
+class RecordingConn:
+    def __init__(self):
+        self.commands = []
+        self.raw = []
+        self.stdins = []
+
+    def run(self, text, **kw):
+        self.raw.append(text)
+        self.commands.append(unwrap(text))
+        stream = kw.get("in_stream")
+        self.stdins.append(stream.getvalue() if stream else None)
+        if "@@ os" in text:
+            return Result(FIXTURE)
+        if "certbot certonly" in text:
+            return Result("Successfully received certificate.\n")
+        return Result("")
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def al2023(tmp_path, monkeypatch):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    env = tmp_path / "prod.env"
+    env.write_text("DATABASE_URL=postgres://u:supersecret@db/app\nPORT=3000\n")
+    inv = tmp_path / "al.yaml"
+    inv.write_text(f"""
+hosts: {{static: {{web1: {{address: 10.0.0.5}}}}}}
+ssh: {{user: ec2-user, known_hosts: {tmp_path}/kh}}
+packages: [git, jq, unzip]
+swap: {{size: 2G}}
+app: {{name: demo, kind: node, port: 3000, node_version: "20", start: node dist/server.js}}
+nginx: {{server_name: demo.example.com}}
+tls: {{enabled: true, email: ops@example.com, acme_server: "https://acme.example/dir", acme_ca_file: {ca}}}
+""")
+    conns = {}
+
+    def connect(self, host):
+        return conns.setdefault(host.name, RecordingConn())
+
+    monkeypatch.setattr(runner.Run, "connect", connect)
+    monkeypatch.setenv("FABSHIP_RUNS_DIR", str(tmp_path / "runs"))
+    return str(inv), str(env), conns
+
+
+def test_al2023_commands(al2023, capsys):
+    inv, env, conns = al2023
+    bootstrap(inv, env_file=env)
+    cmds = conns["web1"].commands
+    text = "\n".join(c for c in cmds if "@@ os" not in c)
+    # every command goes through sudo: the login user is ec2-user
+    assert all(c.startswith("sudo -n -H -- sh -c ") for c in conns["web1"].raw)
+    # 1. facts, 2. one dnf call with the AL2023 names (nodejs20 + npm, augeas for certbot)
+    assert "@@ os" in cmds[0]
+    assert cmds[1] == "dnf install -y -q nginx nodejs20 nodejs20-npm augeas-libs git jq unzip"
+    assert "@@ os" in cmds[2]   # facts again after packages (new units and groups)
+    # certbot from PyPI in a venv: not packaged on AL2023
+    assert "python3 -m venv /opt/certbot" in cmds[3] and "pip install -q certbot certbot-nginx" in cmds[3]
+    # swap: fallocate with a dd fallback, chmod 600, mkswap, rename, one fstab line, swapon
+    assert "fallocate -l 2147483648 -- \"$new\" 2>/dev/null || dd if=/dev/zero of=\"$new\" bs=1M count=2048" in text
+    assert "/swapfile none swap sw 0 0" in text and 'swapon -- "$f"' in text
+    # layout: group, user, dirs
+    assert "groupadd --system demo" in text
+    assert "useradd --system --gid demo --create-home --home-dir /home/demo --shell /usr/sbin/nologin demo" in text
+    assert "mkdir -p -- /opt/demo/.fabship/slots && chown -- root:demo /opt/demo/.fabship/slots" in text
+    # env file: 0600 root:demo via stdin, value never on a command line
+    assert "supersecret" not in text
+    env_i = next(i for i, c in enumerate(cmds) if "want=" in c and "/etc/demo/demo.env" in c)
+    assert b"supersecret" in conns["web1"].stdins[env_i]
+    assert "mode=0600" in cmds[env_i] and "group=demo" in cmds[env_i]
+    # unit: verified as an instance before install, enabled for the first blue/green port
+    assert "systemd-analyze verify" in text and "demo@3001.service" in text
+    assert "systemctl enable -q -- demo@3001.service" in text
+    # nginx on AL2023: conf.d, no sites-enabled, nothing to remove; nginx -t before reload
+    assert "/etc/nginx/conf.d/demo.conf" in text and "sites-enabled" not in text
+    assert "nginx -t" in text
+    # TLS: CA uploaded, our own renewal timer, certbot certonly against the configured server
+    assert "/etc/systemd/system/certbot-renew.timer" in text
+    assert "systemctl enable -q --now certbot-renew.timer" in text
+    certbot = next(c for c in cmds if "certbot certonly" in c)
+    assert "REQUESTS_CA_BUNDLE=/etc/fabship/acme-ca.pem certbot certonly --nginx --cert-name demo.example.com " \
+           "-d demo.example.com --non-interactive --agree-tos -m ops@example.com --no-eff-email " \
+           "--deploy-hook 'systemctl reload nginx' --server https://acme.example/dir" in certbot
+    # and after the certificate: the HTTPS site
+    https = [c for c in cmds if "nginx -t" in c][-1]
+    assert https != [c for c in cmds if "nginx -t" in c][0]
+    assert "supersecret" not in capsys.readouterr().out
+
+
+def test_al2023_dry_run_runs_only_facts(al2023, capsys):
+    inv, env, conns = al2023
+    bootstrap(inv, env_file=env, dry_run=True)
+    cmds = conns["web1"].commands
+    assert len(cmds) == 1 and "@@ os" in cmds[0]
+    o = capsys.readouterr().out
+    assert "would run: sudo -n -H -- sh -c 'dnf install -y -q nginx nodejs20 nodejs20-npm augeas-libs git jq unzip'" in o
+    assert "DATABASE_URL" in o and "PORT" in o and "supersecret" not in o
+    assert "+++ /etc/nginx/conf.d/demo.conf (new)" in o
+
+
+def test_al2023_node_default_and_unsupported(tmp_path):
+    from tasks import platforms as plat
+
+    p = plat.detect(FIXTURE.split("@@ virt")[0])
+    assert p.family == "dnf" and p.default_user == "ec2-user" and p.certbot_via_pip
+    assert plat.node_packages(p, None) == ["nodejs20", "nodejs20-npm"]
+    assert plat.node_packages(p, "18") == ["nodejs", "nodejs-npm"]
+    assert plat.node_packages(p, "22") == ["nodejs22", "nodejs22-npm"]
+    assert plat.docker_packages(p, False) == ["docker"]
+    with pytest.raises(plat.UnsupportedPlatform) as e:
+        plat.detect('ID=centos\nVERSION_ID="7"\nPRETTY_NAME="CentOS Linux 7 (Core)"\n')
+    assert str(e.value) == ("unsupported platform: CentOS Linux 7 (Core) (ID=centos, VERSION_ID=7); "
+                            "supported: Debian 12, Ubuntu 22.04/24.04, Amazon Linux 2023")
