@@ -747,7 +747,10 @@ def check_container(p: Probe) -> str:
 
 
 def check_failed_units(p: Probe) -> str:
-    failed = [u for u in parse_failed_units(p.fact("failed").out) if u not in p.spec.ignore_failed_units]
+    f = p.fact("failed")
+    if not f.ok:
+        raise CheckSkipped(f"cannot list systemd units: {snippet(f.out, 120)}")
+    failed = [u for u in parse_failed_units(f.out) if u not in p.spec.ignore_failed_units]
     if failed:
         raise CheckFailed(f"failed systemd units: {', '.join(failed)} (systemctl status {failed[0]})")
     return "no failed units"

@@ -26,7 +26,6 @@ import testinfra.backend.base
 import testinfra.host
 
 from . import checks as C
-from .commands import Raw
 from .errors import ConfigError, FabshipError
 
 GATE_STEP = "verify gate"
@@ -50,7 +49,7 @@ class FabshipBackend(testinfra.backend.base.BaseBackend):
 
     def run(self, command: str, *args: str, **kwargs: Any) -> testinfra.backend.base.CommandResult:
         cmd = self.get_command(command, *args)
-        r = self.ctx.run(Raw(cmd), check=False, timeout=kwargs.get("timeout"), what="verify facts")
+        r = self.ctx.run(cmd, check=False, timeout=kwargs.get("timeout"), what="verify facts")
         return self.result(r.exited, cmd.encode("utf-8", "replace"), r.stdout, r.stderr)
 
 
