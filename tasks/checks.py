@@ -101,6 +101,9 @@ class Spec:
     http_checks: list = field(default_factory=list)
     skip: list = field(default_factory=list)
     ignore_failed_units: list = field(default_factory=list)
+    dir_specs: list = field(default_factory=list)
+    bootstrap: object = field(default=None, repr=False)   # tasks.bootstrap.AppSpec
+    tls_spec: object = field(default=None, repr=False)    # tasks.tls.TlsSpec
 
     # paths derived from the layout (ARCHITECTURE.md "Host layout")
     @property
@@ -127,28 +130,23 @@ class Spec:
         return f"{self.app}.service"
 
     def dirs(self) -> list[tuple[str, str | None, str | None, str | None]]:
-        """(path, owner, group, mode) bootstrap promises; None = not checked."""
-        if not self.app:
-            return []
-        return [
-            (self.root, "root", self.group, self.root_mode),
-            (f"{self.root}/releases", None, None, None),
-            (f"{self.root}/shared", None, None, None),
-            (self.state_dir, "root", None, "0750"),
-            (self.config_dir, "root", self.group, self.config_dir_mode),
-        ]
+        """(path, owner, group, mode) bootstrap promises (tasks/bootstrap.py layout_dirs)."""
+        return list(self.dir_specs)
 
 
 def http_check_name(c: dict) -> str:
     return c.get("name") or f"{c.get('method') or 'GET'} {c['path']}"
 
 
-def build_spec(inv, host=None) -> Spec:
-    """The expectations for one host, from the validated inventory. Pure: the
-    Layout rules are shared with deploy (tasks/releases.py)."""
+def build_spec(inv, host) -> Spec:
+    """The expectations for one host, from the validated inventory. Pure
+    (reads no host): the inventory is read the way bootstrap reads it
+    (tasks/bootstrap.py app_spec, layout_dirs, wanted_packages; tasks/tls.py
+    tls_spec) and the release layout the way deploy does (tasks/releases.py),
+    so verify checks exactly what those tasks promise, with their errors."""
     d = inv.data
-    expand = host.expand if host is not None else (lambda v: v)
-    s = Spec(host=host.name if host is not None else "")
+    expand = host.expand
+    s = Spec(host=host.name)
     s.packages = list(d.get("packages") or [])
     swap = d.get("swap")
     if swap:
@@ -161,29 +159,34 @@ def build_spec(inv, host=None) -> Spec:
     s.skip = list(v.get("skip") or [])
     s.ignore_failed_units = list(v.get("ignore_failed_units") or [])
     if inv.get("app.name"):
+        from .bootstrap import app_spec, layout_dirs
         from .releases import Layout
 
+        a = app_spec(inv)  # bootstrap's own reading of the inventory: verify checks what it promises
         lay = Layout.from_inventory(inv)
-        s.app, s.kind, s.user, s.group = lay.app, lay.kind, lay.user, lay.group
-        s.root, s.config_dir = lay.root, lay.config_dir
-        s.root_mode = inv.get("app.root_mode") or "0755"
-        s.config_dir_mode = inv.get("app.config_dir_mode") or "0750"
-        s.strategy, s.blue_green, s.systemd, s.docker = lay.strategy, lay.blue_green, lay.systemd, lay.docker
-        s.port, s.ports = lay.port, tuple(lay.ports)
-        s.nginx, s.upstream_file = lay.nginx, lay.upstream_file
-        s.node_version, s.python_version = inv.get("app.node_version"), inv.get("app.python_version")
+        s.bootstrap = a
+        s.app, s.kind, s.user, s.group = a.name, a.kind, a.user, a.group
+        s.root, s.config_dir = lay.root, a.config_dir
+        s.root_mode, s.config_dir_mode = a.root_mode, a.config_dir_mode
+        s.strategy, s.systemd, s.docker = a.strategy, a.has_unit, lay.docker
+        s.nginx = a.nginx is not None
+        s.blue_green = a.strategy == "blue_green" and (a.has_unit or (a.kind == "docker" and s.nginx))
+        s.port, s.ports = a.port, tuple(a.ports)
+        s.upstream_file = lay.upstream_file
+        s.node_version, s.python_version = a.node_version, a.python_version
+        s.dir_specs = [tuple(x) for x in layout_dirs(a)]
         if d.get("env") is not None:
-            env = d["env"]
-            s.env_path = lay.env_path
-            s.env_owner = env.get("owner") or "root"
-            s.env_group = env.get("group") or lay.group
-            s.env_mode = env.get("mode") or "0600"
-    tls = d.get("tls") or {}
-    s.tls = bool(tls.get("enabled")) and s.nginx
-    s.tls_method = tls.get("method") or "nginx"
-    s.domains = [expand(x) for x in (tls.get("domains") or [])]
-    s.server_name = expand(inv.get("nginx.server_name")) if inv.get("nginx.server_name") else (
-        s.domains[0] if s.domains else None)
+            s.env_path, s.env_owner, s.env_group, s.env_mode = a.env_path, a.env_owner, a.env_group, a.env_mode
+    from .tls import tls_spec
+
+    ts = tls_spec(inv, host)
+    s.tls_spec = ts
+    s.tls = ts is not None and s.nginx
+    if ts is not None:
+        s.domains, s.tls_method = list(ts.domains), ts.method
+    names = expand(inv.get("nginx.server_name") or "").split()
+    names = [n for n in names if n != "_"]
+    s.server_name = names[0] if names else (s.domains[0] if s.domains else None)
     s.health = dict(d.get("health") or {})
     s.health["headers"] = expand(s.health.get("headers") or {})
     seen = set()
@@ -194,7 +197,7 @@ def build_spec(inv, host=None) -> Spec:
         seen.add(name)
         via = c.get("via") or "app"
         if via in ("nginx", "https") and not s.nginx:
-            raise inv.error(f"verify.checks[{i}].via", f"'{via}' needs nginx (the inventory has no nginx section)")
+            raise inv.error(f"verify.checks[{i}].via", f"'{via}' needs nginx, which is disabled (nginx.enabled)")
         if via == "https" and not s.tls:
             raise inv.error(f"verify.checks[{i}].via", "'https' needs tls.enabled: true")
         s.http_checks.append(HttpCheck(name=name, method=c.get("method") or "GET", path=c["path"],
@@ -567,26 +570,18 @@ def _mode_problem(actual: str, expected: str) -> str:
 
 def expected_packages(spec: Spec, os_release: str) -> list[str]:
     """What bootstrap installs on this platform: the inventory's `packages`
-    plus what the app kind, nginx and TLS need (tasks/platforms.py)."""
+    plus what the app kind, nginx and TLS need (tasks/bootstrap.py)."""
     from . import platforms
 
     try:
         plat = platforms.detect(os_release)
     except platforms.UnsupportedPlatform:
         return list(spec.packages)
-    out = list(platforms.base_packages(plat))
-    if spec.nginx:
-        out.append("nginx")
-    if spec.tls:
-        out += platforms.certbot_packages(plat, spec.tls_method)
-    if spec.kind == "node":
-        out += platforms.node_packages(plat, spec.node_version)
-    elif spec.kind == "python":
-        out += platforms.python_packages(plat, spec.python_version)
-    elif spec.kind in ("docker", "compose"):
-        out += platforms.docker_packages(plat, spec.kind == "compose")
-    out += spec.packages
-    return list(dict.fromkeys(out))
+    if spec.bootstrap is not None:
+        from .bootstrap import wanted_packages
+
+        return wanted_packages(spec.bootstrap, plat, spec.tls_spec if spec.tls else None)
+    return list(dict.fromkeys(platforms.base_packages(plat) + list(spec.packages)))
 
 
 def check_packages(p: Probe) -> str:

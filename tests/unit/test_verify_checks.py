@@ -191,3 +191,16 @@ def test_http_probe_commands_exact(spec):
         "http --max-time 3 -X POST --data-binary '{\"password\":\"x\"}' \"http://127.0.0.1:$port\"/api/login")
     assert C._http_snippet(spec, "nginx", "HEAD", "/", {}, None, 5) == (
         "http --max-time 5 --head -H 'Host: web1.example.test' http://127.0.0.1/")
+
+
+def test_expectations_are_bootstraps_own(spec, inv):
+    """verify reads the inventory through bootstrap's functions: same dirs, same packages."""
+    from tasks import bootstrap, platforms
+
+    assert spec.dirs() == [tuple(x) for x in bootstrap.layout_dirs(bootstrap.app_spec(inv))]
+    deb = 'ID=debian\nVERSION_ID="12"\n'
+    assert C.expected_packages(spec, deb) == [
+        "curl", "openssl", "ca-certificates", "nginx", "nodejs", "npm", "certbot", "python3-certbot-nginx", "jq"]
+    al = 'ID=amzn\nVERSION_ID="2023"\n'
+    assert C.expected_packages(spec, al) == bootstrap.wanted_packages(
+        spec.bootstrap, platforms.detect(al), spec.tls_spec)

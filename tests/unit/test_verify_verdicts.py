@@ -25,8 +25,9 @@ GOOD = {
     "swapfile": "1073741824|root|600",
     "user": "999\nshop\nshop:x:999:",
     "dirs": "/opt/shop|root|shop|755|directory\n/opt/shop/releases|shop|shop|755|directory\n"
-            "/opt/shop/shared|shop|shop|750|directory\n/opt/shop/.fabship|root|root|750|directory\n"
-            "/etc/shop|root|shop|750|directory\n",
+            "/opt/shop/shared|shop|shop|755|directory\n/opt/shop/.fabship|root|shop|750|directory\n"
+            "/opt/shop/.fabship/slots|root|shop|750|directory\n/etc/shop|root|shop|750|directory\n"
+            "/etc/nginx/fabship|root|root|755|directory\n/var/www/fabship-acme|root|root|755|directory\n",
     "env": "/etc/shop/shop.env|root|shop|600|regular file",
     "port": "3001",
     "unit": "Id=shop@3001.service\nLoadState=loaded\nActiveState=active\nSubState=running\n"
