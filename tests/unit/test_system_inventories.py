@@ -68,7 +68,10 @@ def inv_dir(tmp_path, monkeypatch):
     d = tmp_path / "inventories"
     shutil.copytree(INV, d, ignore=shutil.ignore_patterns("sandbox.yaml", "sandbox-ec2.yaml", "*.local.yaml",
                                                           "known_hosts"))
-    (d / "sandbox.yaml").write_text(yaml.safe_dump(FAKE_SANDBOX))
+    ca = tmp_path / "pebble.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n")
+    fake = yaml.safe_load(yaml.safe_dump(FAKE_SANDBOX).replace("/nonexistent/pebble.pem", str(ca)))
+    (d / "sandbox.yaml").write_text(yaml.safe_dump(fake))
     (tmp_path / "apps").symlink_to(REPO / "apps")
     monkeypatch.setenv("FABSHIP_ROOT", str(tmp_path))
     return d
@@ -165,6 +168,7 @@ def test_sandbox_variants_use_the_sandbox(inv_dir, name):
     if inv.get("tls.enabled"):
         assert [hosts[0].expand(d) for d in inv.get("tls.domains")] == ["h8.sandbox.test"]
         assert inv.get("tls.acme_server") == FAKE_SANDBOX["tls"]["acme_server"]
+        assert inv.get("tls.acme_ca_file").endswith("/pebble.pem")
     if inv.get("app.node_version"):
         assert inv.get("app.node_version") == "18"  # Debian 12's nodejs
     src = inv.get("env.source")
@@ -251,3 +255,30 @@ def test_fab_hosts_refuses_more_than_max_hosts(fab, fleet, moto_server, aws_env)
     r = fab("hosts", "-i", "ota-prod", env={**aws_env, "AWS_ENDPOINT_URL": moto_server})
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "max_hosts=1" in r.stderr and "ota-prod.yaml" in r.stderr
+
+
+# -- what bootstrap, deploy and verify make of them (before connecting) -----------------------
+
+@pytest.mark.parametrize("name", committed())
+def test_tasks_accept_them_before_connecting(inv_dir, name):
+    """The same planning each task does before it connects: bootstrap's app
+    spec, deploy's source (local artifacts and compose files exist), verify's
+    check list."""
+    sources = pytest.importorskip("tasks.sources")
+    bootstrap = pytest.importorskip("tasks.bootstrap")
+    checks = pytest.importorskip("tasks.checks")
+    inv = load_inventory(str(inv_dir / f"{name}.yaml"))
+    bootstrap.app_spec(inv)
+    src = sources.plan_source(inv, tag="1.0.0" if inv.get("deploy.source") in ("image", "compose") else None)
+    assert src.kind == inv.get("deploy.source")
+    if src.kind == "compose":
+        assert b"${API_TAG}" in src.compose_file and src.tag_vars == ["API_TAG", "CLIENT_TAG"]
+    if src.kind == "image":
+        assert src.image.endswith(":1.0.0")
+        if name.startswith("sandbox-"):
+            assert src.image == "10.231.0.1:5000/fabship/docker-service:1.0.0"
+    from tasks.inventory import Host
+
+    host = Host(name="h8", address="10.231.0.18", user="root", port=22, source="test")
+    spec = checks.build_spec(inv, host)
+    assert {c.name for c in spec.http_checks} == {c["name"] for c in inv.get("verify.checks") or []}
