@@ -49,7 +49,7 @@ class Layout:
         ports = inv.get("deploy.ports")
         if not ports and port:
             ports = [port + 1, port + 2]
-        nginx = bool(inv.get("nginx.enabled", True)) if inv.get("nginx") is not None else False
+        nginx = inv.get("nginx.enabled", True) is not False  # no nginx section: enabled (as bootstrap does)
         root = inv.get("app.root") or f"/opt/{app}"
         config_dir = inv.get("app.config_dir") or f"/etc/{app}"
         return cls(
