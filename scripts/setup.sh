@@ -9,7 +9,7 @@ APT_PACKAGES=(
   debootstrap systemd-container openssh-client iproute2   # sandbox hosts
   apt-cacher-ng                                            # packages for hosts with no route out
   pebble                                                   # local ACME server (+ pebble-challtestsrv)
-  docker-registry busybox-static                           # local registry + sample images
+  docker-registry gcc libc6-dev                            # local registry + sample images (static C server)
   git curl openssl ca-certificates python3-venv
 )
 
