@@ -78,6 +78,7 @@ class Spec:
     docker: bool = False
     port: int | None = None
     ports: tuple = ()
+    compose_project: str = ""
     node_version: str | None = None
     python_version: str | None = None
     packages: list = field(default_factory=list)
@@ -173,6 +174,7 @@ def build_spec(inv, host) -> Spec:
         s.blue_green = a.strategy == "blue_green" and (a.has_unit or (a.kind == "docker" and s.nginx))
         s.port, s.ports = a.port, tuple(a.ports)
         s.upstream_file = lay.upstream_file
+        s.compose_project = inv.get("docker.compose_project") or a.name
         s.node_version, s.python_version = a.node_version, a.python_version
         s.dir_specs = [tuple(x) for x in layout_dirs(a)]
         if d.get("env") is not None:
@@ -239,7 +241,8 @@ def _curl_args(method: str, headers: dict, body: str | None, timeout: float) -> 
 def _url_args(spec: Spec, via: str, path: str, port_var: str = "$port", scheme: str = "http") -> str:
     """The curl target for an HTTP probe, as shell text (the port may be a
     variable resolved on the host from the nginx upstream)."""
-    if via == "https":
+    if via == "https" or (via == "nginx" and spec.tls):
+        # through nginx's front door: with TLS on, port 80 only redirects
         name = spec.server_name or "localhost"
         return f"--insecure --resolve {q(name + ':443:127.0.0.1')} {q('https://' + name + path)}"
     if via == "nginx":
@@ -301,7 +304,10 @@ def facts_script(spec: Spec) -> str:
         probe("unit", f"systemctl show \"{unit}\" -p Id -p LoadState -p ActiveState -p SubState "
                       "-p UnitFileState -p Result -p NRestarts")
     if spec.docker and spec.app:
-        probe("containers", "docker ps -a --filter " + q(f"label=fabship.app={spec.app}")
+        # docker kind: fabship labels its containers; compose: the project's label
+        label = (f"com.docker.compose.project={spec.compose_project}" if spec.kind == "compose"
+                 else f"fabship.app={spec.app}")
+        probe("containers", "docker ps -a --filter " + q(f"label={label}")
               + " --format '{{.Names}}|{{.Label \"fabship.port\"}}|{{.State}}|{{.Status}}'")
     probe("failed", "systemctl list-units --failed --plain --no-legend --no-pager")
     if spec.nginx:
@@ -552,7 +558,7 @@ class Probe:
 class Check:
     name: str
     fn: Callable[[Probe], str]
-    stages: tuple            # gate stages that run it; every check runs in `fab verify`
+    stages: tuple            # gate stages that run it (tasks/verify.py run_gate); `fab verify` runs all
     applies: Callable[[Spec], bool]
     needs: tuple = ()        # checks that must have passed (else this one is skipped)
     doc: str = ""
@@ -738,6 +744,11 @@ def check_container(p: Probe) -> str:
     if not running:
         raise CheckFailed(f"no running container of {p.spec.app} "
                           f"(containers: {', '.join(f'{r[0]} {r[2]}' for r in rows) or 'none'})")
+    if p.spec.kind == "compose":
+        down = [r for r in rows if r[2] != "running"]
+        if down:
+            raise CheckFailed(f"compose project {p.spec.compose_project}: not running: "
+                              + ", ".join(f"{r[0]} ({r[3] or r[2]})" for r in down))
     return ", ".join(r[0] for r in running) + " running"
 
 
@@ -867,9 +878,6 @@ def check_current_release(p: Probe) -> str:
     entries = [e for e in parse_log(p.fact("release_log").out) if e.id == rid and e.action == "deploy"]
     if any(e.result in COMPLETED for e in entries):
         return f"current -> {rid} (completed)"
-    if p.stage == "deploy":
-        # The deploy gate runs before the release is recorded as completed.
-        return f"current -> {rid} (being deployed)"
     results = ", ".join(e.result or "?" for e in entries)
     raise CheckFailed(f"current -> {rid}, which is not a completed release in {p.spec.release_log}"
                       + (f" (recorded: {results})" if results else " (not recorded)"))
@@ -889,7 +897,7 @@ def check_active_slot(p: Probe) -> str:
 def _http_check(index: int, c: HttpCheck):
     def fn(p: Probe) -> str:
         s = p.spec
-        if c.via == "https":
+        if c.via == "https" or (c.via == "nginx" and s.tls):
             base = f"https://{s.server_name}"
         elif c.via == "nginx":
             base = "http://127.0.0.1" + (f" (Host: {s.server_name})" if s.server_name else "")
@@ -932,12 +940,15 @@ def static_checks() -> list[Check]:
               doc="env file owner:group as env.owner/env.group"),
         Check("env_file_mode", check_env_mode, _ALL, lambda s: bool(s.env_path), ("env_file",),
               doc="env file mode as env.mode, never world-accessible"),
-        Check("unit_enabled", check_unit_enabled, _APP, _has_unit,
+        # Not in the deploy/rollback/rotate-env gates: they run right after the traffic switch,
+        # before the new blue/green instance is enabled and `current` re-pointed.
+        Check("unit_enabled", check_unit_enabled, ("bootstrap",), _has_unit,
               doc="the app's systemd unit (the live blue/green instance) is enabled"),
         Check("unit_active", check_unit_active, _APP, _has_unit, doc="the app's unit is active (running)"),
         Check("container_running", check_container, _APP, _has_container,
               doc="the app's container runs (on the live port for blue/green)"),
-        Check("failed_units", check_failed_units, _ALL, lambda s: True, doc="no failed systemd units"),
+        # fab verify only: an unrelated failed unit must not roll every deploy back
+        Check("failed_units", check_failed_units, (), lambda s: True, doc="no failed systemd units"),
         Check("nginx_config", check_nginx_config, _ALL, lambda s: s.nginx, doc="nginx -t passes"),
         Check("nginx_running", check_nginx_running, _ALL, lambda s: s.nginx, doc="nginx is active"),
         Check("listen_http", _listening(80), _ALL, lambda s: s.nginx, ("nginx_running",),
@@ -954,9 +965,9 @@ def static_checks() -> list[Check]:
               ("unit_active", "container_running"), doc="the health URL answers on the app's live port"),
         Check("nginx_proxy", check_nginx_proxy, _APP, lambda s: s.nginx and bool(s.app),
               ("health", "nginx_running"), doc="the health URL answers through nginx (https when TLS is on)"),
-        Check("current_release", check_current_release, ("deploy", "rollback"), _runs_app,
+        Check("current_release", check_current_release, (), _runs_app,
               doc="`current` points to a completed release"),
-        Check("active_slot", check_active_slot, ("deploy", "rollback"), lambda s: s.blue_green and s.systemd,
+        Check("active_slot", check_active_slot, (), lambda s: s.blue_green and s.systemd,
               ("current_release", "unit_active"), doc="the live blue/green port runs the current release"),
     ]
 

@@ -432,7 +432,8 @@ def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
     run = Run("deploy", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
               accept_new_host_keys=accept_new_host_keys,
               options={"ref": ref, "artifact": artifact, "tag": tag, "strategy": plan.lay.strategy, "batch": batch,
-                       "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet, "limit": limit})
+                       "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet, "limit": limit,
+                       "gate": gate})
     run.extra.update({"release": plan.rid, "source": plan.src.describe()})
     run.out.line("", f"deploy {plan.src.describe()} as release {plan.rid} to {len(hosts)} host(s): "
                      f"{plan.lay.kind}, {'blue/green' if plan.lay.blue_green else 'restart'}, batches of "

@@ -99,7 +99,7 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     validate_app(inv, lay, "rollback")
     hosts = inv.resolve_hosts(limit)
     run = Run("rollback", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
-              accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit})
+              accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit, "gate": gate})
     fleet = Fleet(run, None, action="rollback")
     fleet.lock_wait = lw
     try:

@@ -238,6 +238,40 @@ def activate(ctx, lay: Layout, st: HostState, rid: str, *, since: int | None = N
     return _static(ctx, lay, st, rid, spec)
 
 
+# -- the verification gate (tasks/verify.py run_gate; ARCHITECTURE.md "Gate") ----------------
+
+def gated(ctx, h: HealthResult) -> HealthResult:
+    """A passed health check followed by the gate's checks for this task
+    (stage = the task: deploy, rollback, rotate-env). A failed gate counts as
+    a failed health check, so the caller's switch-back/rollback runs."""
+    if not h.ok:
+        return h
+    from .verify import gate_failure_message, run_gate
+
+    failed = run_gate(ctx)
+    if not failed:
+        return h
+    return HealthResult(False, None, h.body_snippet, gate_failure_message(failed), h.attempts, h.url)
+
+
+def gate_or_switch_back(ctx, lay: Layout, live: int | None, h: HealthResult) -> None:
+    """Blue/green: the gate runs once nginx sends traffic to the new instance
+    and while the old one still runs; on failure traffic goes back to the old
+    port (the caller then stops the new instance)."""
+    hg = gated(ctx, h)
+    if hg.ok:
+        return
+    if live is not None:
+        try:
+            ctx.change("switch traffic back", f"nginx upstream -> 127.0.0.1:{live}", upstream_switch_cmd(lay),
+                       stdin=upstream_text(lay, live), timeout=DRAIN_SECONDS + 60)
+        except StepFailed as e:
+            raise ActivationFailed(f"{hg.error}; switching traffic back to port {live} failed", e.details,
+                                   health=hg, old_serving=False, switched=True) from None
+    raise ActivationFailed(hg.error + ("; the old release keeps serving" if live is not None else ""), "",
+                           health=hg, old_serving=live is not None)
+
+
 def pick_ports(lay: Layout, st: HostState, live: int | None) -> tuple[int | None, int]:
     ports = list(lay.ports)
     if len(ports) < 2:
@@ -267,6 +301,7 @@ def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
         except StepFailed as e:
             raise ActivationFailed("nginx refused the new upstream; the old release keeps serving", e.details,
                                    health=h, old_serving=True) from None
+        gate_or_switch_back(ctx, lay, live, h)
     except BaseException:
         # never switched: the new instance goes, the old one never stopped serving
         _quietly(ctx, "stop new instance", stop_instance_cmd(lay, idle))
@@ -289,7 +324,7 @@ def _systemd_restart(ctx, lay, st, rid, since, spec, previous) -> Activation:
     previous = previous if previous is not None else st.current
     ctx.change("switch and restart", f"current -> {rid}; restart {lay.unit}", restart_unit_cmd(lay, rid))
     ctx.data["switched"] = True
-    h = check_health(ctx, spec.port or lay.port, dead_if=unit_dead(lay.unit), spec=spec)
+    h = gated(ctx, check_health(ctx, spec.port or lay.port, dead_if=unit_dead(lay.unit), spec=spec))
     if h.ok:
         st.current = rid
         return Activation(rid, port=spec.port or lay.port, health=h)
@@ -342,6 +377,7 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
             except StepFailed as e:
                 raise ActivationFailed("nginx refused the new upstream; the old container keeps serving",
                                        e.details, health=h, old_serving=True) from None
+            gate_or_switch_back(ctx, lay, live, h)
         except BaseException:
             _quietly(ctx, "remove new container", docker_remove_cmd(name), _restore_name_cmd(name))
             raise
@@ -360,7 +396,7 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
                docker_run_cmd(lay, name, rid, image, port, cport, bind="", restart=restart, run_args=run_args),
                switch_current(lay, rid))
     ctx.data["switched"] = True
-    h = check_health(ctx, spec.port or port, dead_if=container_dead(name), spec=spec)
+    h = gated(ctx, check_health(ctx, spec.port or port, dead_if=container_dead(name), spec=spec))
     if h.ok:
         renamed = [f"{name}-prev" if o == name else o for o in olds]
         _quietly(ctx, "remove old containers", *[Cmd("docker", "rm", "-f", o) for o in renamed])
@@ -403,7 +439,7 @@ def _compose(ctx, lay, st, rid, since, spec, previous, recreate: bool = False) -
     ctx.change("compose up", f"project {proj} -> release {rid}",
                compose_up_cmd(st.compose_cmd, lay, rid, proj, recreate=recreate), switch_current(lay, rid))
     ctx.data["switched"] = True
-    h = check_health(ctx, spec.port or lay.port, spec=spec)
+    h = gated(ctx, check_health(ctx, spec.port or lay.port, spec=spec))
     if h.ok:
         st.current = rid
         return Activation(rid, port=spec.port or lay.port, health=h)
@@ -496,7 +532,7 @@ def restart_app(ctx, *, since: int | None = None, state: HostState | None = None
             return _systemd_blue_green(ctx, lay, st, st.current, since, spec)
         ctx.change("restart", f"restart {lay.unit} (release {st.current})",
                    sh("systemctl reset-failed {} 2>/dev/null || true", lay.unit), Cmd("systemctl", "restart", lay.unit))
-        h = check_health(ctx, spec.port or lay.port, dead_if=unit_dead(lay.unit), spec=spec)
+        h = gated(ctx, check_health(ctx, spec.port or lay.port, dead_if=unit_dead(lay.unit), spec=spec))
         if not h.ok:
             diag = collect_diagnostics(ctx, lay, since, h, units=[lay.unit])
             ctx.record("health check", "failed", h.describe())

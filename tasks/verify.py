@@ -150,10 +150,13 @@ def run_gate(ctx, stage: str | None = None, *, enabled: bool | None = None) -> l
     if isinstance(ctx, Run):
         gate_run(ctx, stage or ctx.task, enabled=enabled)
         return []
-    stage = stage or ctx.run_.task
+    if stage is None:
+        stage = ctx.run_.task
+        if stage not in C.STAGES:  # a task without a gate (e.g. a restart from another tool)
+            return []
     if stage not in C.STAGES:
         raise ValueError(f"unknown gate stage {stage!r}; expected one of {', '.join(C.STAGES)}")
-    if enabled is False or ctx.run_.options.get("gate") is False:
+    if enabled is False or (getattr(ctx.run_, "options", None) or {}).get("gate") is False:
         ctx.skipped(GATE_STEP, "--no-gate")
         return []
     if not gate_enabled(ctx.inv, stage):
@@ -184,9 +187,10 @@ def gate_failure_message(failed: list[C.CheckResult]) -> str:
 
 
 def gate_run(run, stage: str, *, enabled: bool | None = None) -> dict[str, list]:
-    """Gate every host of a run that has not failed; a host whose gate fails
-    is marked failed (so the task exits non-zero)."""
-    ok_hosts = [c.host for c in run.contexts.values() if not c.error]
+    """Gate every host of a run that has not failed and was not gated during
+    the task already (activation gates inside tasks/service.py); a host whose
+    gate fails is marked failed (so the task exits non-zero)."""
+    ok_hosts = [c.host for c in run.contexts.values() if not c.error and "gate_results" not in c.data]
     out: dict[str, list] = {}
 
     def one(ctx):

@@ -108,21 +108,28 @@ def test_every_check_applies_to_a_full_inventory(spec):
 
 @pytest.mark.parametrize("stage,expected", [
     ("bootstrap", ["packages", "swap_active", "swap_fstab_once", "app_user", "app_dirs", "env_file",
-                   "env_file_owner", "env_file_mode", "failed_units", "nginx_config", "nginx_running",
+                   "env_file_owner", "env_file_mode", "unit_enabled", "nginx_config", "nginx_running",
                    "listen_http", "listen_https", "cert_valid", "http_redirect"]),
-    ("deploy", ["app_dirs", "env_file", "env_file_owner", "env_file_mode", "unit_enabled", "unit_active",
-                "failed_units", "nginx_config", "nginx_running", "listen_http", "listen_https", "cert_valid",
-                "http_redirect", "health", "nginx_proxy", "current_release", "active_slot", "http:manifest",
-                "http:GET /api/releases"]),
-    ("rotate-env", ["env_file", "env_file_owner", "env_file_mode", "unit_enabled", "unit_active",
-                    "failed_units", "nginx_config", "nginx_running", "listen_http", "listen_https", "health",
-                    "nginx_proxy", "http:manifest", "http:GET /api/releases"]),
-    ("rollback", ["env_file", "env_file_owner", "env_file_mode", "unit_enabled", "unit_active", "failed_units",
-                  "nginx_config", "nginx_running", "listen_http", "listen_https", "health", "nginx_proxy",
-                  "current_release", "active_slot", "http:manifest", "http:GET /api/releases"]),
+    ("deploy", ["app_dirs", "env_file", "env_file_owner", "env_file_mode", "unit_active", "nginx_config",
+                "nginx_running", "listen_http", "listen_https", "cert_valid", "http_redirect", "health",
+                "nginx_proxy", "http:manifest", "http:GET /api/releases"]),
+    ("rotate-env", ["env_file", "env_file_owner", "env_file_mode", "unit_active", "nginx_config",
+                    "nginx_running", "listen_http", "listen_https", "health", "nginx_proxy", "http:manifest",
+                    "http:GET /api/releases"]),
+    ("rollback", ["env_file", "env_file_owner", "env_file_mode", "unit_active", "nginx_config", "nginx_running",
+                  "listen_http", "listen_https", "health", "nginx_proxy", "http:manifest",
+                  "http:GET /api/releases"]),
 ])
 def test_stage_selection(spec, stage, expected):
     assert names(C.select(C.checks_for(spec), stage=stage)) == expected
+
+
+def test_structural_checks_are_verify_only(spec):
+    """The deploy/rollback/rotate-env gates run right after the traffic switch, before
+    the new instance is enabled and `current` moves; an unrelated failed unit must not
+    roll a deploy back. `fab verify` checks these."""
+    for name in ("failed_units", "current_release", "active_slot"):
+        assert not [c for c in C.checks_for(spec) if c.name == name][0].stages
 
 
 def test_only_and_skip_accept_prefixes(spec):
@@ -189,6 +196,10 @@ def test_http_probe_commands_exact(spec):
         "https://web1.example.test/api/manifest")
     assert C._http_snippet(spec, "app", "POST", "/api/login", {}, '{"password":"x"}', 3) == (
         "http --max-time 3 -X POST --data-binary '{\"password\":\"x\"}' \"http://127.0.0.1:$port\"/api/login")
+    # via nginx with TLS on: port 80 only redirects, so through nginx's HTTPS server
+    assert C._http_snippet(spec, "nginx", "HEAD", "/", {}, None, 5) == (
+        "http --max-time 5 --head --insecure --resolve web1.example.test:443:127.0.0.1 https://web1.example.test/")
+    spec.tls = False
     assert C._http_snippet(spec, "nginx", "HEAD", "/", {}, None, 5) == (
         "http --max-time 5 --head -H 'Host: web1.example.test' http://127.0.0.1/")
 

@@ -198,12 +198,6 @@ def test_enough_swap_elsewhere_is_what_bootstrap_accepts(spec):
     assert res["swap_fstab_once"].status == C.SKIP
 
 
-def test_deploy_gate_accepts_a_release_not_yet_recorded(spec):
-    res = run(spec, stage="deploy", release_log="")
-    assert res["current_release"].status == C.PASS
-    assert run(spec, release_log="")["current_release"].status == C.FAIL
-
-
 def test_world_readable_env_mode_in_the_inventory_is_refused(tmp_path):
     inv = inv_from(tmp_path, env={"mode": "0644"})
     spec = C.build_spec(inv, inv.resolve_hosts()[0])
