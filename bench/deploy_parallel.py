@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""Deploy speed: the sample Node app to 1 sandbox host vs 3 hosts in parallel.
+
+Target (issue 5): 3 hosts take at most 1.5x the time of 1 host. Each round
+deploys a new release (alternating v1/v2 from a local git repo: bundle
+upload, npm ci, npm run build, blue/green switch) and times the whole `fab
+deploy` process, as a user sees it.
+
+    python3 bench/deploy_parallel.py --hosts h3,h4,h5 --rounds 3
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+from deploy_common import fab, make_repo, sandbox_addresses, write_inventory
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hosts", default="h3,h4,h5", help="three sandbox hosts (the first is the 1-host case)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed deploys per case (median is reported)")
+    ap.add_argument("--app", default="benchpar", help="app name used on the hosts")
+    ap.add_argument("--port", type=int, default=3500)
+    a = ap.parse_args()
+    hosts = a.hosts.split(",")
+    sandbox_addresses(hosts)
+    base = Path(tempfile.mkdtemp(prefix="fabship-bench-"))
+    inv = str(write_inventory(base, make_repo(base), a.app, a.port))
+    print(f"bootstrap {a.app} on {', '.join(hosts)} ...", flush=True)
+    fab("bootstrap", "-i", inv, "--limit", ",".join(hosts), "--no-gate")
+    fab("deploy", "-i", inv, "--limit", ",".join(hosts), "--no-gate", "--ref", "v1")  # warm-up: caches, units
+    one, three = [], []
+    refs = ["v2", "v1"]
+    for i in range(a.rounds):
+        ref = refs[i % 2]
+        dt, _ = fab("deploy", "-i", inv, "--limit", hosts[0], "--no-gate", "--ref", ref)
+        one.append(dt)
+        dt3, _ = fab("deploy", "-i", inv, "--limit", ",".join(hosts), "--no-gate", "--ref", ref)
+        three.append(dt3)
+        print(f"round {i + 1}: 1 host {dt:.2f}s, {len(hosts)} hosts {dt3:.2f}s", flush=True)
+    m1, m3 = statistics.median(one), statistics.median(three)
+    print(f"\ndeploy_parallel: 1 host median {m1:.2f}s, {len(hosts)} hosts median {m3:.2f}s, "
+          f"ratio {m3 / m1:.2f}x (target <= 1.5x) -> {'PASS' if m3 <= 1.5 * m1 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
