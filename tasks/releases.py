@@ -259,8 +259,8 @@ def switch_current(lay: Layout, rid: str) -> Cmd:
 def point_slot(lay: Layout, port: int, rid: str) -> Cmd:
     """Blue/green: the port's unit runs whatever its slot link points at. The
     app user must be able to traverse .fabship to reach its WorkingDirectory,
-    hence root:APPGROUP 0750 (ARCHITECTURE.md)."""
-    return sh("install -d -m 0750 -o root -g {} -- {} && install -d -m 0755 -- {}", lay.group, lay.state,
+    hence root:APPGROUP 0750 for both (as bootstrap makes them)."""
+    return sh("install -d -m 0750 -o root -g {} -- {} {}", lay.group, lay.state,
               lay.slots) & switch_symlink(lay.slot(port), f"../releases/{rid}")
 
 

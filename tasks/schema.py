@@ -218,6 +218,8 @@ DEPLOY = Struct({
     "max_fail": F(Str(r"\d+%?", "a count such as 1 or a percent such as 10%"), default="0"),
     "rollback_fleet": F(Bool(), default=True),
     "lock_wait": F(Number(min=0), default=0),
+    # a lock older than this (seconds) is reported as stale (tasks/lock.py); `fab unlock` breaks it
+    "lock_max_age": F(Number(min=1), default=7200),
     "image": F(Str()),
     "tag": F(Str()),
 }, fill_default=False)

@@ -35,7 +35,7 @@ def test_parse_amount():
 def test_activation_commands_exact():
     rid = "20250101T000000Z-v1"
     assert start_instance_cmd(LAY, 3002, rid).render() == (
-        "install -d -m 0750 -o root -g web -- /opt/web/.fabship && install -d -m 0755 -- /opt/web/.fabship/slots && "
+        "install -d -m 0750 -o root -g web -- /opt/web/.fabship /opt/web/.fabship/slots && "
         f"ln -sfn -- ../releases/{rid} /opt/web/.fabship/slots/3002.fabship-tmp && "
         "mv -T -- /opt/web/.fabship/slots/3002.fabship-tmp /opt/web/.fabship/slots/3002 && "
         "{ systemctl reset-failed web@3002.service 2>/dev/null || true; } && systemctl restart web@3002.service")

@@ -81,7 +81,7 @@ def test_switch_commands_exact():
         f"ln -sfn -- releases/{R[0]} /opt/web/current.fabship-tmp && "
         "mv -T -- /opt/web/current.fabship-tmp /opt/web/current")
     assert point_slot(LAY, 3002, R[0]).render() == (
-        "install -d -m 0750 -o root -g web -- /opt/web/.fabship && install -d -m 0755 -- /opt/web/.fabship/slots"
+        "install -d -m 0750 -o root -g web -- /opt/web/.fabship /opt/web/.fabship/slots"
         f" && ln -sfn -- ../releases/{R[0]} /opt/web/.fabship/slots/3002.fabship-tmp && "
         "mv -T -- /opt/web/.fabship/slots/3002.fabship-tmp /opt/web/.fabship/slots/3002")
     assert delete_releases(LAY, [R[0], R[1]]).render() == f"rm -rf -- /opt/web/releases/{R[0]} /opt/web/releases/{R[1]}"
