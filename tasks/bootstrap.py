@@ -546,6 +546,16 @@ def step_tls(ctx, spec, p, host, facts, tls) -> None:
         step_nginx(ctx, spec, p, host, facts, tls, tls_ready=True, use_facts=False)
 
 
+def step_gate(ctx) -> None:
+    """The verification gate (tasks/verify.py): the host now keeps bootstrap's
+    promises (packages, swap, layout, env file, nginx, certificate...)."""
+    from .verify import gate_failure_message, run_gate
+
+    failed = run_gate(ctx, "bootstrap")
+    if failed:
+        raise StepFailed(gate_failure_message(failed))
+
+
 # -- the task ------------------------------------------------------------------------------------
 
 def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
@@ -597,6 +607,7 @@ def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_k
         tls_ready = bool(tls) and tlsmod.cert_state(facts, tls)[0]
         step_nginx(ctx, spec_h, p, ctx.host, facts, tls, tls_ready)
         step_tls(ctx, spec_h, p, ctx.host, facts, tls)
+        step_gate(ctx)
 
     try:
         run.each(phase2)
