@@ -243,12 +243,16 @@ def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
             raise ConfigError("command line", "--only", f"no such check: {', '.join(bad)}; known: "
                                                       f"{', '.join(sorted(known))}")
     results: dict[str, list[C.CheckResult]] = {}
+    # One host: the whole checklist. More: failures and skips (-v for all).
+    show_ok = len(run.hosts) == 1 and not verbose
 
     def one(ctx):
         res = verify_host(ctx, stage, only_l)
         results[ctx.host.name] = res
         for r in res:
             ctx.record(r.name, {C.PASS: "ok", C.FAIL: "failed", C.SKIP: "skipped"}[r.status], r.message)
+            if show_ok and r.status == C.PASS:
+                ctx.say(f"{'ok':<12} {r.name}" + (f": {r.message}" if r.message else ""))
         failed = [r.name for r in res if r.status == C.FAIL]
         if failed:
             ctx.error = f"{len(failed)} check(s) failed: {', '.join(failed)}"
