@@ -193,3 +193,9 @@ def test_pytest_suite_runs_the_same_checks(tmp_path, sshd):
     assert "FAILED tasks/verify_suite/test_host.py::test_check[local-packages]" in out
     assert "packages: packages not installed: no-such-package-fabship" in out
     assert "SKIPPED" in out and "cannot list systemd units" in out
+    # the installed form: the plugin by name, the suite by package (from any directory)
+    r2 = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                         "-p", "tasks.verify_suite.plugin", "--pyargs", "tasks.verify_suite",
+                         f"--fabship-inventory={inv}"], cwd=str(tmp_path), capture_output=True, text=True,
+                        timeout=120, env={**os.environ, "PYTHONPATH": root})
+    assert r2.returncode == 1 and "1 failed, 1 skipped" in r2.stdout, r2.stdout + r2.stderr
