@@ -330,6 +330,26 @@ def _mounts_under(path: Path) -> List[str]:
     return [mp for mp, _, _ in _mounts() if (mp + "/").startswith(p)]
 
 
+def _safe_rmtree(path: Path) -> None:
+    """rm -rf that never follows a mount out of `path` (an interrupted debootstrap
+    leaves proc/sys/dev mounted in its chroot): stop processes chrooted there,
+    unmount, and only then delete."""
+    if not path.exists():
+        return
+    prefix = str(path.resolve()) + "/"
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if (os.readlink(f"/proc/{entry}/root") + "/").startswith(prefix):
+                    os.kill(int(entry), signal.SIGKILL)
+    for mp in sorted(_mounts_under(path), key=len, reverse=True):
+        if _run(["umount", mp], check=False).returncode != 0:
+            _run(["umount", "-l", mp], check=False)
+    if _mounts_under(path):
+        raise FabshipError(f"cannot remove {path}: still mounted: {', '.join(_mounts_under(path))}")
+    shutil.rmtree(path, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------------
 # State
 # ---------------------------------------------------------------------------
@@ -388,7 +408,7 @@ def ensure_base_image(log: Out, proxy: Optional[str] = None) -> Path:
         if (final / ".fabship-image.json").exists():
             return final
         for stale in images.glob(".tmp-*"):  # an interrupted build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            _safe_rmtree(stale)
         tmp = images / f".tmp-{final.name}-{os.getpid()}"
         logfile = LOG_DIR / "debootstrap.log"
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -407,7 +427,7 @@ def ensure_base_image(log: Out, proxy: Optional[str] = None) -> Path:
             _customise_image(tmp, stamp)
             os.rename(tmp, final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _safe_rmtree(tmp)
             raise
         _prune_images(keep=final)
     return final
@@ -442,7 +462,7 @@ def _prune_images(keep: Path) -> None:
     in_use = " ".join(opts for _, fstype, opts in _mounts() if fstype == "overlay")
     for d in (CACHE_DIR / "images").iterdir():
         if d.is_dir() and not d.name.startswith(".") and d != keep and str(d) not in in_use:
-            shutil.rmtree(d, ignore_errors=True)
+            _safe_rmtree(d)
 
 
 # ---------------------------------------------------------------------------
@@ -615,8 +635,7 @@ def ensure_keypair() -> str:
     return KEY_FILE.with_suffix(".pub").read_text().strip()
 
 
-def prepare_host(plan: FleetPlan, h: HostPlan, base: Path, pubkey: str,
-                 services: Sequence[str]) -> str:
+def prepare_host(plan: FleetPlan, h: HostPlan, base: Path, pubkey: str) -> str:
     """Overlay root + per-host identity. Returns the host's ed25519 public key."""
     d = _host_dir(h.name)
     root = d / "root"
@@ -840,9 +859,9 @@ class UpResult:
 
 
 def _fleet_alive(state: dict) -> bool:
-    return bool(state.get("hosts")) and all(
-        Proc(h["pid"], h["start"]).alive() for h in state["hosts"] if h.get("pid")) and all(
-        h.get("pid") for h in state["hosts"])
+    hosts = state.get("hosts") or []
+    return bool(hosts) and all(h.get("pid") and Proc(h["pid"], h["start"]).alive()
+                               for h in hosts)
 
 
 def sandbox_up(count=3, docker: bool = False, moto: bool = True, pebble: bool = True,
@@ -919,11 +938,11 @@ def _up(plan: FleetPlan, state: dict, wanted: List[str], clock: _Clock) -> None:
     save_state(state)
 
     lock = threading.Lock()
-    workers = min(16, max(2, plan.count))
+    workers = min(32, plan.count + 1)  # + 1: the stand-ins start beside the host waits
 
     def make_host(h: HostPlan) -> Tuple[HostPlan, str]:
         create_host_network(plan, h)
-        return h, prepare_host(plan, h, base, pubkey, wanted)
+        return h, prepare_host(plan, h, base, pubkey)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         prepared = list(pool.map(make_host, plan.hosts))
@@ -1079,7 +1098,7 @@ def _down(state: dict, out: Out) -> Dict[str, object]:
         _run(["ip", "link", "delete", plan.bridge], check=False)
     # 5. files: host roots (only once nothing is mounted there), generated files
     if HOSTS_DIR.exists() and not _mounts_under(HOSTS_DIR):
-        shutil.rmtree(HOSTS_DIR, ignore_errors=True)
+        _safe_rmtree(HOSTS_DIR)
     for f in (INVENTORY, EC2_INVENTORY, KNOWN_HOSTS, SSH_CONFIG, STATE_FILE):
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
@@ -1112,6 +1131,7 @@ def _host_health(h: dict) -> dict:
 
 
 def sandbox_status() -> Dict[str, object]:
+    require_root("sandbox.status")  # the state dir and the key are root's
     state = load_state()
     if not state:
         return {"up": False, "hosts": [], "services": []}
