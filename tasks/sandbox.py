@@ -385,10 +385,6 @@ def _service_ctx(state: dict) -> ServiceContext:
                           domain_suffix=DOMAIN_SUFFIX)
 
 
-def _plan_from_state(state: dict) -> FleetPlan:
-    return FleetPlan(state["count"], state["docker"], state["subnet"], state["bridge"])
-
-
 # ---------------------------------------------------------------------------
 # Base image
 # ---------------------------------------------------------------------------
