@@ -3,7 +3,7 @@
 Every test in this directory is marked `integration` (deselect the tier with
 `-m "not integration"`). The session fixture `sandbox_fleet` brings a
 docker-capable fleet up once per session -- FABSHIP_SANDBOX_COUNT hosts,
-default 3 -- and tears it down at the end. A fleet that is already up with the
+default 8, one per test area -- and tears it down at the end. A fleet that is already up with the
 same shape is reused; one started by hand (`fab sandbox.up`) is then left up,
 and one started by another pytest session is torn down by the last session
 using it.
@@ -60,7 +60,7 @@ def sandbox_fleet(pytestconfig) -> sandbox.SandboxFleet:
         pytest.skip("the integration tier needs root (systemd-nspawn, network namespaces)")
     out = _say(pytestconfig)
     try:
-        count = sandbox.validate_count(os.environ.get("FABSHIP_SANDBOX_COUNT", "3"))
+        count = sandbox.validate_count(os.environ.get("FABSHIP_SANDBOX_COUNT", "8"))
         fleet, created = sandbox.fixture_up(count, docker=True, out=out)
     except FabshipError as e:
         pytest.fail(f"sandbox.up: {e}", pytrace=False)
