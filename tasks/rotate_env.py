@@ -324,17 +324,27 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
             audit(ctx, "rotate-env", facts.current, "ok", f"env sha256 {p.sha[:12]} (owner/mode fixed)")
             return
         detail = f"env sha256 {(inst.old_sha or '-')[:12]} -> {p.sha[:12]}; {diff}"
+        if not facts.current:
+            ctx.skipped("restart", f"nothing deployed yet ({t.current} is missing): the new env applies "
+                                   "at the first deploy")
+            audit(ctx, "rotate-env", None, "ok", detail)
+            return
         try:
             restart(ctx)
         except StepFailed as e:
             reason = e.message
             ctx.say(f"restart with the new env failed: {reason}; restoring the previous env file")
             _restore(ctx, t, inst.old_sha)
-            try:
-                restart(ctx)
-                after = "the previous env file is back and the app is healthy"
-            except StepFailed as e2:
-                after = f"the previous env file is back but the app is still failing: {e2.message}"
+            if getattr(e, "old_serving", False):
+                # blue/green: the old instance (old env) never stopped serving; the
+                # restored file is what it runs with, so a restart would change nothing
+                after = "the previous env file is back; the old instance kept serving with it"
+            else:
+                try:
+                    restart(ctx)
+                    after = "the previous env file is back and the app is healthy"
+                except StepFailed as e2:
+                    after = f"the previous env file is back but the app is still failing: {e2.message}"
             audit(ctx, "rotate-env", facts.current, "failed", f"{detail}; rolled back: {reason}")
             ctx.note = "rolled back"
             raise StepFailed(f"rotate-env failed: {reason}; {after}", e.details) from None

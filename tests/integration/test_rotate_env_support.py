@@ -90,8 +90,8 @@ def app_tarball() -> bytes:
 
 def install_app(fleet, env_text: str) -> None:
     """The layout bootstrap+deploy make (ARCHITECTURE.md), set up directly."""
-    must(fleet, "command -v node >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs "
-                ">/dev/null")
+    must(fleet, "command -v node >/dev/null || { apt-get update -q >/dev/null && "
+                "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nodejs >/dev/null; }")
     must(fleet, f"""set -e
         systemctl stop {APP}.service 2>/dev/null || true
         rm -rf /opt/{APP} /etc/{APP}
@@ -146,6 +146,7 @@ def write_inventory(tmp_path: Path, env_extra: dict | None = None, name: str = "
         "include": [str(REPO / "inventories" / "sandbox.yaml")],
         "app": {"name": APP, "kind": "node", "port": PORT},
         "deploy": {"source": "artifact", "artifact": str(REPO / "apps" / "node-app"), "strategy": "restart"},
+        "nginx": {"enabled": False},
         "health": {"path": "/health", "port": PORT, "retries": 8, "interval": 0.5, "timeout": 2},
         "env": env,
     }
