@@ -342,8 +342,10 @@ class Fleet:
             return
         width = min(width or self.run.parallel, len(hosts))
         pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="fabship")
-        futs = [pool.submit(self.run.each, fn, [h], 1) for h in hosts]
+        futs: list = []
         try:
+            for h in hosts:
+                futs.append(pool.submit(self.run.each, fn, [h], 1))
             pending = set(futs)
             while pending:
                 _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
@@ -354,9 +356,12 @@ class Fleet:
             self.run.cancel.set()
             for h in hosts:
                 _abort(self.run.ctx(h))
-            wait(futs)
-        finally:
-            pool.shutdown(wait=True)
+            try:
+                wait(futs)
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
+            return
+        pool.shutdown(wait=True)
 
     def lock_all(self, hosts: list, release: str | None, want_state: bool = True, **state_kw) -> list:
         """Take every host's lock and gather its facts; returns the hosts that
@@ -497,7 +502,8 @@ def run_fleet(fleet: Fleet, hosts: list) -> None:
         if len(batches) > 1:
             run.out.line("", f"batch {i + 1}/{len(batches)}: {', '.join(h.name for h in batch)}")
         fleet.parallel(lambda ctx: deploy_host(ctx, plan), batch)
-        switched.append([h for h in batch if run.ctx(h).data.get("outcome") == DEPLOYED])
+        # switched: deployed, or failed after its switch (activation switches back itself otherwise)
+        switched.append([h for h in batch if run.ctx(h).data.get("switched")])
         failures += sum(1 for h in batch if run.ctx(h).data.get("outcome") != DEPLOYED)
         if fleet.interrupted:
             stopped = True

@@ -2,6 +2,7 @@
 connection (via the real `fab deploy` CLI: one line, no traceback, exit 2),
 exact activation commands, and the fleet logic (batches, max-fail, fleet
 rollback in reverse order) with the per-host work replaced."""
+import signal
 import threading
 
 import pytest
@@ -129,11 +130,17 @@ def fleet_run(tmp_path, monkeypatch, *, fail=(), batch=2, max_fail=0, rollback=T
     def fake_deploy_host(ctx, plan):
         ctx.data["previous"] = "20250101T000000Z-v0"
         if interrupt_at and ctx.host.name == interrupt_at:
-            raise KeyboardInterrupt  # stands for Ctrl-C arriving while this batch runs
+            # Ctrl-C reaches the main thread while this host works; the host's
+            # remote command is cut (here: it waits for the cancel event)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            assert run.cancel.wait(5)
+            ctx.data["outcome"] = d.FAILED
+            raise d.Cancelled("interrupted")
         if ctx.host.name in fail:
             ctx.data["outcome"] = d.FAILED
             raise d.StepFailed("health check failed")
         ctx.data["outcome"] = d.DEPLOYED
+        ctx.data["switched"] = True
         with lk:
             log["deployed"].append(ctx.host.name)
 
@@ -147,6 +154,7 @@ def fleet_run(tmp_path, monkeypatch, *, fail=(), batch=2, max_fail=0, rollback=T
     monkeypatch.setattr(d, "_rollback_switched", fake_rollback)
     fleet = Fleet(run, plan)
     run_fleet(fleet, hosts)
+    log["interrupted"] = fleet.interrupted
     return run, log
 
 
@@ -172,3 +180,12 @@ def test_fleet_max_fail_tolerates(tmp_path, monkeypatch):
 def test_fleet_no_rollback_when_disabled(tmp_path, monkeypatch):
     run, log = fleet_run(tmp_path, monkeypatch, fail=("h4",), batch=2, rollback=False)
     assert sorted(log["deployed"]) == ["h1", "h2", "h3"] and log["rolled_back"] == []
+
+
+def test_fleet_interrupt_rolls_back_switched_hosts(tmp_path, monkeypatch):
+    run, log = fleet_run(tmp_path, monkeypatch, batch=2, interrupt_at="h3")
+    assert isinstance(log["interrupted"], KeyboardInterrupt)
+    assert "h5" not in log["deployed"]                       # no batch starts after Ctrl-C
+    assert set(log["rolled_back"]) == set(log["deployed"])   # every switched host went back
+    assert log["rolled_back"][-2:] in (["h1", "h2"], ["h2", "h1"])  # earlier batch last
+    assert "interrupted" in (run.ctx(run.hosts[2]).error or "")
