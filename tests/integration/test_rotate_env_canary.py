@@ -7,7 +7,10 @@ Then the markers must appear nowhere: stdout, stderr, run records, the host's
 audit log, the captured ps output, the journal, or any file a non-root user
 can read on the host. Positive controls prove each search can find a marker.
 """
+import base64
+import binascii
 import os
+import re
 import threading
 import time
 import uuid
@@ -55,6 +58,21 @@ class PsPoller:
         return b"".join(self.chunks).decode(errors="replace")
 
 
+B64 = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
+
+
+def with_decoded(text: str) -> str:
+    """The text plus every base64-looking token decoded: -vv streams probe
+    output base64-framed (tasks/checks.py), which a plain grep would miss."""
+    extra = []
+    for tok in B64.findall(text):
+        try:
+            extra.append(base64.b64decode(tok + "=" * (-len(tok) % 4)).decode("utf-8", "replace"))
+        except (ValueError, binascii.Error):
+            continue
+    return text + "\n" + "\n".join(extra)
+
+
 def markers(n=4):
     return [f"CNRY{uuid.uuid4().hex[:20]}" for _ in range(n)]
 
@@ -90,10 +108,13 @@ def test_secret_canary(rot_app, tmp_path):
     assert must(rot_app, f"grep -c {ok_m[0]} {ENV_PATH}").strip() == "1"   # positive control: root can see it
     assert "would change" in results[2].stdout and "rotate-env failed" in results[1].stdout + results[1].stderr
     assert ps.text.count("@@snap") > 20, "the ps poller captured too little to mean anything"
+    assert ok_m[0] in with_decoded(base64.b64encode(f"x{ok_m[0]}".encode()).decode())
     assert "sh -c" in ps.text  # fab's remote scripts were caught by the poller
 
     every = ok_m + bad_m + dry_m + refused_m
     output = "\n".join(r.stdout + "\n" + r.stderr for r in results)
+    if "@@fabship-fact@@ os" in output:  # the gate's probes stream base64 frames at -vv: decoded here
+        assert "PRETTY_NAME" in with_decoded(output)
     records = "\n".join(p.read_text() for p in (tmp_path / "runs").glob("*.json"))
     assert records, "no run records were written"
     audit = must(rot_app, f"cat /opt/{APP}/.fabship/audit.log")
@@ -102,6 +123,7 @@ def test_secret_canary(rot_app, tmp_path):
     found = {}
     for name, text in (("output", output), ("run records", records), ("audit log", audit), ("ps", ps.text),
                        ("journal", journal)):
+        text = with_decoded(text)
         hits = [m for m in every if m in text]
         if hits:
             found[name] = hits
