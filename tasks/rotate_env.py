@@ -280,8 +280,16 @@ def plan(inv, env_file: str | None = None, show_hashes: bool = False) -> Plan:
     if dr.errors:
         raise EnvContractError(ev.label, dr.errors, inv.file_of("env.contract"))
     content = render_dotenv(ev.values)
+    warnings = list(dr.warnings)
+    if ev.key in ("--env-file", "env.source.file"):
+        import os
+        import stat as st
+
+        mode = st.S_IMODE(os.stat(ev.label).st_mode)
+        if mode & 0o077:
+            warnings.append(f"{ev.label} is readable by other users (mode {mode:04o}); chmod 600 it")
     return Plan(target=target, values=ev.values, content=content, sha=sha256_hex(content),
-                hashes=value_hashes(ev.values), source=ev.label, warnings=dr.warnings, show_hashes=show_hashes)
+                hashes=value_hashes(ev.values), source=ev.label, warnings=warnings, show_hashes=show_hashes)
 
 
 def diff_text(old: dict, new: dict, show_hashes: bool = False) -> str:

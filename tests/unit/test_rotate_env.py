@@ -66,6 +66,16 @@ def test_plan_good_file(tmp_path):
     assert MARK not in repr(p) and MARK not in str(p.values)
 
 
+def test_plan_warns_about_a_readable_local_file(tmp_path):
+    f = tmp_path / "open.env"
+    f.write_text("A=1\n")
+    f.chmod(0o644)
+    p = plan(load(inv_file(tmp_path, {})), env_file=str(f))
+    assert p.warnings == [f"{f} is readable by other users (mode 0644); chmod 600 it"]
+    f.chmod(0o600)
+    assert plan(load(inv_file(tmp_path, {})), env_file=str(f)).warnings == []
+
+
 def test_plan_refuses_missing_key_and_short_secret(tmp_path):
     (tmp_path / "bad.env").write_text(f"APP_SECRET={MARK}\n")
     inv = load(inv_file(tmp_path, {"contract": {"required": ["APP_SECRET", "DATABASE_URL"],
