@@ -1,8 +1,8 @@
 """One audit line per deploy, rollback, rotate-env and unlock, appended on
 the host (/opt/APP/.fabship/audit.log): time, user, action, release, result.
 
-The line travels on stdin (no quoting games, nothing on the command line)
-and is rendered from templates/deploy/audit-line.j2. Never put a secret in
+The line is a quoted argument of one remote command (it holds no secret
+values) and is rendered from templates/deploy/audit-line.j2. Never put a secret in
 `detail`: the line is also masked with the run's registered secrets.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ def audit_line(action: str, release: str | None, result: str, user: str, detail:
                   detail=clean(detail)).rstrip("\n")
 
 
-def audit_cmd(lay: Layout) -> Cmd:
-    return append_lines_script([lay.audit_log], ensure_dir=lay.state)
+def audit_cmd(lay: Layout, line: str) -> Cmd:
+    return append_lines_script([lay.audit_log], [line], ensure_dir=lay.state)
 
 
 def audit(ctx, action: str, release: str | None, result: str, detail: str = "") -> None:
@@ -38,7 +38,7 @@ def audit(ctx, action: str, release: str | None, result: str, detail: str = "") 
     lay = Layout.from_inventory(ctx.inv)
     line = ctx.mask(audit_line(action, release, result, who(), detail))
     try:
-        r = ctx.run(audit_cmd(lay), stdin=line + "\n", check=False, timeout=30, what="audit")
+        r = ctx.run(audit_cmd(lay, line), check=False, timeout=30, what="audit")
         if not r.ok:
             ctx.say(f"warning: could not append to {lay.audit_log}: {ctx.mask(r.tail(2))}")
     except Exception as e:

@@ -169,8 +169,8 @@ def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> None:
     line = render("deploy/release-line.j2", entry=entry.as_dict()).strip()
     al = audit_line(entry.action, entry.id, entry.result, entry.user, audit_detail)
     try:
-        ctx.run(append_lines_script([lay.release_log, lay.audit_log], ensure_dir=lay.state),
-                stdin=ctx.mask(line) + "\n" + ctx.mask(al) + "\n", timeout=30, what="release log")
+        ctx.run(append_lines_script([lay.release_log, lay.audit_log], [ctx.mask(line), ctx.mask(al)],
+                                    ensure_dir=lay.state), timeout=30, what="release log")
     except Exception as e:
         ctx.say(f"warning: could not append to {lay.release_log}: {e}")
 
@@ -204,7 +204,7 @@ def prepare_release(ctx, plan: Plan, st: HostState) -> dict:
         ctx.change("shared", f"{len(plan.shared_dirs)} dir(s), {len(plan.shared_files)} file(s) linked", ls)
     info = {"id": rid, "version": plan.src.version, "source": plan.src.kind, **{k: v for k, v in meta.items() if v}}
     if not ctx.dry_run:
-        ctx.run(release_meta_cmd(lay, rid), stdin=render("deploy/release.json.j2", release=info), what="release meta")
+        ctx.run(release_meta_cmd(lay, rid, render("deploy/release.json.j2", release=info)), what="release meta")
     return meta
 
 
@@ -448,8 +448,7 @@ def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
         run_fleet(fleet, hosts)
     finally:
         fleet.unlock_all()
-    if gate and not dry_run and not run.failed_hosts() and not fleet.interrupted:
-        _gate(run)
+    # the verification gate runs inside activation (tasks/service.py gated/gate_or_switch_back)
     print_outcome(run, plan.lay, plan.rid)
     if fleet.interrupted:
         run.finish()
@@ -580,11 +579,3 @@ def print_outcome(run, lay: Layout, rid: str | None) -> None:
     run.out.line("", "\n".join(lines))
     run.extra["serving"] = {h.name: (run.ctx(h).data.get("state").current if run.ctx(h).data.get("state") else None)
                             for h in run.hosts}
-
-
-def _gate(run) -> None:
-    try:
-        from .verify import run_gate
-    except ImportError:
-        return
-    run_gate(run)

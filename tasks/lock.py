@@ -71,14 +71,16 @@ def holder_text(holder: dict) -> str:
 
 # -- command builders ------------------------------------------------------------
 
-def acquire_cmd(lay: Layout) -> Cmd:
-    """mkdir the lock; on success write holder.json from stdin, else show the holder."""
+def acquire_cmd(lay: Layout, holder_json: str) -> Cmd:
+    """mkdir the lock; on success write holder.json (no secrets in it: it is an
+    argument, not stdin, which invoke feeds at ~100 bytes/s), else show the holder."""
     return Cmd("sh", "-c", "\n".join([
         "set -eu", "umask 077",
         sh("install -d -m 0750 -- {}", lay.state).render(),
-        sh("if mkdir -- {} 2>/dev/null; then cat > {}; echo {}; else echo {}; cat -- {} 2>/dev/null || true; fi",
-           lay.lock_dir, f"{lay.lock_dir}/holder.json", ACQUIRED, HELD, f"{lay.lock_dir}/holder.json").render(),
-    ]))
+        sh("if mkdir -- {} 2>/dev/null; then printf '%s\\n' \"$1\" > {}; echo {}; else echo {}; cat -- {} "
+           "2>/dev/null || true; fi", lay.lock_dir, f"{lay.lock_dir}/holder.json", ACQUIRED, HELD,
+           f"{lay.lock_dir}/holder.json").render(),
+    ]), "sh", holder_json.strip())
 
 
 def release_cmd(lay: Layout, holder_id: str) -> Cmd:
@@ -192,7 +194,7 @@ def acquire(ctx, action: str, release: str | None = None, wait: float | None = N
         return {}
     t0 = time.monotonic()
     while True:
-        r = ctx.run(acquire_cmd(lay), stdin=holder_text(holder), what="take deploy lock")
+        r = ctx.run(acquire_cmd(lay, holder_text(holder)), what="take deploy lock")
         if r.stdout.startswith(ACQUIRED):
             ctx.data["lock_holder"] = holder
             ctx.debug(f"deploy lock taken ({lay.lock_dir})")

@@ -4,6 +4,7 @@
 /opt/APP/current             -> releases/<id>, switched with ln -s tmp + mv -T
 /opt/APP/.fabship/releases.jsonl   one JSON object per finished deploy/rollback
 /opt/APP/.fabship/slots/<port>     blue/green: which release each port's unit runs
+                                   (an absolute link: /opt/APP/releases/<id>)
 
 Everything here is pure (no connection): the host's state comes from one
 facts script (`state_script`) whose output `parse_state` turns into a
@@ -261,7 +262,7 @@ def point_slot(lay: Layout, port: int, rid: str) -> Cmd:
     app user must be able to traverse .fabship to reach its WorkingDirectory,
     hence root:APPGROUP 0750 for both (as bootstrap makes them)."""
     return sh("install -d -m 0750 -o root -g {} -- {} {}", lay.group, lay.state,
-              lay.slots) & switch_symlink(lay.slot(port), f"../releases/{rid}")
+              lay.slots) & switch_symlink(lay.slot(port), lay.release_dir(rid))
 
 
 def delete_releases(lay: Layout, rids: list[str]) -> Cmd | None:
@@ -273,15 +274,18 @@ def delete_releases(lay: Layout, rids: list[str]) -> Cmd | None:
     return Cmd("rm", "-rf", "--", *[lay.release_dir(r) for r in rids])
 
 
-def append_lines_script(files: list[str], ensure_dir: str | None = None) -> Cmd:
-    """Append line i of stdin to files[i] (release log, audit log...) in one
-    round trip; values travel on stdin, never on the command line."""
+def append_lines_script(files: list[str], lines: list[str], ensure_dir: str | None = None) -> Cmd:
+    """Append lines[i] to files[i] (release log, audit log...) in one round
+    trip. The lines are positional arguments ("$1"...), quoted, never parsed
+    by the shell; they hold no secrets (callers mask them)."""
+    if len(files) != len(lines):
+        raise ValueError("one line per file")
     body = ["umask 027"]
     if ensure_dir:
         body.append(sh("install -d -m 0750 -- {}", ensure_dir).render())
-    for f in files:
-        body.append(sh('IFS= read -r line; printf "%s\\n" "$line" >> {}', f).render())
-    return Cmd("sh", "-c", "set -eu\n" + "\n".join(body))
+    for i, f in enumerate(files, 1):
+        body.append(sh(f'printf "%s\\n" "${i}" >> {{}}', f).render())
+    return Cmd("sh", "-c", "set -eu\n" + "\n".join(body), "sh", *[ln.replace("\n", " ") for ln in lines])
 
 
 def link_shared(lay: Layout, rid: str, shared_dirs: list[str], shared_files: list[str]) -> Cmd | None:

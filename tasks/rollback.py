@@ -84,7 +84,7 @@ def choose_target(st: HostState, to: str | None) -> tuple[str | None, str]:
 def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, dry_run=False,
              lock_wait=None, gate=True, to=None) -> None:
     from .cli import finish
-    from .deploy import Fleet, _gate, _seconds, print_outcome, validate_app
+    from .deploy import Fleet, _seconds, print_outcome, validate_app
     from .inventory import load_inventory
     from .runner import Run
 
@@ -133,9 +133,7 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
                 fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"]), ready)
     finally:
         fleet.unlock_all()
-    if gate and not dry_run and not run.failed_hosts() and not fleet.interrupted:
-        _gate(run)
-    print_outcome(run, lay, None)
+    print_outcome(run, lay, None)  # the gate ran inside activation (tasks/service.py)
     if fleet.interrupted:
         run.finish()
         raise fleet.interrupted

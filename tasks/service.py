@@ -68,8 +68,8 @@ def upstream_text(lay: Layout, port: int) -> str:
     return render_upstream(lay.app, [port])
 
 
-def upstream_switch_cmd(lay: Layout, drain: float = DRAIN_SECONDS) -> Cmd:
-    """New upstream from stdin; nginx -t; restore the old bytes on failure;
+def upstream_switch_cmd(lay: Layout, text: str, drain: float = DRAIN_SECONDS) -> Cmd:
+    """New upstream (argument $1); nginx -t; restore the old bytes on failure;
     reload; then wait (bounded) for the pre-reload workers to finish their
     in-flight requests, so stopping the old backend drops nothing."""
     f = lay.upstream_file
@@ -77,7 +77,7 @@ def upstream_switch_cmd(lay: Layout, drain: float = DRAIN_SECONDS) -> Cmd:
         "set -eu", "umask 022",
         sh('f={}; new="$f.fabship-new"; bak="$f.fabship-prev"', f).render(),
         'install -d -m 0755 -- "$(dirname -- "$f")"',
-        'cat > "$new"',
+        'printf "%s" "$1" > "$new"',
         'if [ -f "$f" ]; then cp -p -- "$f" "$bak"; fi',
         'mv -f -- "$new" "$f"',
         'if ! out=$(nginx -t 2>&1); then',
@@ -94,7 +94,7 @@ def upstream_switch_cmd(lay: Layout, drain: float = DRAIN_SECONDS) -> Cmd:
         'done',
         '[ -n "$m" ] || sleep 0.3',
     ]
-    return Cmd("sh", "-c", "\n".join(lines))
+    return Cmd("sh", "-c", "\n".join(lines), "sh", text)
 
 
 def start_instance_cmd(lay: Layout, port: int, rid: str) -> Cmd:
@@ -263,8 +263,8 @@ def gate_or_switch_back(ctx, lay: Layout, live: int | None, h: HealthResult) -> 
         return
     if live is not None:
         try:
-            ctx.change("switch traffic back", f"nginx upstream -> 127.0.0.1:{live}", upstream_switch_cmd(lay),
-                       stdin=upstream_text(lay, live), timeout=DRAIN_SECONDS + 60)
+            ctx.change("switch traffic back", f"nginx upstream -> 127.0.0.1:{live}",
+                       upstream_switch_cmd(lay, upstream_text(lay, live)), timeout=DRAIN_SECONDS + 60)
         except StepFailed as e:
             raise ActivationFailed(f"{hg.error}; switching traffic back to port {live} failed", e.details,
                                    health=hg, old_serving=False, switched=True) from None
@@ -297,7 +297,7 @@ def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
                                    diag, health=h, old_serving=True)
         try:
             ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                       upstream_switch_cmd(lay), stdin=upstream_text(lay, idle), timeout=DRAIN_SECONDS + 60)
+                       upstream_switch_cmd(lay, upstream_text(lay, idle)), timeout=DRAIN_SECONDS + 60)
         except StepFailed as e:
             raise ActivationFailed("nginx refused the new upstream; the old release keeps serving", e.details,
                                    health=h, old_serving=True) from None
@@ -373,7 +373,7 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
                                        "the old container keeps serving", diag, health=h, old_serving=True)
             try:
                 ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                           upstream_switch_cmd(lay), stdin=upstream_text(lay, idle), timeout=DRAIN_SECONDS + 60)
+                           upstream_switch_cmd(lay, upstream_text(lay, idle)), timeout=DRAIN_SECONDS + 60)
             except StepFailed as e:
                 raise ActivationFailed("nginx refused the new upstream; the old container keeps serving",
                                        e.details, health=h, old_serving=True) from None

@@ -34,7 +34,6 @@ from .templates import render
 
 URL_RE = re.compile(r"^(https?|ssh|git|file)://|^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:")
 SHA_RE = re.compile(r"^[0-9a-f]{7,40}$")
-STDIN_LIMIT = 4096  # above this, upload with SFTP (invoke feeds stdin slowly)
 
 
 @dataclass
@@ -357,9 +356,16 @@ def kill_build_cmd(lay: Layout) -> Cmd:
               pidfile, pidfile, pidfile)
 
 
-def release_meta_cmd(lay: Layout, rid: str) -> Cmd:
-    """release.json (from stdin) into the release dir: what this release is."""
-    return sh("umask 022; cat > {}", f"{lay.release_dir(rid)}/.fabship-release.json")
+def release_meta_cmd(lay: Layout, rid: str, text: str) -> Cmd:
+    """.fabship-release.json into the release dir: what this release is."""
+    return write_file_cmd(f"{lay.release_dir(rid)}/.fabship-release.json", text)
+
+
+def write_file_cmd(path: str, text: str, mode: str = "0644") -> Cmd:
+    """A small non-secret file whose bytes are an argument (not stdin: invoke
+    feeds stdin at ~100 bytes/s), written beside and renamed into place."""
+    return Cmd("sh", "-c", 'set -eu; t="$1.fabship-tmp"; printf "%s" "$2" > "$t"; chmod "$3" "$t"; mv -f "$t" "$1"',
+               "sh", path, text, mode)
 
 
 def _q(s: str) -> str:
@@ -372,17 +378,13 @@ def _q(s: str) -> str:
 
 def upload(ctx, data: bytes, what: str) -> str:
     """Put bytes into a fresh private temp file on the host; return its path.
-    Small payloads go on stdin; big ones by SFTP (into a mktemp'd 0600 file,
-    so it is never readable by others), then the caller moves/uses it."""
-    if len(data) <= STDIN_LIMIT:
-        r = ctx.run(Cmd(Raw('t=$(mktemp /tmp/fabship-upload.XXXXXXXX) && cat > "$t" && echo "$t"')), stdin=data,
-                    what=f"upload {what}", root=False)
-        return r.stdout.strip().splitlines()[-1]
+    SFTP into a mktemp'd file (0600 from the start, never readable by others);
+    invoke's stdin is text, not binary-safe, so tarballs and bundles never
+    travel that way."""
     r = ctx.run(Cmd(Raw("mktemp /tmp/fabship-upload.XXXXXXXX")), what=f"upload {what}", root=False)
     path = r.stdout.strip().splitlines()[-1]
-    conn = ctx.connect()
-    sftp = conn.sftp()
-    with sftp.open(path, "wb") as f:  # existing 0600 file: opened for write, mode kept
+    sftp = ctx.connect().sftp()
+    with sftp.open(path, "wb") as f:  # the existing 0600 file: opened for writing, mode kept
         f.set_pipelined(True)
         f.write(data)
     return path
@@ -451,10 +453,13 @@ def _prepare_compose(ctx, src: Source, lay: Layout, st: HostState, rid: str) -> 
     proj = compose_project(ctx, lay)
     d = lay.release_dir(rid)
     ctx.change("release dir", d, make_release_dir_cmd(lay, rid))
-    ctx.change("compose files", f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})",
-               sh("umask 022; cat > {}", f"{d}/docker-compose.yml"), stdin=src.compose_file)
-    ctx.change("compose env", f"{d}/compose.env", sh("umask 022; cat > {}", f"{d}/compose.env"),
-               stdin=compose_env_text(src, proj))
+    if ctx.dry_run:
+        ctx.change("compose files", f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})")
+    else:
+        up = upload(ctx, src.compose_file, "compose file")
+        ctx.change("compose files", f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})",
+                   sh("install -m 0644 -- {} {} && rm -f -- {}", up, f"{d}/docker-compose.yml", up),
+                   write_file_cmd(f"{d}/compose.env", compose_env_text(src, proj)))
     ctx.change("pull images", f"project {proj}",
                Cmd(Raw(sh("cd {} && ", d).render()), *compose_base(st.compose_cmd, lay, rid, proj), "pull",
                    "--quiet"), timeout=900)

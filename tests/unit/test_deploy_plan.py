@@ -37,7 +37,7 @@ def test_activation_commands_exact():
     rid = "20250101T000000Z-v1"
     assert start_instance_cmd(LAY, 3002, rid).render() == (
         "install -d -m 0750 -o root -g web -- /opt/web/.fabship /opt/web/.fabship/slots && "
-        f"ln -sfn -- ../releases/{rid} /opt/web/.fabship/slots/3002.fabship-tmp && "
+        f"ln -sfn -- /opt/web/releases/{rid} /opt/web/.fabship/slots/3002.fabship-tmp && "
         "mv -T -- /opt/web/.fabship/slots/3002.fabship-tmp /opt/web/.fabship/slots/3002 && "
         "{ systemctl reset-failed web@3002.service 2>/dev/null || true; } && systemctl restart web@3002.service")
     assert stop_instance_cmd(LAY, 3001).render() == (
@@ -46,7 +46,7 @@ def test_activation_commands_exact():
         "sh -c 'set --; if [ -f /etc/web/web.env ]; then set -- --env-file /etc/web/web.env; fi\n"
         "docker run -d --name web-r --label fabship.app=web --label fabship.release=" + rid +
         " --label fabship.port=3001 --restart unless-stopped \"$@\" -p 127.0.0.1:3001:8080 --memory 256m reg/web:v1'")
-    up = upstream_switch_cmd(LAY).render()
+    up = upstream_switch_cmd(LAY, "upstream web_backend { server 127.0.0.1:3002; }\n").render()
     # validated before reload, previous bytes restored on failure, old workers drained before the old app stops
     assert up.index("nginx -t") < up.index("reload-or-restart nginx")
     assert 'mv -f -- "$bak" "$f"' in up and "/proc/$m/task/$m/children" in up

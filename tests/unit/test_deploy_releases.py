@@ -82,7 +82,7 @@ def test_switch_commands_exact():
         "mv -T -- /opt/web/current.fabship-tmp /opt/web/current")
     assert point_slot(LAY, 3002, R[0]).render() == (
         "install -d -m 0750 -o root -g web -- /opt/web/.fabship /opt/web/.fabship/slots"
-        f" && ln -sfn -- ../releases/{R[0]} /opt/web/.fabship/slots/3002.fabship-tmp && "
+        f" && ln -sfn -- /opt/web/releases/{R[0]} /opt/web/.fabship/slots/3002.fabship-tmp && "
         "mv -T -- /opt/web/.fabship/slots/3002.fabship-tmp /opt/web/.fabship/slots/3002")
     assert delete_releases(LAY, [R[0], R[1]]).render() == f"rm -rf -- /opt/web/releases/{R[0]} /opt/web/releases/{R[1]}"
     with pytest.raises(ValueError):
@@ -104,12 +104,15 @@ def test_atomic_switch_locally(tmp_path):
 
 def test_append_lines_script_locally(tmp_path):
     a, b = tmp_path / "s" / "a.jsonl", tmp_path / "s" / "b.log"
-    cmd = append_lines_script([str(a), str(b)], ensure_dir=str(tmp_path / "s"))
-    value = "it's \"quoted\" $(not run) `x`"
+    value = "it's \"quoted\" $(touch pwned) `touch pwned2` %s %d \\n"
+    cmd = append_lines_script([str(a), str(b)], [value, "second\nline"], ensure_dir=str(tmp_path / "s"))
     for _ in range(2):
-        assert sh(cmd, f"{value}\nsecond\n".encode()).returncode == 0
-    assert a.read_text() == f"{value}\n" * 2 and b.read_text() == "second\n" * 2
-    assert "not run" not in cmd.render()
+        r = sh(cmd)
+        assert r.returncode == 0, r.stderr
+    assert a.read_text() == f"{value}\n" * 2 and b.read_text() == "second line\n" * 2  # one line each
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned2")
+    with pytest.raises(ValueError):
+        append_lines_script([str(a)], [])
 
 
 def test_link_shared_locally(tmp_path):

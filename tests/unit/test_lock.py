@@ -27,11 +27,11 @@ def sh(cmd, stdin=b""):
 def test_acquire_cmd_is_exact():
     lay = Layout(app="web", kind="node", user="web", group="web", root="/opt/web", config_dir="/etc/web",
                  env_path="/etc/web/web.env", strategy="blue_green", port=3000, ports=(3001, 3002), nginx=True)
-    assert acquire_cmd(lay).render() == (
+    assert acquire_cmd(lay, '{"user": "a b"}\n').render() == (
         "sh -c 'set -eu\numask 077\ninstall -d -m 0750 -- /opt/web/.fabship\n"
-        "if mkdir -- /opt/web/.fabship/lock 2>/dev/null; then cat > /opt/web/.fabship/lock/holder.json; "
-        "echo FABSHIP_LOCK_ACQUIRED; else echo FABSHIP_LOCK_HELD; cat -- /opt/web/.fabship/lock/holder.json "
-        "2>/dev/null || true; fi'")
+        "if mkdir -- /opt/web/.fabship/lock 2>/dev/null; then printf '\"'\"'%s\\n'\"'\"' \"$1\" > "
+        "/opt/web/.fabship/lock/holder.json; echo FABSHIP_LOCK_ACQUIRED; else echo FABSHIP_LOCK_HELD; "
+        "cat -- /opt/web/.fabship/lock/holder.json 2>/dev/null || true; fi' sh '{\"user\": \"a b\"}'")
     assert release_cmd(lay, "abc").render() == (
         "if grep -qF -- abc /opt/web/.fabship/lock/holder.json 2>/dev/null; then rm -rf -- /opt/web/.fabship/lock; "
         "echo released; else echo not-ours; fi")
@@ -41,10 +41,10 @@ def test_mkdir_lock_scripts_locally(tmp_path):
     inv = load_inv(tmp_path)
     lay = Layout.from_inventory(inv)
     h1, h2 = make_holder("deploy", "r1"), make_holder("rollback")
-    r1 = sh(acquire_cmd(lay), json.dumps(h1).encode())
+    r1 = sh(acquire_cmd(lay, json.dumps(h1)))
     assert r1.stdout.decode().strip() == ACQUIRED
     assert oct(os.stat(lay.state).st_mode & 0o777) == "0o750"
-    r2 = sh(acquire_cmd(lay), json.dumps(h2).encode())
+    r2 = sh(acquire_cmd(lay, json.dumps(h2)))
     out = r2.stdout.decode()
     assert out.startswith(HELD)
     assert parse_holder(out[len(HELD):])["id"] == h1["id"]  # the first holder is named, not overwritten
@@ -53,7 +53,7 @@ def test_mkdir_lock_scripts_locally(tmp_path):
     assert "released" in sh(release_cmd(lay, h1["id"])).stdout.decode()
     assert not os.path.exists(lay.lock_dir)
     # holder.json is private
-    sh(acquire_cmd(lay), json.dumps(h2).encode())
+    sh(acquire_cmd(lay, json.dumps(h2)))
     assert oct(os.stat(f"{lay.lock_dir}/holder.json").st_mode & 0o777) == "0o600"
 
 
@@ -112,7 +112,7 @@ def test_stale_lock_is_reported_not_broken(tmp_path):
     lay = Layout.from_inventory(inv)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    sh(acquire_cmd(lay), json.dumps(dict(make_holder("deploy", "r9"), pid=dead.pid)).encode())
+    sh(acquire_cmd(lay, json.dumps(dict(make_holder("deploy", "r9"), pid=dead.pid))))
     with pytest.raises(LockError) as ei:
         acquire(LocalCtx(inv), "deploy", wait=30)  # stale: fails at once, waiting would not help
     assert "STALE" in str(ei.value) and "fab unlock" in str(ei.value)
