@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .test_deploy_support import (
+from test_deploy_support import (
     APP, HOSTS, LIMIT, ROOT, active_instances, current, deploy_env, fab, fab_popen, lock_exists, must, out,  # noqa
     release_log, served_version, wait_for,
 )
@@ -197,7 +197,7 @@ def test_rollback_and_releases(deploy_env):
 
 
 def test_rollback_refuses_without_a_target(deploy_env, tmp_path):
-    from .test_deploy_support import write_inventory
+    from test_deploy_support import write_inventory
 
     fleet = deploy_env["fleet"]
     inv = write_inventory(tmp_path, deploy_env["repo"], app="shipsolo", port=3400)
