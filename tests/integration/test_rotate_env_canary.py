@@ -15,10 +15,8 @@ import threading
 import time
 import uuid
 
-import pytest
-
 from test_rotate_env_support import (  # noqa: F401  (rot_app is a fixture)
-    APP, ENV_PATH, HOST, env_file, file_sha, health_status, host_run, must, rot_app, rotate, write_inventory,
+    APP, ENV_PATH, HOST, env_file, health_status, host_run, must, rot_app, rotate, write_inventory,
 )
 
 READABLE_DIRS = "/etc /opt /tmp /var/tmp /var/log /var/lib /home /root /run /srv"

@@ -1,6 +1,5 @@
 """tasks/env_contract.py: per-key rules, required/unknown keys, differ_from.
 Messages name the key and the rule, never the value."""
-import textwrap
 
 import pytest
 import yaml
