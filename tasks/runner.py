@@ -161,25 +161,72 @@ class HostContext:
         if isinstance(stdin, str):
             stdin = stdin.encode()
         streaming = stream if stream is not None else self.verbose >= 2
-        kwargs = dict(hide=not streaming, warn=True, pty=False,
-                      in_stream=io.BytesIO(stdin) if stdin is not None else False,
-                      timeout=timeout or self.inv.data["ssh"]["command_timeout"])
-        if streaming:
-            kwargs["out_stream"] = PrefixWriter(self.run_.out, self.host.name)
-            kwargs["err_stream"] = PrefixWriter(self.run_.out, self.host.name)
-        from invoke.exceptions import CommandTimedOut
-
+        limit = timeout or self.inv.data["ssh"]["command_timeout"]
         try:
-            r = conn.run(text, **kwargs)
-            res = RemoteResult(text, r.stdout, r.stderr, r.exited)
-        except CommandTimedOut as e:
-            res = RemoteResult(text, e.result.stdout, e.result.stderr, 124)
+            if stdin is not None:
+                res = self._run_with_stdin(conn, text, stdin, limit)
+                if streaming:
+                    for ln in (res.stdout + res.stderr).splitlines():
+                        self.say(ln)
+            else:
+                res = self._run_streamed(conn, text, limit, streaming)
         except (OSError, EOFError) as e:
             raise ConnectError(f"{self.host.address}: connection lost: {e}") from None
         if check and not res.ok:
             label = what or _short(text, 120)
             raise StepFailed(f"{label} failed (exit {res.exited})", self.mask(res.tail()))
         return res
+
+    def _run_streamed(self, conn, text: str, limit: float, streaming: bool) -> RemoteResult:
+        from invoke.exceptions import CommandTimedOut
+
+        kwargs = dict(hide=not streaming, warn=True, pty=False, in_stream=False, timeout=limit)
+        if streaming:
+            kwargs["out_stream"] = PrefixWriter(self.run_.out, self.host.name)
+            kwargs["err_stream"] = PrefixWriter(self.run_.out, self.host.name)
+        try:
+            r = conn.run(text, **kwargs)
+            return RemoteResult(text, r.stdout, r.stderr, r.exited)
+        except CommandTimedOut as e:
+            return RemoteResult(text, e.result.stdout, e.result.stderr, 124)
+
+    @staticmethod
+    def _run_with_stdin(conn, text: str, data: bytes, limit: float) -> RemoteResult:
+        """Feed bytes to a command's stdin on a plain channel of the run's
+        connection. invoke's stdin pump reads one byte per 10 ms and decodes
+        each byte alone, which is slow and breaks multi-byte UTF-8."""
+        chan = conn.client.get_transport().open_session()
+        try:
+            chan.settimeout(limit)
+            chan.exec_command(text)
+            chan.sendall(data)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + limit
+            pause = 0.001
+            while True:
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                elif time.monotonic() > deadline:
+                    return RemoteResult(text, out.decode(errors="replace"), err.decode(errors="replace"), 124)
+                else:
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.02)  # quick for short commands, cheap for long ones
+                    continue
+                pause = 0.001
+            # drain anything that raced with the exit status
+            while chan.recv_ready():
+                out += chan.recv(65536)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            return RemoteResult(text, out.decode(errors="replace"), err.decode(errors="replace"),
+                                chan.recv_exit_status())
+        finally:
+            chan.close()
 
     def mask(self, text: str) -> str:
         return mask_text(text, self.run_.secrets)

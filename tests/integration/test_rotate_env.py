@@ -173,11 +173,6 @@ def test_secrets_manager_missing_secret_is_one_line(rot_app, tmp_path, moto):
     assert file_sha(rot_app) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tasks/runner.py ctx.run feeds stdin through invoke, which reads it 1 byte per 10 ms and decodes each "
-    "byte on its own: a UTF-8 value arrives mangled (the install script's sha256 check refuses it, so "
-    "nothing is installed) and a 1 KB env file takes 10 s. Fix in runner.py: pass invoke a stream whose "
-    "read(n) returns all remaining bytes; then drop this mark"))
 def test_utf8_value_round_trips(rot_app, tmp_path):
     value = "utf8-secret-caf\u00e9-\u00fc\u00f1-0123456789"
     r = rotate(tmp_path, write_inventory(tmp_path), "--env-file",

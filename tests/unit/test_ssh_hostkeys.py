@@ -97,3 +97,18 @@ def test_secret_goes_on_stdin_not_command_line(tmp_path, server, client_key):
     assert r.stdout == "CANARY-stdin-42"
     assert all("CANARY" not in c for c in server.commands + ctx.commands)
     run.close()
+
+
+def test_stdin_is_binary_safe_and_utf8(tmp_path, server, client_key):
+    from tasks.commands import Cmd
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_line(server))
+    run = make_run(tmp_path, server, client_key, kh)
+    ctx = run.ctx(run.hosts[0])
+    payload = "NAME=café ☕\n" + "X" * 200_000 + "\n"
+    r = ctx.run(Cmd("sha256sum"), stdin=payload)
+    import hashlib
+
+    assert r.stdout.split()[0] == hashlib.sha256(payload.encode()).hexdigest()
+    run.close()
