@@ -297,7 +297,8 @@ def link_shared(lay: Layout, rid: str, shared_dirs: list[str], shared_files: lis
     owner = f"{lay.user}:{lay.group}"
     for d in shared_dirs:
         d = d.strip("/")
-        lines.append(sh("install -d -o {} -g {} -m 0750 -- {}", lay.user, lay.group, f"{lay.shared}/{d}").render())
+        # 0755 like bootstrap makes it (and verify expects): install -d re-modes an existing dir
+        lines.append(sh("install -d -o {} -g {} -m 0755 -- {}", lay.user, lay.group, f"{lay.shared}/{d}").render())
         lines.append(sh("rm -rf -- {} && install -d -- \"$(dirname -- {})\" && ln -sfn -- {} {}",
                         f"{rel}/{d}", f"{rel}/{d}", f"{lay.shared}/{d}", f"{rel}/{d}").render())
     for f in shared_files:
