@@ -15,6 +15,8 @@ host in total.
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 
 from .commands import Cmd, script, sh
@@ -431,10 +433,11 @@ def step_docker(ctx, spec, facts, compose: bool) -> None:
     if ctx.dry_run:
         ctx.change("runtime", msg, cmd, diff=diff_for(facts, stale))
         return
+    t0 = time.monotonic()
     res = ctx.run(cmd, stdin=tar_payload(files) if stale else None, check=False, what="runtime")
     if not res.ok:
         ctx.fail("runtime", f"{msg}: failed (exit {res.exited})", res.tail())
-    ctx.changed("runtime", msg)
+    ctx.record("runtime", "changed", msg, t0)
 
 
 def step_env(ctx, spec, facts, env: EnvInput) -> None:
@@ -551,6 +554,11 @@ def step_gate(ctx) -> None:
     promises (packages, swap, layout, env file, nginx, certificate...)."""
     from .verify import gate_failure_message, run_gate
 
+    if ctx.changed_count == 0 and not ctx.dry_run:
+        # Nothing changed: this run's fact script just confirmed every promise,
+        # and the idempotent run stays at one remote command per host.
+        ctx.skipped("verify gate", "nothing changed (the fact script confirmed the state)")
+        return
     failed = run_gate(ctx, "bootstrap")
     if failed:
         raise StepFailed(gate_failure_message(failed))

@@ -14,6 +14,8 @@ key names only.
 """
 from __future__ import annotations
 
+import time
+
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -286,6 +288,7 @@ def install_env_file(ctx, content: bytes | Secret, path: str, owner: str, group:
     if ctx.dry_run:
         ctx.change(step, f"{path} would be written (sha256 {want[:12]}, {owner}:{group} {mode})", cmd)
         return EnvInstall(True, None, want)
+    t0 = time.monotonic()
     res = ctx.run(cmd, stdin=data, check=False, what=step)
     if not res.ok:
         ctx.fail(step, f"installing {path} failed (exit {res.exited})", ctx.mask(res.tail()))
@@ -297,5 +300,5 @@ def install_env_file(ctx, content: bytes | Secret, path: str, owner: str, group:
         return EnvInstall(False, old, want)
     msg = (f"{path}: sha256 {old[:12] if old else '(new file)'} -> {want[:12]} "
            f"({owner}:{group} {mode})")
-    ctx.changed(step, msg)
+    ctx.record(step, "changed", msg, t0)
     return EnvInstall(True, old, want, msg)

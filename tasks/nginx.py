@@ -14,6 +14,8 @@ It also makes sure nginx is enabled and running when nothing changed.
 """
 from __future__ import annotations
 
+import time
+
 import re
 from dataclasses import dataclass
 
@@ -167,6 +169,7 @@ def nginx_apply(ctx, files: list[FileSpec], *, facts=None, step: str = "nginx") 
         ctx.change(step, msg + (" (then nginx -t, reload)" if "write" in msg or "remove" in msg else ""),
                    cmd, diff=diff)
         return ApplyResult(True, [])
+    t0 = time.monotonic()
     res = ctx.run(cmd, stdin=tar_payload(files), check=False, what=step)
     if res.exited == NGINX_TEST_FAILED:
         first = next((ln for ln in res.stderr.splitlines() if "emerg" in ln or "error" in ln.lower()),
@@ -178,7 +181,7 @@ def nginx_apply(ctx, files: list[FileSpec], *, facts=None, step: str = "nginx") 
     lines = [ln for ln in res.stdout.splitlines() if ln.split(" ", 1)[0] in
              ("wrote", "removed", "linked", "reloaded", "started", "enabled")]
     if lines:
-        ctx.changed(step, "; ".join(lines))
+        ctx.record(step, "changed", "; ".join(lines), t0)
         return ApplyResult(True, lines)
     ctx.ok(step, "up to date")
     return ApplyResult(False, [])

@@ -16,6 +16,8 @@ Check (from facts), then act in one remote script:
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass, field
 
 from .commands import Cmd, script, sh
@@ -168,6 +170,7 @@ def apply_swap(ctx, facts, size, path: str) -> None:
     if ctx.dry_run:
         ctx.change(STEP, msg, cmd)
         return
+    t0 = time.monotonic()
     res = ctx.run(cmd, check=False, what=STEP)
     if not res.ok:
         ctx.fail(STEP, f"{msg}: failed (exit {res.exited})", res.tail())
@@ -178,11 +181,11 @@ def apply_swap(ctx, facts, size, path: str) -> None:
         file_msg = "; ".join(r for r in p.reasons if not r.startswith("swapon"))
         if virt and virt != "none":
             if file_msg:
-                ctx.changed(STEP, file_msg)
+                ctx.record(STEP, "changed", file_msg, t0)
             fs = f", swap file on {facts.swap_fs}" if facts.swap_fs else ""
             ctx.skipped(STEP + " (activate)", f"swapon not permitted in this container ({virt}{fs}): {err}")
             return
         ctx.fail(STEP, f"swapon {path} failed: {err}" + (f" (after: {file_msg})" if file_msg else ""))
-    ctx.changed(STEP, msg)
+    ctx.record(STEP, "changed", msg, t0)
     if p.container_skip:
         ctx.skipped(STEP + " (activate)", p.container_skip)

@@ -14,6 +14,8 @@ certificate exists) and reports certbot's own error.
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,10 +164,11 @@ def apply_support(ctx, facts, spec: TlsSpec, platform) -> None:
     if ctx.dry_run:
         ctx.change("tls renewal", msg, cmd)
         return
+    t0 = time.monotonic()
     res = ctx.run(cmd, stdin=tar_payload(files), check=False, what="tls renewal")
     if not res.ok:
         ctx.fail("tls renewal", f"{msg}: failed (exit {res.exited})", res.tail())
-    ctx.changed("tls renewal", msg)
+    ctx.record("tls renewal", "changed", msg, t0)
 
 
 def obtain(ctx, facts, spec: TlsSpec, acme_root: str) -> bool:
@@ -180,13 +183,14 @@ def obtain(ctx, facts, spec: TlsSpec, acme_root: str) -> bool:
     if ctx.dry_run:
         ctx.change(STEP, f"{why}: request one from {spec.server or LE_SERVER}", cmd)
         return True
+    t0 = time.monotonic()
     res = ctx.run(cmd, check=False, what=STEP, timeout=300)
     if not res.ok:
         text = (res.stderr + "\n" + res.stdout).strip()
         reason = _certbot_reason(text)
         ctx.fail(STEP, f"certbot failed for {', '.join(spec.domains)}: {reason}; the site keeps serving "
                        f"plain HTTP", ctx.mask(res.tail(30)))
-    ctx.changed(STEP, f"{why}: obtained a certificate for {', '.join(spec.domains)}")
+    ctx.record(STEP, "changed", f"{why}: obtained a certificate for {', '.join(spec.domains)}", t0)
     return True
 
 

@@ -14,6 +14,8 @@ no release before the first deploy.
 """
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 
 from .commands import Cmd, script, sh
@@ -131,13 +133,14 @@ def apply_units(ctx, units: list[UnitFile], enable: list[str] | None = None, *, 
     if ctx.dry_run:
         ctx.change(step, msg, cmd, diff=diff)
         return True
+    t0 = time.monotonic()
     res = ctx.run(cmd, stdin=payload, check=False, what=step)
     if not res.ok:
         ctx.fail(step, f"{msg}: failed (exit {res.exited})", ctx.mask(res.tail(40)))
     done = [ln for ln in res.stdout.splitlines() if ln.startswith(("installed ", "enabled "))]
     if done:
-        ctx.changed(step, "; ".join(done) + ("" if not any(d.startswith("installed") for d in done)
-                                             else " (daemon-reload)"))
+        ctx.record(step, "changed", "; ".join(done) + ("" if not any(d.startswith("installed") for d in done)
+                                                       else " (daemon-reload)"), t0)
         return True
     ctx.ok(step, "up to date")
     return False
