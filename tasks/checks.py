@@ -766,7 +766,10 @@ def check_nginx_config(p: Probe) -> str:
     f = p.fact("nginx_t")
     if not f.ok:
         lines = [ln for ln in f.out.splitlines() if "[emerg]" in ln or "failed" in ln] or f.out.splitlines()
-        raise CheckFailed(f"nginx -t fails: {snippet(lines[0] if lines else 'no output', 200)}")
+        first = lines[0] if lines else "no output"
+        # "2026/01/01 00:00:00 [emerg] 12#12: unknown directive ..." or "nginx: [emerg] unknown ..."
+        m = re.search(r"\[emerg\]\s+(?:\d+#\d+:\s+)?(.*)", first)
+        raise CheckFailed(f"nginx -t fails: {snippet(m.group(1) if m else first, 200)}")
     return "nginx -t ok"
 
 

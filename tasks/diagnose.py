@@ -64,7 +64,7 @@ def sections(inv, host, lines: int = 200) -> list[Section]:
         out.append(Section("systemctl status nginx", "systemctl status --no-pager -l -n 0 nginx 2>&1"))
         out.append(Section(f"tail -n {min(n, 100)} /var/log/nginx/error.log",
                            f"tail -n {min(n, 100)} /var/log/nginx/error.log"))
-    out.append(Section("df -h", "df -h -x tmpfs -x devtmpfs -x overlay 2>/dev/null || df -h"))
+    out.append(Section("df -h", "df -h -x tmpfs -x devtmpfs -x squashfs 2>/dev/null || df -h"))
     out.append(Section("free -m", "free -m"))
     out.append(Section("uptime", "uptime"))
     out.append(Section("listening ports (ss -ltnp)", "ss -ltnp"))
@@ -113,9 +113,21 @@ def mask_pairs(text: str, keys: list[str]) -> str:
     return _URL_CRED.sub(lambda m: m.group(1) + "***" + m.group(3), text)
 
 
+def secret_looking(key: str, value: Secret, rule: dict | None) -> bool:
+    """Which env values to mask wherever they appear: secret-looking names,
+    contract rules that describe secrets, long values. Not HOST=127.0.0.1 or
+    LOG_LEVEL=info: masking those would blank every address and log level."""
+    if len(value) < MASK_MIN:
+        return False
+    r = rule or {}
+    return bool(SENSITIVE.search(key) or r.get("hex") or r.get("base64") or (r.get("min_length") or 0) >= 12
+                or len(value) >= 20)
+
+
 def local_env_secrets(inv) -> tuple[list[Secret], str]:
-    """Values of a local env source file, to mask wherever they appear. AWS
-    sources are not fetched (diagnose must work when AWS does not)."""
+    """Values of a local env source file that look secret (secret_looking),
+    to mask wherever they appear. AWS sources are not fetched (diagnose must
+    work when AWS does not)."""
     spec = inv.get("env.source") or {}
     if (spec.get("type") or "file") != "file" or not spec.get("file"):
         return [], ""
@@ -125,7 +137,8 @@ def local_env_secrets(inv) -> tuple[list[Secret], str]:
         vals = from_file(inv, spec).values
     except Exception as e:  # masking is best effort; say so
         return [], f"env source not loaded for masking: {type(e).__name__}"
-    return [v for v in vals.values() if isinstance(v, Secret) and len(v) >= MASK_MIN], ""
+    rules = (inv.get("env.contract") or {}).get("rules") or {}
+    return [v for k, v in vals.items() if isinstance(v, Secret) and secret_looking(k, v, rules.get(k))], ""
 
 
 def render_report(host, secs: list[Section], facts: dict, keys: list[str], secrets: list[Secret]) -> str:

@@ -236,7 +236,7 @@ BREAKS = {
         lambda h: h.must(f"cp /etc/nginx/sites-available/{APP}.conf /root/verify-test/site && "
                          f"echo 'bogus_directive on;' >> /etc/nginx/sites-available/{APP}.conf"),
         lambda h: h.must(f"cp /root/verify-test/site /etc/nginx/sites-available/{APP}.conf"),
-        "nginx_config", 'nginx -t fails: nginx: [emerg] unknown directive "bogus_directive"'),
+        "nginx_config", f'nginx -t fails: unknown directive "bogus_directive" in /etc/nginx/sites-enabled/{APP}.conf'),
 }
 
 

@@ -109,3 +109,15 @@ def test_bad_lines_is_one_line(fab, tmp_path, sshd):  # noqa: F811
     r = fab("diagnose", "-i", write_inv(tmp_path, sshd), "--lines", "0")
     assert r.returncode != 0 and r.stderr.strip() == \
         "fabship: command line: --lines: expected a positive number of lines, got 0"
+
+
+@pytest.mark.parametrize("key,value,rule,masked", [
+    ("APP_SECRET", "sandbox-app-secret-0001", None, True),
+    ("HOST", "127.0.0.1", None, False),           # would blank every loopback address
+    ("LOG_LEVEL", "info", None, False),
+    ("SESSION_SIGNING", "abcdef0123", {"hex": True}, True),
+    ("OPAQUE", "x" * 24, None, True),              # long values are masked whatever their name
+    ("PASSWORD", "abc", None, False),              # too short to mask safely (would hit ordinary words)
+])
+def test_which_env_values_are_masked(key, value, rule, masked):
+    assert D.secret_looking(key, Secret(value), rule) is masked

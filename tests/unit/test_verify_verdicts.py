@@ -140,7 +140,11 @@ BREAKS = {
     "nginx config broken": (
         {"nginx_t": (1, 'nginx: [emerg] unknown directive "bogus" in /etc/nginx/sites-enabled/shop.conf:3\n'
                         "nginx: configuration file /etc/nginx/nginx.conf test failed")},
-        "nginx_config", 'nginx -t fails: nginx: [emerg] unknown directive "bogus"'),
+        "nginx_config", 'nginx -t fails: unknown directive "bogus" in /etc/nginx/sites-enabled/shop.conf:3'),
+    "nginx config broken (stderr format)": (
+        {"nginx_t": (1, '2026/11/22 00:34:59 [emerg] 9012#9012: unknown directive "bogus" in /etc/x.conf:53\n'
+                        "nginx: configuration file /etc/nginx/nginx.conf test failed")},
+        "nginx_config", 'nginx -t fails: unknown directive "bogus" in /etc/x.conf:53'),
     "nothing on 443": (
         {"listen": "LISTEN 0 511 0.0.0.0:80 0.0.0.0:*\n", "cert": (1, "Could not read certificate")},
         "listen_https", "nothing listens on TCP port 443"),
