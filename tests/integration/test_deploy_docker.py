@@ -47,7 +47,7 @@ def info_version(fleet, host, port=None, vhost=None, path="/actuator/info"):
 
 def containers(fleet, host, app):
     rc, o, _ = fleet.run(host, f"docker ps --filter label=fabship.app={app} --format '{{{{.Names}}}} {{{{.Image}}}}'")
-    return o.split("\n") if o.strip() else []
+    return [ln for ln in o.splitlines() if ln.strip()]
 
 
 def _cycle(fleet, inv, host, app, version_of):
@@ -64,9 +64,10 @@ def _cycle(fleet, inv, host, app, version_of):
     assert "failed its health check" in text and "last health response" in text and "DOWN" in text
     assert version_of() == TAGS[1]
     log = release_log(fleet, host, app)
-    assert log[-1]["result"] == "failed" and log[-1]["image"].endswith(f":{BROKEN}")
+    # image: registry/name:TAG (docker) or TAGVAR=TAG (compose)
+    assert log[-1]["result"] == "failed" and log[-1]["image"].endswith(BROKEN)
     ok = [e for e in log if e["result"] == "ok"]
-    assert ok[-1]["image"].endswith(f":{TAGS[1]}") and ok[-1]["previous_image"].endswith(f":{TAGS[0]}")
+    assert ok[-1]["image"].endswith(TAGS[1]) and ok[-1]["previous_image"].endswith(TAGS[0])
     assert not lock_exists(fleet, host, app)
     r = fab("rollback", "-i", inv, "--limit", host, "--no-gate")
     assert r.returncode == 0, out(r)[-4000:]
