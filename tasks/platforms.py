@@ -150,15 +150,16 @@ APT_OPTS = ["-y", "-q", "--no-install-recommends", "-o", "Dpkg::Options::=--forc
 
 
 def installed_query(family: str, names: list[str]) -> Cmd | None:
-    """Print `NAME<TAB>VERSION` for each installed package among names."""
+    """Print one line per package among names: apt `NAME<TAB>STATUS<TAB>VERSION`
+    (installed when STATUS starts with 'ii'), dnf `NAME<TAB>VERSION` (missing
+    ones print 'package X is not installed', which has no tab). The filtering
+    happens in tasks/facts.py: one process on the host, not a pipeline."""
     if not names:
         return None
     if family == "apt":
-        # db:Status-Abbrev 'ii ' = installed; 'rc ' (removed, config left) is not.
         return Cmd("dpkg-query", "-W", "-f=${Package}\\t${db:Status-Abbrev}\\t${Version}\\n", *names,
-                   Raw("2>/dev/null"), Raw("|"), "awk", "-F\\t", '$2 ~ /^ii/ {print $1 "\\t" $3}')
-    return Cmd("rpm", "-q", "--qf", "%{NAME}\\t%{VERSION}\\n", *names, Raw("2>/dev/null"), Raw("|"),
-               "grep", "-v", "is not installed")
+                   Raw("2>/dev/null"))
+    return Cmd("rpm", "-q", "--qf", "%{NAME}\\t%{VERSION}\\n", *names, Raw("2>/dev/null"))
 
 
 def install_cmd(p: Platform, names: list[str]) -> Cmd:

@@ -34,21 +34,76 @@ def unwrap(text):
 
 
 class RecordingConn:
+    """Stands in for fabric's Connection: `run` (commands without stdin) and
+    `client.get_transport().open_session()` (commands fed on stdin)."""
+
     def __init__(self):
         self.commands = []
         self.raw = []
         self.stdins = []
+        self.client = self
 
-    def run(self, text, **kw):
+    def answer(self, text, stdin=None):
         self.raw.append(text)
         self.commands.append(unwrap(text))
-        stream = kw.get("in_stream")
-        self.stdins.append(stream.getvalue() if stream else None)
+        self.stdins.append(stdin)
         if "@@ os" in text:
             return Result(FIXTURE)
         if "certbot certonly" in text:
             return Result("Successfully received certificate.\n")
         return Result("")
+
+    def run(self, text, **kw):
+        stream = kw.get("in_stream")
+        return self.answer(text, stream.getvalue() if stream else None)
+
+    def get_transport(self):
+        return self
+
+    def open_session(self):
+        return FakeChannel(self)
+
+    def close(self):
+        pass
+
+
+class FakeChannel:
+    def __init__(self, conn):
+        self.conn, self.data, self.text, self.result = conn, b"", "", None
+
+    def settimeout(self, t):
+        pass
+
+    def exec_command(self, text):
+        self.text = text
+
+    def sendall(self, data):
+        self.data += data
+
+    def shutdown_write(self):
+        self.result = self.conn.answer(self.text, self.data)
+        self.out = self.result.stdout.encode()
+        self.err = self.result.stderr.encode()
+
+    def recv_ready(self):
+        return bool(self.out)
+
+    def recv(self, n):
+        chunk, self.out = self.out[:n], self.out[n:]
+        return chunk
+
+    def recv_stderr_ready(self):
+        return bool(self.err)
+
+    def recv_stderr(self, n):
+        chunk, self.err = self.err[:n], self.err[n:]
+        return chunk
+
+    def exit_status_ready(self):
+        return True
+
+    def recv_exit_status(self):
+        return self.result.exited
 
     def close(self):
         pass
