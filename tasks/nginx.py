@@ -107,12 +107,13 @@ def _differs_test(f: FileSpec) -> str:
                  f"{f.owner}:{f.group}:{mode}").render())
 
 
-def nginx_apply_cmd(files: list[FileSpec], service: str = "nginx") -> Cmd:
+def nginx_apply_cmd(files: list[FileSpec], service: str = "nginx", backup_parent: str = "/etc/nginx") -> Cmd:
     """See the module doc. Prints `wrote PATH` / `removed PATH` / `linked PATH`,
     `reloaded` or `started`; on nginx -t failure prints its output on stderr
     and exits NGINX_TEST_FAILED after restoring the previous files."""
     L = stage_lines() + [
-        "backup=$(mktemp -d /etc/nginx/.fabship-backup.XXXXXX)",
+        # outside every include glob of nginx.conf, same filesystem as the config
+        sh("backup=$(mktemp -d {}/.fabship-backup.XXXXXX)", backup_parent).render(),
         "trap 'rm -rf \"$stage\" \"$backup\"' EXIT",
         "n=0",
     ]
@@ -174,6 +175,8 @@ def nginx_apply(ctx, files: list[FileSpec], *, facts=None, step: str = "nginx") 
     if res.exited == NGINX_TEST_FAILED:
         first = next((ln for ln in res.stderr.splitlines() if "emerg" in ln or "error" in ln.lower()),
                      res.stderr.strip().splitlines()[0] if res.stderr.strip() else "")
+        # "2026/11/22 00:40:16 [emerg] 5916#5916: unknown directive ..." -> "[emerg] unknown directive ..."
+        first = re.sub(r"^(nginx: )?\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: ", r"\2 ", first.strip())
         ctx.fail(step, f"nginx -t rejected the new config; previous files restored, nginx still serving "
                        f"the old config: {first.strip()}", res.stderr.strip())
     if not res.ok:

@@ -30,10 +30,11 @@ class UnitFile:
     name: str            # app.service, app@.service
     content: str
     verify_as: str = ""  # instance name to verify a template unit as (app@3001.service)
+    directory: str = UNIT_DIR
 
     @property
     def path(self) -> str:
-        return f"{UNIT_DIR}/{self.name}"
+        return f"{self.directory}/{self.name}"
 
     @property
     def is_template(self) -> bool:
@@ -91,11 +92,15 @@ def units_cmd(units: list[UnitFile], enable: list[str]) -> Cmd:
         check = sh('[ "$(sha256sum < {} 2>/dev/null | cut -d" " -f1)" = {} ]', u.path, want).render()
         L.append(f"if {check}; then skip{i}=1; else skip{i}=0; fi")
         vname = u.verify_as or u.name
-        # verify the new bytes under their own (or an instance) name, before installing
-        L.append(f'if [ "$skip{i}" = 0 ]; then mkdir -p "$stage/v{i}" && cp "$stage/{i}" '
-                 + sh('"$stage/v{}/"{}', str(i), vname).render()
-                 + f' && if ! out=$(systemd-analyze verify "$stage/v{i}/"{sh("{}", vname).render()} 2>&1); then '
-                 + sh('echo "systemd-analyze verify {} failed:" >&2; echo "$out" >&2; exit 5; fi; fi', u.name).render())
+        vpath = f'"$stage/v{i}/"' + sh("{}", vname).render()
+        # Verify the new bytes under their own (or an instance) name, alone in a
+        # directory, before installing. systemd only warns about unknown keys and
+        # unparsable values ("..., ignoring"): any line about this file is a refusal.
+        L.append(f'if [ "$skip{i}" = 0 ]; then mkdir -p "$stage/v{i}" && cp "$stage/{i}" {vpath}; '
+                 f'if ! out=$(systemd-analyze verify {vpath} 2>&1) || '
+                 f'printf "%s\\n" "$out" | grep -qF "$stage/v{i}/"; then '
+                 + sh('echo "systemd-analyze verify {} refused it:" >&2; ', u.name).render()
+                 + f'printf "%s\\n" "$out" | sed "s|$stage/v{i}/|/etc/systemd/system/|" >&2; exit 5; fi; fi')
     for i, (u, f) in enumerate(zip(units, files)):
         put = " ; ".join(put_files_lines([f], offset=i))
         L.append(f'if [ "$skip{i}" = 0 ]; then {put}; changed=1; echo ' + sh("installed {}", u.name).render() + "; fi")
@@ -135,6 +140,10 @@ def apply_units(ctx, units: list[UnitFile], enable: list[str] | None = None, *, 
         return True
     t0 = time.monotonic()
     res = ctx.run(cmd, stdin=payload, check=False, what=step)
+    if res.exited == 5:
+        why = next((ln.strip() for ln in res.stderr.splitlines()[1:] if ln.strip()), "see details")
+        ctx.fail(step, f"systemd-analyze verify refused the new unit (nothing installed): {why}",
+                 ctx.mask(res.tail(40)))
     if not res.ok:
         ctx.fail(step, f"{msg}: failed (exit {res.exited})", ctx.mask(res.tail(40)))
     done = [ln for ln in res.stdout.splitlines() if ln.startswith(("installed ", "enabled "))]
