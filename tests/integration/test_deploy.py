@@ -222,3 +222,67 @@ def test_keep_releases_prunes_but_keeps_current_and_last_good(deploy_env):
         rels = must(fleet, h, f"ls {ROOT}/releases").split()
         assert len(rels) <= 3 + 1, rels  # keep_releases 3 (+ the last good one before current)
         assert current(fleet, h) in rels
+
+
+def test_restart_strategy_switches_back_on_failure(deploy_env, tmp_path):
+    """strategy restart (APP.service on /opt/APP/current): a failing release is
+    switched back to the previous one and restarted."""
+    from test_deploy_support import write_inventory
+
+    fleet, app = deploy_env["fleet"], "shiprs"
+    inv = str(write_inventory(tmp_path, deploy_env["repo"], app=app, port=3410,
+                              extra={"deploy": {"source": "git", "repo": str(deploy_env["repo"]), "strategy": "restart",
+                                                "build": ["npm ci --no-audit --no-fund --offline", "npm run build"]}}))
+    fleet.run("h4", f"systemctl stop {app} 2>/dev/null; rm -rf /opt/{app}; true")
+    r = fab("bootstrap", "-i", inv, "--limit", "h4", "--no-gate", timeout=900)
+    assert r.returncode == 0, out(r)[-3000:]
+    for ref in ("v1", "v2"):
+        r = fab("deploy", "-i", inv, "--limit", "h4", "--no-gate", "--ref", ref)
+        assert r.returncode == 0, out(r)[-3000:]
+        assert served_version(fleet, "h4", app) == ref
+    r = fab("deploy", "-i", inv, "--limit", "h4", "--no-gate", "--ref", "v3-broken")
+    assert r.returncode != 0 and f"journalctl -u {app}.service" in out(r) and "switched back" in out(r)
+    assert served_version(fleet, "h4", app) == "v2"
+    assert must(fleet, "h4", f"systemctl is-active {app}.service").strip() == "active"
+    r = fab("rollback", "-i", inv, "--limit", "h4", "--no-gate")
+    assert r.returncode == 0, out(r)[-3000:]
+    assert served_version(fleet, "h4", app) == "v1"
+
+
+def test_unreachable_host_counts_as_failed(deploy_env, tmp_path):
+    """A host that cannot be reached fails the deploy before anything changes
+    (max-fail 0); with --max-fail 1 the others deploy and the exit is still non-zero."""
+    import yaml
+
+    fleet = deploy_env["fleet"]
+    data = yaml.safe_load(deploy_env["inv"].read_text())
+    sandbox = yaml.safe_load(open(data["include"][0]))
+    hosts = {h: sandbox["hosts"]["static"][h] for h in ("h3", "h4")}
+    hosts["ghost"] = {"address": fleet.host("h5").address, "port": 2}  # nothing listens: refused
+    data["hosts"] = {"static": hosts}
+    inv = tmp_path / "ghost.yaml"
+    inv.write_text(yaml.safe_dump(data))
+    before = {h: current(fleet, h) for h in ("h3", "h4")}
+    r = fab("deploy", "-i", str(inv), "--no-gate", "--ref", "v1")
+    assert r.returncode != 0 and "unreachable" in out(r).lower()
+    assert "deploy stopped before changing anything" in out(r)
+    assert {h: current(fleet, h) for h in ("h3", "h4")} == before
+    assert all(not lock_exists(fleet, h) for h in ("h3", "h4"))
+    r = fab("deploy", "-i", str(inv), "--no-gate", "--ref", "v1", "--max-fail", "1")
+    assert r.returncode != 0
+    assert re.search(r"h3 -> \S+-v1-\S+\s+\[deployed\]", out(r)) and "ghost -> unknown" in out(r)
+    assert {h: served_version(fleet, h) for h in ("h3", "h4")} == {"h3": "v1", "h4": "v1"}
+
+
+def test_lock_wait_waits_for_the_holder(deploy_env):
+    """A second deploy with --lock-wait waits for the first instead of failing."""
+    fleet = deploy_env["fleet"]
+    cmd = ["deploy", "-i", str(deploy_env["inv"]), "--limit", "h3", "--no-gate"]
+    a = fab_popen(*cmd, "--ref", "v2", "--set", 'deploy.build=["npm ci --offline", "sleep 4", "npm run build"]')
+    assert wait_for(lambda: lock_exists(fleet, "h3"), timeout=60)
+    b = fab_popen(*cmd, "--ref", "v5", "--lock-wait", "120")
+    oa, _ = a.communicate(timeout=300)
+    ob, _ = b.communicate(timeout=300)
+    assert a.returncode == 0, oa[-2000:]
+    assert b.returncode == 0 and "waiting for the deploy lock" in ob, ob[-2000:]
+    assert served_version(fleet, "h3") == "v5"
