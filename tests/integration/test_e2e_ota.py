@@ -62,7 +62,7 @@ def test_ota_server_end_to_end(h8, tmp_path):  # noqa: F811
     assert "npm run start" in f.unit_prop(unit, "ExecStart") and "PORT=3000" in f.unit_prop(unit, "ExecStart")
     assert f.unit_prop(unit, "WorkingDirectory") == f"/opt/{APP}/current"
     site = f.must(f"cat /etc/nginx/sites-available/{APP}.conf")
-    assert "client_max_body_size 100M" in site and "/.well-known/acme-challenge/" in site
+    assert "client_max_body_size 100m" in site.lower() and "/.well-known/acme-challenge/" in site
     assert f"server_name {DOMAIN}" in site
     cert = f.must(f"echo | openssl s_client -connect 127.0.0.1:443 -servername {DOMAIN} 2>/dev/null "
                   "| openssl x509 -noout -issuer -subject -ext subjectAltName")

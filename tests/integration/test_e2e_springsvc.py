@@ -33,6 +33,9 @@ def test_spring_style_service_end_to_end(h8, tmp_path):  # noqa: F811
 
     f.fab("bootstrap")
     f.must("systemctl is-active -q docker")
+    missing = f.sh(f"test -d /opt/{APP}/secrets && test -d /opt/{APP}/certs")[0]
+    assert missing == 0, ("bootstrap did not create docker.secrets_dir / docker.certs_dir with the files of "
+                          "docker.secret_files / docker.cert_files (inventories/sandbox-springsvc.yaml)")
     assert f.stat(f"/opt/{APP}/secrets") == "root:root:700"
     assert f.stat(f"/opt/{APP}/secrets/db-password") == "root:root:400"
     assert f.stat(f"/opt/{APP}/certs/db-ca.pem").endswith(":444")

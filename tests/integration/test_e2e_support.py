@@ -54,6 +54,7 @@ class Flow:
         took = time.monotonic() - t0
         shown = " ".join(shlex.quote(a) for a in ["fab", *argv[3:]])
         self.outputs.append(f"$ {shown}  (exit {r.returncode}, {took:.1f}s)\n{r.stdout}{r.stderr}")
+        print(f"[{took:6.1f}s] {shown} -> exit {r.returncode}")  # shown with -s, or on failure
         if expect is not None:
             assert r.returncode == expect, (
                 f"`{shown}` exited {r.returncode}, expected {expect}\n--- stdout (tail)\n{tail(r.stdout)}"
