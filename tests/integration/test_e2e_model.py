@@ -72,3 +72,60 @@ def test_model_server_end_to_end(h8, tmp_path):  # noqa: F811
     r = f.fab("verify")
     assert f.host_result("verify")["result"] in ("ok", "passed"), r.stdout
     assert "predict_needs_key" in r.stdout
+
+
+def test_model_server_deploy_behind_an_alb(h8, tmp_path):  # noqa: F811
+    """Prod's shape (inventories/model-prod.yaml): the host leaves its ALB
+    target group before the restart and rejoins healthy; ELBv2 is moto's
+    HTTP server, the host is real."""
+    import boto3
+    import yaml
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        url = f"http://{host}:{port}"
+        kw = dict(region_name="eu-west-1", endpoint_url=url, aws_access_key_id="testing",
+                  aws_secret_access_key="testing")
+        ec2, elb = boto3.client("ec2", **kw), boto3.client("elbv2", **kw)
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24", AvailabilityZone=f"eu-west-1{z}")
+                   ["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
+        elb.create_load_balancer(Name="visionml", Subnets=subnets)
+        arn = elb.create_target_group(Name="visionml-model", Protocol="HTTP", Port=8080, VpcId=vpc,
+                                      TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+        ids = [i["InstanceId"] for i in ec2.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2,
+                                                           SubnetId=subnets[0])["Instances"]]
+        elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": i} for i in ids])
+        inv = tmp_path / "model-alb.yaml"
+        inv.write_text(yaml.safe_dump({
+            "include": [str(INV / "sandbox-model.yaml")],
+            # h8 stands for the first instance; the second one keeps serving
+            "hosts": {"static": {"h8": {"address": h8.host("h8").address, "tags": {"instance-id": ids[0]}}}},
+            "deploy": {"batch": "1"},
+            "hooks": {"alb": {"target_group_arn": arn, "endpoint_url": url, "poll_interval": 0.2,
+                              "drain_timeout": 10, "register_timeout": 30}},
+        }))
+        f = Flow(h8, tmp_path, str(inv))
+        f.fab("bootstrap")
+        f.fab("deploy", "--artifact", str(app_copy(tmp_path, APP, "1.0.0")), "--dry-run")
+        assert f.must(f"test -e /opt/{APP}/current && echo yes || echo no").strip() == "no"
+        assert {"alb deregister", "alb register"} <= set(f.changed_steps("deploy"))
+        health = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+                  for d in elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
+        assert health == {ids[0]: "healthy", ids[1]: "healthy"}  # the dry run changed nothing
+        f.fab("deploy", "--artifact", str(app_copy(tmp_path, APP, "1.0.0")))
+        steps = [(s["name"], s["status"]) for s in f.host_result("deploy")["steps"]]
+        names = [n for n, _ in steps]
+        assert ("alb deregister", "changed") in steps and ("alb register", "changed") in steps, steps
+        # out of the target group before the app restarted, back in after it was healthy
+        restart = next(i for i, n in enumerate(names) if "restart" in n or "switch" in n)
+        assert names.index("alb deregister") < restart < names.index("alb register"), names
+        health = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+                  for d in elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
+        assert health == {ids[0]: "healthy", ids[1]: "healthy"}
+        assert version(f) == "1.0.0"
+    finally:
+        server.stop()
