@@ -439,6 +439,7 @@ def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
               options={"ref": ref, "artifact": artifact, "tag": tag, "strategy": plan.lay.strategy, "batch": batch,
                        "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet, "limit": limit,
                        "gate": gate})
+    register_env_secrets(run)
     run.extra.update({"release": plan.rid, "source": plan.src.describe()})
     run.out.line("", f"deploy {plan.src.describe()} as release {plan.rid} to {len(hosts)} host(s): "
                      f"{plan.lay.kind}, {'blue/green' if plan.lay.blue_green else 'restart'}, batches of "
@@ -454,6 +455,22 @@ def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
         run.finish()
         raise fleet.interrupted
     finish(run, summary=False)
+
+
+def register_env_secrets(run) -> None:
+    """Mask the app's env values in everything this run prints or records:
+    a failure report quotes the app's own logs, which may echo a secret.
+    Local env files only (deploy never needs AWS to read them); best effort."""
+    spec = run.inv.get("env.source") or {}
+    if (spec.get("type") or "file") != "file" or not spec.get("file"):
+        return
+    try:
+        from .env_sources import from_file
+
+        values = from_file(run.inv, spec).values
+    except Exception:  # deploy does not depend on the env source; rotate-env validates it
+        return
+    run.add_secrets(v for v in values.values() if len(v) >= 8)
 
 
 def _seconds(value, opt: str) -> float | None:

@@ -84,7 +84,7 @@ def choose_target(st: HostState, to: str | None) -> tuple[str | None, str]:
 def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, dry_run=False,
              lock_wait=None, gate=True, to=None) -> None:
     from .cli import finish
-    from .deploy import Fleet, _seconds, print_outcome, validate_app
+    from .deploy import Fleet, _seconds, print_outcome, register_env_secrets, validate_app
     from .inventory import load_inventory
     from .runner import Run
 
@@ -100,6 +100,7 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     hosts = inv.resolve_hosts(limit)
     run = Run("rollback", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
               accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit, "gate": gate})
+    register_env_secrets(run)
     fleet = Fleet(run, None, action="rollback")
     fleet.lock_wait = lw
     try:

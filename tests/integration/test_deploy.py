@@ -286,3 +286,29 @@ def test_lock_wait_waits_for_the_holder(deploy_env):
     assert a.returncode == 0, oa[-2000:]
     assert b.returncode == 0 and "waiting for the deploy lock" in ob, ob[-2000:]
     assert served_version(fleet, "h3") == "v5"
+
+
+def test_failure_report_masks_env_secrets(deploy_env, tmp_path):
+    """The failure report quotes the app's answer and logs; an env value that
+    shows up there (here the app echoes APP_VERSION in /health) is masked in
+    the output and the run record."""
+    import glob
+    import os
+
+    from test_deploy_support import write_inventory
+
+    fleet, app, canary = deploy_env["fleet"], "shipcanary", "CanaryS3cretValue-7f3a9"
+    inv = write_inventory(tmp_path, deploy_env["repo"], app=app, port=3420,
+                          extra={"health": {"retries": 6, "interval": 0.5, "path": "/health"}})
+    env_file = tmp_path / f"{app}.env"
+    env_file.write_text(f"APP_SECRET=deploy-test-secret-0123456789\nAPP_VERSION={canary}\nFAIL_HEALTH=1\n")
+    fleet.run("h5", f"systemctl stop '{app}@*' 2>/dev/null; rm -rf /opt/{app}; true")
+    r = fab("bootstrap", "-i", str(inv), "--limit", "h5", "--no-gate", timeout=900)
+    assert r.returncode == 0, out(r)[-3000:]
+    runs = tmp_path / "runs"
+    r = fab("deploy", "-i", str(inv), "--limit", "h5", "--no-gate", "--ref", "v1", env={"FABSHIP_RUNS_DIR": str(runs)})
+    assert r.returncode != 0 and "last health response" in out(r)
+    assert canary not in out(r) and '"version":"***"' in out(r)
+    rec = sorted(glob.glob(str(runs / "*deploy*.json")))[-1]
+    assert canary not in open(rec).read() and oct(os.stat(rec).st_mode & 0o777) == "0o600"
+    assert canary not in must(fleet, "h5", f"cat /opt/{app}/.fabship/releases.jsonl /opt/{app}/.fabship/audit.log")
