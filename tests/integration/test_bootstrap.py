@@ -39,7 +39,7 @@ def domain(h: str) -> str:
 
 def reset_script() -> str:
     lines = ["set +e"]
-    for app in (APP, "demo"):   # demo: left by manual runs during development
+    for app in (APP, "demo", "benchapp", "dsvc", "pyapp"):   # also what bench/ and manual runs leave
         lines += app_reset_lines(app)
     return "\n".join(lines + [
         "swapoff /swapfile 2>/dev/null; rm -f /swapfile",
