@@ -312,3 +312,27 @@ def test_failure_report_masks_env_secrets(deploy_env, tmp_path):
     rec = sorted(glob.glob(str(runs / "*deploy*.json")))[-1]
     assert canary not in open(rec).read() and oct(os.stat(rec).st_mode & 0o777) == "0o600"
     assert canary not in must(fleet, "h5", f"cat /opt/{app}/.fabship/releases.jsonl /opt/{app}/.fabship/audit.log")
+
+
+def test_rotate_env_restart_app_blue_green(deploy_env, tmp_path):
+    """restart_app (used by rotate-env) on blue/green: a new instance of the
+    current release reads the new env on the idle port and takes over; a bad
+    env leaves the old instance serving (old_serving) and the file restored."""
+    fleet = deploy_env["fleet"]
+    inv = str(deploy_env["inv"])
+    rid = current(fleet, "h3")
+    port_before = must(fleet, "h3", f"grep -o '127.0.0.1:[0-9]*' /etc/nginx/fabship/{APP}-upstream.conf").strip()
+    good = tmp_path / "good.env"
+    good.write_text("APP_SECRET=rotated-secret-0123456789abcdef\nLOG_LEVEL=warn\n")
+    r = fab("rotate-env", "-i", inv, "--limit", "h3", "--env-file", str(good), "--no-gate")
+    assert r.returncode == 0, out(r)[-3000:]
+    port_after = must(fleet, "h3", f"grep -o '127.0.0.1:[0-9]*' /etc/nginx/fabship/{APP}-upstream.conf").strip()
+    assert port_after != port_before and current(fleet, "h3") == rid  # same release, other port
+    assert len(active_instances(fleet, "h3")) == 1
+    bad = tmp_path / "bad.env"
+    bad.write_text("APP_SECRET=short\nLOG_LEVEL=warn\n")  # the app's /health answers 503
+    r = fab("rotate-env", "-i", inv, "--limit", "h3", "--env-file", str(bad), "--no-gate")
+    assert r.returncode != 0 and "old instance kept serving" in out(r), out(r)[-3000:]
+    assert must(fleet, "h3", f"grep -o '127.0.0.1:[0-9]*' /etc/nginx/fabship/{APP}-upstream.conf").strip() == port_after
+    assert "rotated-secret" in must(fleet, "h3", f"cat /etc/{APP}/{APP}.env")
+    assert served_version(fleet, "h3") and len(active_instances(fleet, "h3")) == 1
