@@ -39,7 +39,7 @@ def domain(h: str) -> str:
 
 def reset_script() -> str:
     lines = ["set +e"]
-    for app in (APP, "demo", "benchapp", "dsvc", "pyapp"):   # also what bench/ and manual runs leave
+    for app in (APP, "tlsfail", "demo", "benchapp", "dsvc", "pyapp"):   # also what bench/ and manual runs leave
         lines += app_reset_lines(app)
     return "\n".join(lines + [
         "swapoff /swapfile 2>/dev/null; rm -f /swapfile",
@@ -263,3 +263,30 @@ def test_bad_input_changes_nothing(fleet, work):
     r = fab(work, "bootstrap", "--set", "swap.size=lots", expect=2)
     assert r.stderr.strip().splitlines()[-1].startswith("fabship: ")
     assert "swap.size: expected a size such as 512M or 2G, got 'lots'" in r.stderr
+
+
+def test_tls_failure_leaves_http_serving_and_says_why(fleet, work):
+    """A domain Pebble cannot validate: the tls step fails with certbot's reason,
+    exit 1, and the site keeps answering plain HTTP."""
+    inv = work / "tlsfail.yaml"
+    inv.write_text(f"""
+include: [{REPO / 'inventories' / 'sandbox.yaml'}]
+app: {{name: tlsfail, kind: node, port: 3100}}
+nginx: {{server_name: "nope.{{host}}.sandbox.test"}}
+tls: {{enabled: true, email: ops@sandbox.test}}
+""")
+    env = dict(os.environ, FABSHIP_RUNS_DIR=str(work / "runs"))
+    try:
+        r = subprocess.run([sys.executable, "-m", "fabric", "bootstrap", "-i", str(inv), "--limit", "h2"],
+                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert re.search(r"FAILED +tls: certbot failed for nope\.h2\.sandbox\.test: .*nope\.h2\.sandbox\.test.*; "
+                         r"the site keeps serving plain HTTP", r.stdout), r.stdout
+        assert "Traceback" not in r.stdout + r.stderr
+        code, out, _ = fleet.run("h2", "curl -s -o /dev/null -w '%{http_code}' -H 'Host: nope.h2.sandbox.test' "
+                                       "http://127.0.0.1/ && nginx -t 2>&1 | tail -1")
+        assert code == 0 and out.startswith("502") and "successful" in out   # nginx answers; no release yet
+        assert "listen 443" not in fleet.run("h2", "cat /etc/nginx/sites-available/tlsfail.conf")[1]
+    finally:
+        fleet.run("h2", "\n".join(["set +e"] + app_reset_lines("tlsfail") +
+                                   ["systemctl daemon-reload; nginx -t >/dev/null 2>&1 && systemctl reload nginx; true"]))
