@@ -39,6 +39,8 @@ def test_compose_stack_end_to_end(h8, tmp_path):  # noqa: F811
     f.fab("bootstrap")
     f.must("systemctl is-active -q docker && (docker-compose version || docker compose version) >/dev/null")
     assert f.stat(ENV_PATH) == f"root:{APP}:600"
+    f.fab("bootstrap")
+    assert f.changed_steps("bootstrap") == [], "a second bootstrap changed something"
 
     f.fab("deploy", "--tag", "1.0.0")
     assert tags(f) == {"api": "1.0.0", "client": "1.0.0", "db": "1.0.0"}

@@ -37,6 +37,8 @@ def test_model_server_end_to_end(h8, tmp_path):  # noqa: F811
     assert f.unit_prop(unit, "UnitFileState") == "enabled"
     assert "venv/bin/python app.py" in f.unit_prop(unit, "ExecStart")
     assert "PORT=8080" in f.unit_prop(unit, "ExecStart")
+    f.fab("bootstrap")
+    assert f.changed_steps("bootstrap") == [], "a second bootstrap changed something"
 
     f.fab("deploy", "--artifact", str(app_copy(tmp_path, APP, "1.0.0")))
     v1 = f.current_release(APP)

@@ -34,6 +34,8 @@ def test_node_app_end_to_end(h8, tmp_path):  # noqa: F811
     cert = f.must(f"echo | openssl s_client -connect 127.0.0.1:443 -servername {DOMAIN} 2>/dev/null "
                   "| openssl x509 -noout -issuer -ext subjectAltName")
     assert "Pebble" in cert and DOMAIN in cert, cert
+    f.fab("bootstrap")
+    assert f.changed_steps("bootstrap") == [], "a second bootstrap changed something"
 
     # deploy: new instance beside the old, health-checked, nginx switched
     f.fab("deploy", "--artifact", str(app_copy(tmp_path, APP, "1.0.0")))

@@ -40,6 +40,8 @@ def test_spring_style_service_end_to_end(h8, tmp_path):  # noqa: F811
     assert f.stat(f"/opt/{APP}/secrets/db-password") == "root:root:400"
     assert f.stat(f"/opt/{APP}/certs/db-ca.pem").endswith(":444")
     assert f.stat(ENV_PATH).endswith(":600")
+    f.fab("bootstrap")
+    assert f.changed_steps("bootstrap") == [], "a second bootstrap changed something"
 
     f.fab("deploy", "--tag", "1.0.0")
     c = container(f)
