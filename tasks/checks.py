@@ -276,7 +276,11 @@ def facts_script(spec: Spec) -> str:
     if spec.swap_path:
         probe("swaps", "cat /proc/swaps")
         probe("fstab", "cat /etc/fstab")
-        probe("swapfile", f"stat -c '%s|%U|%a' -- {q(spec.swap_path)}")
+        probe("swapfile", f"stat -L -c '%s|%U|%a' -- {q(spec.swap_path)}")
+        # /proc/swaps names a linked swap path by its target; and whether swap can
+        # live there at all (overlayfs cannot hold a swap file).
+        probe("swapreal", f"r=$(readlink -f -- {q(spec.swap_path)}) && echo \"$r\" && "
+                          f"stat -f -c %T -- \"${{r%/*}}/\"")
     if spec.app:
         probe("user", f"id -u {q(spec.user)} && id -gn {q(spec.user)} && getent group {q(spec.group)}")
         stat_paths = [p for p, *_ in spec.dirs()]
@@ -599,23 +603,32 @@ def check_packages(p: Probe) -> str:
     return f"{len(want)} package(s) installed"
 
 
+def _swap_real(p: Probe) -> tuple[str, str]:
+    """(the swap path with links resolved, the filesystem type holding it)."""
+    f = p.facts.get("swapreal")
+    lines = f.out.split("\n") if f and f.ok else []
+    return (lines[0].strip() if lines else p.spec.swap_path), (lines[1].strip() if len(lines) > 1 else "")
+
+
 def check_swap_active(p: Probe) -> str:
     s = p.spec
     swaps = parse_swaps(p.fact("swaps").out)
-    if s.swap_path not in swaps:
-        others = {k: v for k, v in swaps.items() if k != s.swap_path}
+    real, fs = _swap_real(p)
+    name = s.swap_path if s.swap_path in swaps else real
+    if name not in swaps:
+        others = {k: v for k, v in swaps.items() if k not in (s.swap_path, real)}
         sf = p.facts.get("swapfile")
         if sum(others.values()) >= s.swap_bytes and not (sf and sf.ok):
             # bootstrap leaves swap.path alone when enough swap is active elsewhere
             return f"enough swap active elsewhere: {', '.join(others)} ({_human(sum(others.values()))})"
         virt = p.in_container
-        if virt:
-            raise CheckSkipped(f"swap cannot be enabled inside a {virt} container (the kernel's swap belongs "
-                               "to the machine running it); bootstrap skips swapon there too")
+        if virt and fs == "overlayfs":
+            raise CheckSkipped(f"swap cannot be enabled inside this {virt} container ({s.swap_path} is on "
+                               "overlayfs, which cannot hold a swap file); bootstrap skips swapon there too")
         other = f" (active swap: {', '.join(swaps)})" if swaps else " (no swap is active)"
         raise CheckFailed(f"swap {s.swap_path} is not active{other}; expected {s.swap_size}: "
                           f"run `swapon {s.swap_path}` or re-run bootstrap")
-    size = swaps[s.swap_path]
+    size = swaps[name]
     # /proc/swaps leaves out the first page (the swap header)
     if abs(size + 4096 - s.swap_bytes) > s.swap_bytes * s.swap_tolerance:
         raise CheckFailed(f"swap {s.swap_path} is {_human(size)}, expected {s.swap_size} "

@@ -99,9 +99,14 @@ def facts_cmd(req: FactsRequest) -> Cmd:
         section("meminfo")
         L.append("while read -r k v _; do case $k in MemTotal:|SwapTotal:) echo \"$k $v kB\";; esac; done "
                  "< /proc/meminfo")
+        section("swapreal")
+        # A swap path may be a link to where swap files can live (a plain fs
+        # under an overlay root): the kernel and /proc/swaps know the target.
+        L.append(sh("printf '%s\\n' {} && r=$(readlink -f -- {}) && echo \"$r\" && stat -L -c "
+                    "'%F\t%U\t%G\t%a\t%s' -- \"$r\" 2>/dev/null", req.swap_path, req.swap_path).render())
         section("swapfs")
-        parent = req.swap_path.rsplit("/", 1)[0] or "/"
-        L.append(sh("stat -f -c %T -- {} 2>/dev/null", parent).render())
+        L.append(sh("r=$(readlink -f -- {}); stat -f -c %T -- \"${{r%/*}}/\" 2>/dev/null",
+                    req.swap_path).render())
         section("fstab")
         L.append(sh("n=0; while IFS= read -r l || [ -n \"$l\" ]; do n=$((n + 1)); case $l in *{}*) "
                     "printf '%s:%s\\n' \"$n\" \"$l\";; esac; done < /etc/fstab", req.swap_path).render())
@@ -178,6 +183,7 @@ class Facts:
     swaps: list[dict] = field(default_factory=list)
     meminfo: dict[str, int] = field(default_factory=dict)
     swap_fs: str = ""
+    swap_real: str = ""             # the swap path with links resolved
     fstab: list[tuple[int, str]] = field(default_factory=list)
     certs: dict[str, Cert] = field(default_factory=dict)
     renewal: dict[str, dict] = field(default_factory=dict)
@@ -267,6 +273,17 @@ def parse_facts(text: str) -> Facts:
         if m:
             f.meminfo[m.group(1)] = int(m.group(2)) * 1024
     f.swap_fs = "\n".join(sections.get("swapfs", [])).strip()
+    real = sections.get("swapreal", [])
+    if len(real) >= 2 and real[1].startswith("/"):
+        swap_path, f.swap_real = real[0], real[1]
+        parts = real[2].split("\t") if len(real) > 2 else []
+        st = f.stats.get(swap_path)
+        if len(parts) == 5 and st is not None and st.is_link:
+            # judge a linked swap file by its target, not by the link
+            kind, owner, group, mode, size = parts
+            f.stats[swap_path] = Stat(kind, owner, group, mode, int(size) if size.isdigit() else 0)
+        elif st is not None and st.is_link:
+            f.stats.pop(swap_path)  # a dangling link: the file is still to be made
     for ln in sections.get("fstab", []):
         n, _, rest = ln.partition(":")
         if n.isdigit():

@@ -614,6 +614,21 @@ def _leftover_cgroups(recorded: Sequence[str] = ()) -> List[str]:
 # ---------------------------------------------------------------------------
 
 
+# Inside each host: a plain (non-overlay) directory that can hold a swap file.
+SWAP_DIR = "/var/lib/fabship-sandbox-swap"
+
+
+def _active_swaps_under(path: Path) -> List[str]:
+    """Swap files of our hosts still active on this kernel (the kernel's swap is
+    shared: a host's swapon outlives the host until someone swaps it off)."""
+    prefix = str(path.resolve()) + "/"
+    try:
+        lines = Path("/proc/swaps").read_text().splitlines()[1:]
+    except OSError:
+        return []
+    return [ln.split()[0] for ln in lines if ln.split() and ln.split()[0].startswith(prefix)]
+
+
 def _host_dir(name: str) -> Path:
     return HOSTS_DIR / name
 
@@ -655,6 +670,10 @@ def prepare_host(plan: FleetPlan, h: HostPlan, base: Path, pubkey: str) -> str:
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     write_file(ssh_dir / "authorized_keys", pubkey + "\n", 0o600)
+    (d / "swap").mkdir(mode=0o700, exist_ok=True)
+    swapfile = root / "swapfile"
+    if not swapfile.is_symlink() and not swapfile.exists():
+        swapfile.symlink_to(f"{SWAP_DIR}/swapfile")
     if plan.docker:
         (d / "docker").mkdir(exist_ok=True)
         # Plain HTTP registry on the bridge: tell dockerd before it is even installed.
@@ -675,10 +694,17 @@ def nspawn_argv(plan: FleetPlan, h: HostPlan, root: Path, docker_dir: Path) -> L
     argv = ["systemd-nspawn", "-D", str(root), "--register=no", "--keep-unit", "-b",
             "-M", h.name, f"--network-namespace-path=/run/netns/{h.netns}",
             "--console=read-only", "--resolv-conf=off", "--timezone=off", "--link-journal=no"]
+    # Swap files: nspawn's seccomp filter refuses swapon unless @swap is allowed,
+    # and overlayfs cannot hold a swap file, so /swapfile is a link into a plain
+    # per-host directory (see prepare_host). Swap really turns on, as on a VM.
+    syscalls = "@swap"
+    argv.append(f"--bind={docker_dir.parent / 'swap'}:{SWAP_DIR}")
     if plan.docker:
-        argv += ["--capability=all", "--system-call-filter=@keyring bpf",
+        syscalls += " @keyring bpf"
+        argv += ["--capability=all",
                  # overlay2 cannot sit on the overlay root: give dockerd a plain dir.
                  f"--bind={docker_dir}:/var/lib/docker"]
+    argv.append(f"--system-call-filter={syscalls}")
     return argv
 
 
@@ -1019,6 +1045,7 @@ def leftovers(plan: Optional[FleetPlan] = None, cgroups: Sequence[str] = ()) -> 
     left += [f"process {p.pid} ({' '.join(svc.proc_cmdline(p.pid))[:60]})"
              for p in _stray_services(plan.bridge_ip)]
     left += [f"mount {m}" for m in _mounts_under(HOSTS_DIR)]
+    left += [f"swap {sw}" for sw in _active_swaps_under(HOSTS_DIR)]
     left += [f"cgroup {c}" for c in _leftover_cgroups(cgroups)]
     netns = _run(["ip", "netns", "list"], check=False).stdout.split()
     left += [f"netns {n}" for n in netns if n.startswith(NETNS_PREFIX + "h")]
@@ -1075,6 +1102,8 @@ def _down(state: dict, out: Out) -> Dict[str, object]:
         clock(f"stopped {', '.join(stopped)}")
     recorded_cgroups = [c for h in state.get("hosts", []) for c in h.get("cgroups", [])]
     _remove_cgroups(recorded_cgroups)
+    for sw in _active_swaps_under(HOSTS_DIR):
+        _run(["swapoff", sw], check=False)
     # 3. mounts (deepest first), 4. namespaces + links
     for mp in sorted(_mounts_under(HOSTS_DIR), key=len, reverse=True):
         if _run(["umount", mp], check=False).returncode != 0:

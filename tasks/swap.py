@@ -77,11 +77,12 @@ def plan_swap(facts, size: str | int, path: str) -> SwapPlan:
     want = parse_size(size) if isinstance(size, str) else int(size)
     p = SwapPlan(want, path)
     st = facts.stats.get(path)
-    active = [s for s in facts.swaps if s["name"] == path]
-    others = sum(s["size"] for s in facts.swaps if s["name"] != path)
+    ours = {path, getattr(facts, "swap_real", "") or path}   # /proc/swaps names the link's target
+    active = [s for s in facts.swaps if s["name"] in ours]
+    others = sum(s["size"] for s in facts.swaps if s["name"] not in ours)
     if st is None and others >= want:
         p.skip = f"enough swap already: {human(others)} active on " + ", ".join(
-            s["name"] for s in facts.swaps if s["name"] != path)
+            s["name"] for s in facts.swaps if s["name"] not in ours)
         return p
     if st is None:
         p.make_file = True
@@ -104,7 +105,9 @@ def plan_swap(facts, size: str | int, path: str) -> SwapPlan:
                                       else "fix the swap line"))
     is_active = bool(active) and not p.make_file
     if not is_active:
-        if facts.in_container and not p.make_file and not p.chmod:
+        # Not retried where it cannot work: a container whose swap path is on
+        # overlayfs. Elsewhere (the sandbox links /swapfile to a plain fs) retry.
+        if facts.in_container and "overlay" in facts.swap_fs and not p.make_file and not p.chmod:
             p.container_skip = (f"swapon not permitted in this container ({container_reason(facts)}); "
                                 f"{path} ({human(want)}, 0600) and its fstab line are in place")
         else:
@@ -118,9 +121,9 @@ def swap_script(p: SwapPlan) -> Cmd:
     """The remote script for a plan. Prints `swapon=ok`, or `swapon=failed <msg>`
     and `virt=<container>` so the caller can tell 'not permitted here' from a
     real failure."""
-    new = p.path + ".fabship-new"
     mib = max(1, p.size // (1024 * 1024))
-    L: list = [sh("f={} new={}", p.path, new), "umask 077"]
+    # Build beside the real file: a linked swap path keeps its link.
+    L: list = [sh("f={}", p.path), 'real=$(readlink -f -- "$f")', 'new="$real.fabship-new"', "umask 077"]
     if p.swapoff_first:
         L.append('swapoff -- "$f"')
     if p.make_file:
@@ -130,7 +133,7 @@ def swap_script(p: SwapPlan) -> Cmd:
                str(p.size), str(mib)).render(),
             'chmod 600 -- "$new"',
             'mkswap -- "$new" >/dev/null',
-            'mv -f -- "$new" "$f"',
+            'mv -f -- "$new" "$real"',
         ]
     if p.chmod:
         L.append('chown root:root -- "$f" && chmod 600 -- "$f"')

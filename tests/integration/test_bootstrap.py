@@ -42,7 +42,8 @@ def reset_script() -> str:
     for app in (APP, "tlsfail", "demo", "benchapp", "dsvc", "pyapp"):   # also what bench/ and manual runs leave
         lines += app_reset_lines(app)
     return "\n".join(lines + [
-        "swapoff /swapfile 2>/dev/null; rm -f /swapfile",
+        # keep a linked /swapfile (the sandbox links it to a plain fs): remove the target
+        "swapoff /swapfile 2>/dev/null; rm -f \"$(readlink -f /swapfile)\"",
         "awk '$1 != \"/swapfile\"' /etc/fstab > /etc/fstab.new && mv /etc/fstab.new /etc/fstab",
         "if command -v certbot >/dev/null; then for c in /etc/letsencrypt/renewal/*.conf; do [ -e \"$c\" ] || continue;"
         " certbot delete --non-interactive --cert-name \"$(basename \"$c\" .conf)\" >/dev/null 2>&1; done; fi",

@@ -228,7 +228,7 @@ def test_swap_fresh_host():
     body = swap_script(p).parts[2]
     assert ('fallocate -l 2147483648 -- "$new" 2>/dev/null || '
             'dd if=/dev/zero of="$new" bs=1M count=2048 status=none') in body
-    order = [body.index(x) for x in ('chmod 600 -- "$new"', 'mkswap -- "$new"', 'mv -f -- "$new" "$f"',
+    order = [body.index(x) for x in ('chmod 600 -- "$new"', 'mkswap -- "$new"', 'mv -f -- "$new" "$real"',
                                      "awk -v p=\"$f\" '$1 != p' /etc/fstab", "printf '%s\\n' '/swapfile none swap sw 0 0'",
                                      'swapon -- "$f"')]
     assert order == sorted(order)
@@ -265,13 +265,22 @@ def test_swap_skipped_when_enough_elsewhere():
     assert p.skip == "enough swap already: 4G active on /dev/xvdb"
 
 
-def test_swap_in_container_is_not_retried():
+def test_swap_on_overlay_in_container_is_not_retried():
+    f = swap_facts(stats={"/swapfile": Stat("regular file", "root", "root", "600", 2 * G)},
+                   fstab=[(3, "/swapfile none swap sw 0 0")], virt="systemd-nspawn")
+    f.swap_fs = "overlayfs"
+    p = plan_swap(f, "2G", "/swapfile")
+    assert not p.changes
+    assert p.container_skip == ("swapon not permitted in this container (systemd-nspawn, swap file on overlayfs); "
+                                "/swapfile (2G, 0600) and its fstab line are in place")
+
+
+def test_swap_in_container_on_a_plain_fs_is_retried():
+    # e.g. the sandbox after a swapoff: swap works there, so bootstrap turns it back on
     f = swap_facts(stats={"/swapfile": Stat("regular file", "root", "root", "600", 2 * G)},
                    fstab=[(3, "/swapfile none swap sw 0 0")], virt="systemd-nspawn")
     p = plan_swap(f, "2G", "/swapfile")
-    assert not p.changes
-    assert p.container_skip == ("swapon not permitted in this container (systemd-nspawn, swap file on ext4); "
-                                "/swapfile (2G, 0600) and its fstab line are in place")
+    assert p.swapon and p.container_skip == ""
 
 
 def test_swap_wrong_mode_is_fixed():
@@ -372,3 +381,34 @@ def test_cert_state():
         "certificate was issued by https://10.231.0.1:14000/dir")
     f.certs["h1.sandbox.test"].valid_for_min = False
     assert cert_state(f, spec)[1] == ("certificate expires Nov 22 00:41:16 2031 GMT (less than 30 days left)")
+
+
+def test_linked_swap_path_is_judged_by_its_target(tmp_path):
+    """The sandbox's /swapfile links into a plain directory (overlayfs cannot
+    hold swap): facts follow the link, /proc/swaps names the target, and the
+    new file is built beside the target so the link survives."""
+    import subprocess
+
+    from tasks.facts import FactsRequest, facts_cmd
+
+    target_dir = tmp_path / "plain"
+    target_dir.mkdir()
+    target = target_dir / "swapfile"
+    target.write_bytes(b"\0" * 8192)
+    target.chmod(0o600)
+    link = tmp_path / "swapfile"
+    link.symlink_to(target)
+    req = FactsRequest()
+    req.paths.append(str(link))
+    req.swap_path = str(link)
+    out = subprocess.run(facts_cmd(req).parts, capture_output=True, text=True).stdout
+    f = parse_facts(out)
+    assert f.swap_real == str(target)
+    st = f.stats[str(link)]
+    assert st.is_file and st.size == 8192 and st.mode == "600"
+    f.swaps = [{"name": str(target), "type": "file", "size": 8192 - 4096}]
+    f.fstab = [(1, f"{link} none swap sw 0 0")]
+    p = plan_swap(f, 8192, str(link))
+    assert not p.make_file and not p.swapon and not p.fix_fstab and not p.chmod
+    body = swap_script(plan_swap(swap_facts(), "2G", str(link))).parts[2]
+    assert 'real=$(readlink -f -- "$f")' in body and 'mv -f -- "$new" "$real"' in body

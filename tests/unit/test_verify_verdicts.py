@@ -188,11 +188,26 @@ def test_stopped_unit_skips_what_depends_on_it(spec):
         assert res[name].status == C.SKIP and res[name].message == "unit_active failed", name
 
 
-def test_swap_in_a_container_is_skipped_with_the_reason(spec):
-    res = run(spec, virt="systemd-nspawn", swaps="Filename Type Size Used Priority\n")
+def test_swap_on_overlay_in_a_container_is_skipped_with_the_reason(spec):
+    res = run(spec, virt="systemd-nspawn", swaps="Filename Type Size Used Priority\n",
+              swapreal="/swapfile\noverlayfs\n")
     assert res["swap_active"].status == C.SKIP
-    assert "systemd-nspawn" in res["swap_active"].message
+    assert "systemd-nspawn" in res["swap_active"].message and "overlayfs" in res["swap_active"].message
     assert res["swap_fstab_once"].status == C.PASS   # bootstrap writes the file and the line there too
+
+
+def test_swapoff_in_a_container_that_can_swap_fails(spec):
+    # the sandbox: /swapfile links into a plain directory, swap really works there
+    res = run(spec, virt="systemd-nspawn", swaps="Filename Type Size Used Priority\n",
+              swapreal="/var/lib/fabship-sandbox-swap/swapfile\next2/ext3\n")
+    assert res["swap_active"].status == C.FAIL
+    assert "is not active" in res["swap_active"].message
+
+
+def test_linked_swap_path_matches_its_target_in_proc_swaps(spec):
+    res = run(spec, swaps="Filename Type Size Used Priority\n/var/lib/x/swapfile file 1048572 0 -2\n",
+              swapreal="/var/lib/x/swapfile\next2/ext3\n")
+    assert res["swap_active"].status == C.PASS, res["swap_active"].message
 
 
 def test_enough_swap_elsewhere_is_what_bootstrap_accepts(spec):
