@@ -577,7 +577,9 @@ def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_k
     spec = app_spec(run.inv)
     env = env_input(run.inv, env_file)
     if env.values:
-        run.add_secrets(env.values.values())
+        from .envfile import mask_worthy
+
+        run.add_secrets(mask_worthy(env.values, run.inv.get("env.contract.rules")))
     tls_by_host = {h.name: tlsmod.tls_spec(run.inv, h) for h in run.hosts}
 
     def phase1(ctx):

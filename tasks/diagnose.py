@@ -24,9 +24,7 @@ from pathlib import Path
 from .checks import MARK, parse_facts, q
 from .commands import Cmd, Secret, mask_text
 
-SENSITIVE = re.compile(r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|"
-                       r"session[_-]?key|auth|_key$|^key$|dsn|database_url)")
-MASK_MIN = 4  # shorter values would mask ordinary words
+from .envfile import MASK_MIN, SENSITIVE, secret_looking  # noqa: F401  (one masking rule)
 
 
 @dataclass
@@ -111,17 +109,6 @@ def mask_pairs(text: str, keys: list[str]) -> str:
     text = _EQ.sub(lambda m: m.group(1) + m.group(2) + "***" if sensitive(m.group(1)) else m.group(0), text)
     text = _COLON.sub(lambda m: m.group(1) + m.group(2) + "***" if sensitive(m.group(1)) else m.group(0), text)
     return _URL_CRED.sub(lambda m: m.group(1) + "***" + m.group(3), text)
-
-
-def secret_looking(key: str, value: Secret, rule: dict | None) -> bool:
-    """Which env values to mask wherever they appear: secret-looking names,
-    contract rules that describe secrets, long values. Not HOST=127.0.0.1 or
-    LOG_LEVEL=info: masking those would blank every address and log level."""
-    if len(value) < MASK_MIN:
-        return False
-    r = rule or {}
-    return bool(SENSITIVE.search(key) or r.get("hex") or r.get("base64") or (r.get("min_length") or 0) >= 12
-                or len(value) >= 20)
 
 
 def local_env_secrets(inv) -> tuple[list[Secret], str]:

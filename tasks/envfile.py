@@ -302,3 +302,28 @@ def install_env_file(ctx, content: bytes | Secret, path: str, owner: str, group:
            f"({owner}:{group} {mode})")
     ctx.record(step, "changed", msg, t0)
     return EnvInstall(True, old, want, msg)
+
+
+# -- which env values to mask in output (one rule for every task) -------------
+
+SENSITIVE = re.compile(r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|"
+                       r"session[_-]?key|auth|_key$|^key$|dsn|database_url)")
+MASK_MIN = 4  # shorter values would mask ordinary words
+
+
+def secret_looking(key: str, value: Secret, rule: dict | None = None) -> bool:
+    """Env values to mask wherever they appear: secret-looking names, contract
+    rules that describe secrets, long values. Not HOST=127.0.0.1 or
+    LOG_LEVEL=info: masking those would blank every address and log level.
+    (Values are never printed by fabship itself; this guards app output such
+    as journal tails.)"""
+    if len(value) < MASK_MIN:
+        return False
+    r = rule or {}
+    return bool(SENSITIVE.search(key) or r.get("hex") or r.get("base64") or (r.get("min_length") or 0) >= 12
+                or len(value) >= 20)
+
+
+def mask_worthy(values: Mapping[str, Secret], rules: Mapping | None = None) -> list[Secret]:
+    rules = rules or {}
+    return [v for k, v in values.items() if isinstance(v, Secret) and secret_looking(k, v, rules.get(k))]

@@ -35,7 +35,6 @@ MARK = "@@fabship:"
 # Values shorter than this are not registered for output masking: masking
 # "true" or "info" would garble output and run records, and a value that
 # short is not a secret worth the name. (Nothing prints values anyway.)
-MASK_MIN = 8
 
 
 # -- where the env file lives ---------------------------------------------------------
@@ -403,7 +402,9 @@ def rotate_env(inventory=None, set=(), limit=None, parallel=10, accept_new_host_
     run = Run("rotate-env", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
               accept_new_host_keys=accept_new_host_keys,
               options={"env_file": env_file, "show_hashes": show_hashes, "limit": limit, "gate": gate})
-    run.add_secrets(v for v in p.values.values() if isinstance(v, Secret) and len(v) >= MASK_MIN)
+    from .envfile import mask_worthy
+
+    run.add_secrets(mask_worthy(p.values, inv.get("env.contract.rules")))
     for w in p.warnings:
         run.out.line("", f"warning: {w}")
     run.extra.update({"env_source": p.source, "env_sha256": p.sha[:12], "env_keys": sorted(p.values)})
