@@ -470,7 +470,9 @@ def register_env_secrets(run) -> None:
         values = from_file(run.inv, spec).values
     except Exception:  # deploy does not depend on the env source; rotate-env validates it
         return
-    run.add_secrets(v for v in values.values() if len(v) >= 8)
+    from .envfile import mask_worthy
+
+    run.add_secrets(mask_worthy(values, run.inv.get("env.contract.rules")))
 
 
 def _seconds(value, opt: str) -> float | None:
