@@ -180,3 +180,10 @@ def test_host_expand():
     h = Host("h1", "10.0.0.1", "root", 22, "static")
     assert h.expand("{host}.sandbox.test") == "h1.sandbox.test"
     assert h.expand(["{address}"]) == ["10.0.0.1"]
+
+
+def test_missing_generated_sandbox_inventory_says_how_to_make_it(invdir):
+    write(invdir / "sandbox-app.yaml", "include: [sandbox]\napp: {name: a, kind: node}\n")
+    with pytest.raises(ConfigError, match=r"include\[0\]: sandbox: inventory 'sandbox' not found: it is generated "
+                                          r"by `fab sandbox.up`"):
+        load_inventory("sandbox-app")
