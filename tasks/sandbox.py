@@ -615,7 +615,10 @@ def _leftover_cgroups(recorded: Sequence[str] = ()) -> List[str]:
 
 
 # Inside each host: a plain (non-overlay) directory that can hold a swap file.
-SWAP_DIR = "/var/lib/fabship-sandbox-swap"
+# Named after the host: /proc/swaps is the kernel's (not per container) and
+# shows every host's swap file by its in-container path, so the paths must differ.
+def swap_dir(host: str) -> str:
+    return f"/var/lib/fabship-sandbox-swap-{host}"
 
 
 def _active_swaps_under(path: Path) -> List[str]:
@@ -673,7 +676,7 @@ def prepare_host(plan: FleetPlan, h: HostPlan, base: Path, pubkey: str) -> str:
     (d / "swap").mkdir(mode=0o700, exist_ok=True)
     swapfile = root / "swapfile"
     if not swapfile.is_symlink() and not swapfile.exists():
-        swapfile.symlink_to(f"{SWAP_DIR}/swapfile")
+        swapfile.symlink_to(f"{swap_dir(h.name)}/swapfile")
     if plan.docker:
         (d / "docker").mkdir(exist_ok=True)
         # Plain HTTP registry on the bridge: tell dockerd before it is even installed.
@@ -698,7 +701,7 @@ def nspawn_argv(plan: FleetPlan, h: HostPlan, root: Path, docker_dir: Path) -> L
     # and overlayfs cannot hold a swap file, so /swapfile is a link into a plain
     # per-host directory (see prepare_host). Swap really turns on, as on a VM.
     syscalls = "@swap"
-    argv.append(f"--bind={docker_dir.parent / 'swap'}:{SWAP_DIR}")
+    argv.append(f"--bind={docker_dir.parent / 'swap'}:{swap_dir(h.name)}")
     if plan.docker:
         syscalls += " @keyring bpf"
         argv += ["--capability=all",
