@@ -184,6 +184,9 @@ def run_build(ctx, plan: Plan) -> None:
     t0 = time.monotonic()
     ctx.say(f"build: {'; '.join(plan.src.build)}")
     r = ctx.run(cmd, check=False, what="build")
+    if r.exited == -1 and not _cancelled(ctx):  # the channel closed without an exit status
+        ctx.record("build", "failed", "connection lost", t0)
+        raise ConnectError(f"{ctx.host.address}: connection lost during the build")
     if not r.ok:
         ctx.record("build", "failed", f"exit {r.exited}", t0)
         out = "\n".join((r.stdout + r.stderr).strip().splitlines()[-40:])
