@@ -31,9 +31,9 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from .commands import Cmd, sh
-from .errors import ConfigError, ConnectError, FabshipError, HostKeyError, LockError, StepFailed
-from .releases import (Entry, HostState, Layout, append_lines_script, delete_releases, is_release_id, link_shared,
+from .commands import Cmd
+from .errors import ConfigError, ConnectError, FabshipError, StepFailed
+from .releases import (Entry, HostState, Layout, append_lines_script, delete_releases, link_shared,
                        release_id, releases_to_delete)
 from .service import (Cancelled, activate, check_cancel, check_installed, ensure_connection, gather_state)
 from .sources import Source, build_cmd, kill_build_cmd, plan_source, release_meta_cmd
@@ -546,7 +546,7 @@ def run_fleet(fleet: Fleet, hosts: list) -> None:
 def fleet_rollback(fleet: Fleet, switched: list[list]) -> None:
     """Hosts that switched in this run go back to their previous release,
     batch by batch in reverse order."""
-    run, plan = fleet.run, fleet.plan
+    run = fleet.run
     interrupted = fleet.interrupted
     fleet.interrupted = None
     run.cancel = threading.Event()
@@ -575,7 +575,7 @@ def _rollback_switched(ctx) -> None:
         ctx.data["outcome"] = ROLLED_BACK
         ctx.note = f"rolled back to {prev} (the deploy failed elsewhere)"
         ctx.status = "rolled back"
-    except BaseException as e:
+    except BaseException:
         ctx.data["outcome"] = FAILED
         ctx.note = f"fleet rollback to {prev} FAILED: still on the new release"
         raise

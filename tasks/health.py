@@ -98,7 +98,7 @@ def health_cmd(spec: HealthSpec, port: int, *, dead_if: str | None = None, attem
         "set -u", "umask 077",
         't=$(mktemp -d); trap \'rm -rf "$t"\' EXIT; : > "$t/b"; : > "$t/e"',
         'cat > "$t/h"' if spec.headers else "exec 0</dev/null",
-        f"i=0; code=000; state=fail",
+        "i=0; code=000; state=fail",
         f"while [ $i -lt {int(retries)} ]; do",
         "  i=$((i+1))",
         "  code=$(" + " ".join(curl) + ' 2>"$t/e") || true',

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .commands import Cmd, Raw, sh
+from .commands import Cmd, sh
 
 ID_RE = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9._-]+$")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

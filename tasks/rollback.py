@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import time
 
-from .errors import ConfigError, StepFailed
+from .errors import ConfigError
 from .releases import Entry, HostState, Layout, deployed_ok, is_release_id, rollback_target
 from .runner import print_table
-from .service import ActivationFailed, activate, check_cancel, gather_state
+from .service import activate, check_cancel, gather_state
 
 
 def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = True) -> None:
@@ -171,7 +171,7 @@ def release_rows(st: HostState) -> list[list[str]]:
 def releases(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
              max_rows: int = 0) -> None:
     from .cli import finish, open_run
-    from .lock import describe, parse_holder, stale_reason
+    from .lock import describe, stale_reason
 
     run = open_run("releases", inventory, set, limit, parallel, False, verbose, accept_new_host_keys)
     if not run.inv.get("app.name"):

@@ -10,7 +10,6 @@ import re
 import signal
 import time
 
-import pytest
 
 from test_deploy_support import (
     APP, HOSTS, LIMIT, ROOT, active_instances, current, deploy_env, fab, fab_popen, lock_exists, must, out,  # noqa
