@@ -8,7 +8,8 @@ Phases:
      here stops the run before any host is changed;
   2. on every host, in parallel, the named steps, each "check (facts), then
      act (one remote script), report changed only when something changed":
-       packages -> swap -> layout -> runtime -> env file -> systemd units
+       packages -> swap -> layout -> runtime -> env file -> docker files
+       (secrets/certs dirs, tasks/docker_files.py) -> systemd units
        -> nginx -> tls (certbot, then the HTTPS site) -> renewal timer.
 On an already bootstrapped host phase 2 runs nothing: one remote command per
 host in total.
@@ -208,7 +209,9 @@ def layout_dirs(spec: AppSpec) -> list[tuple[str, str, str, str]]:
     return d
 
 
-def facts_request(spec: AppSpec, host, tls, dry_run: bool) -> FactsRequest:
+def facts_request(spec: AppSpec, host, tls, dry_run: bool, files=None) -> FactsRequest:
+    """`files`: tasks/docker_files.DockerFiles (secrets and certificates): stat +
+    sha256 of each, never their contents (not even in dry-run)."""
     from . import tls as tlsmod
     from .nginx import upstream_path
 
@@ -240,6 +243,10 @@ def facts_request(spec: AppSpec, host, tls, dry_run: bool) -> FactsRequest:
         hashed += [tlsmod.CA_PATH, tlsmod.CERTBOT_DROPIN] + [f"/etc/systemd/system/{u}" for u in tlsmod.RENEW_UNITS]
         req.certs.append((tls.cert_name, tls.paths["cert"], tls.min_days * 86400))
         req.renewal_confs.append(tls.cert_name)
+    secret_paths = set(files.file_paths()) if files else set()
+    if files:
+        req.paths += [s.dir for s in files.sets]
+        hashed += files.file_paths()
     req.hash_paths = list(dict.fromkeys(hashed))
     req.paths = list(dict.fromkeys(req.paths))
     units = ["nginx.service"] if spec.nginx else []
@@ -253,9 +260,13 @@ def facts_request(spec: AppSpec, host, tls, dry_run: bool) -> FactsRequest:
     req.units = units
     req.users = [spec.user] + ([host.user] if spec.kind in ("docker", "compose") and host.user != "root" else [])
     req.groups = [spec.group] + (["docker"] if spec.kind in ("docker", "compose") else [])
+    for fs in (files.sets if files else []):
+        req.users += [fs.owner] if fs.owner not in req.users else []
+        req.groups += [fs.group] if fs.group not in req.groups else []
     req.commands = ["certbot", "docker-compose", "node", "python3"]
     if dry_run:
-        req.contents = [h for h in req.hash_paths if h != spec.env_path]
+        # templated files only: the env file and docker secret/cert files are never read back
+        req.contents = [h for h in req.hash_paths if h != spec.env_path and h not in secret_paths]
         req.env_key_hashes = spec.env_path
     return req
 
@@ -277,7 +288,7 @@ class PlanError(FabshipError):
     """The host cannot be bootstrapped with this inventory (found from its facts)."""
 
 
-def plan_host(ctx, spec: AppSpec, facts) -> plat.Platform:
+def plan_host(ctx, spec: AppSpec, facts, files=None) -> plat.Platform:
     """Validate what only the host's facts can tell, before anything changes anywhere."""
     try:
         p = plat.detect(facts.os_release)
@@ -307,6 +318,12 @@ def plan_host(ctx, spec: AppSpec, facts) -> plat.Platform:
         if st is not None and not st.is_file:
             raise PlanError(f"swap.path {spec.swap.get('path') or '/swapfile'} exists and is a {st.kind}, "
                             "not a swap file")
+    if files:
+        from .docker_files import plan_problems
+
+        problems = plan_problems(files, facts, known_users=("root", spec.user), known_groups=("root", spec.group))
+        if problems:
+            raise PlanError("; ".join(problems))
     return p
 
 
@@ -581,12 +598,18 @@ def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_k
 
         run.add_secrets(mask_worthy(env.values, run.inv.get("env.contract.rules")))
     tls_by_host = {h.name: tlsmod.tls_spec(run.inv, h) for h in run.hosts}
+    from . import docker_files
+
+    files = docker_files.plan(run.inv)   # reads the local secret/cert files: errors before connecting
+    run.add_secrets(docker_files.secret_values(files))
+    for w in files.warnings:
+        run.out.line("", f"warning: {w}")
 
     def phase1(ctx):
-        ctx.data["request"] = facts_request(spec, ctx.host, tls_by_host[ctx.host.name], dry_run)
+        ctx.data["request"] = facts_request(spec, ctx.host, tls_by_host[ctx.host.name], dry_run, files)
         facts = gather(ctx)
         try:
-            ctx.data["platform"] = plan_host(ctx, spec, facts)
+            ctx.data["platform"] = plan_host(ctx, spec, facts, files)
         except PlanError as e:
             ctx.record("plan", "failed", str(e))
             raise StepFailed(str(e)) from None
@@ -613,6 +636,7 @@ def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_k
         step_layout(ctx, spec_h, facts)
         step_runtime(ctx, spec_h, p, facts)
         step_env(ctx, spec_h, facts, env)
+        docker_files.apply(ctx, files, facts)
         step_units(ctx, spec_h, facts)
         tls_ready = bool(tls) and tlsmod.cert_state(facts, tls)[0]
         step_nginx(ctx, spec_h, p, ctx.host, facts, tls, tls_ready)

@@ -103,6 +103,9 @@ class Spec:
     skip: list = field(default_factory=list)
     ignore_failed_units: list = field(default_factory=list)
     dir_specs: list = field(default_factory=list)
+    # docker.secrets_dir / certs_dir (tasks/docker_files.py):
+    # (kind, dir, owner, group, mode, [(path, owner, group, mode), ...])
+    docker_sets: list = field(default_factory=list)
     bootstrap: object = field(default=None, repr=False)   # tasks.bootstrap.AppSpec
     tls_spec: object = field(default=None, repr=False)    # tasks.tls.TlsSpec
 
@@ -177,6 +180,10 @@ def build_spec(inv, host) -> Spec:
         s.compose_project = inv.get("docker.compose_project") or a.name
         s.node_version, s.python_version = a.node_version, a.python_version
         s.dir_specs = [tuple(x) for x in layout_dirs(a)]
+        from .docker_files import plan_layout
+
+        s.docker_sets = [(fs.kind, fs.dir, fs.owner, fs.group, fs.mode,
+                          [(f.path, f.owner, f.group, f.mode) for f in fs.files]) for fs in plan_layout(inv).sets]
         if d.get("env") is not None:
             s.env_path, s.env_owner, s.env_group, s.env_mode = a.env_path, a.env_owner, a.env_group, a.env_mode
     from .tls import tls_spec
@@ -288,6 +295,11 @@ def facts_script(spec: Spec) -> str:
               + "; do stat -c '%n|%U|%G|%a|%F' -- \"$f\" 2>/dev/null || echo \"$f|MISSING\"; done")
     if spec.env_path:
         probe("env", f"stat -c '%n|%U|%G|%a|%F' -- {q(spec.env_path)}")
+    for kind, d, _o, _g, _m, files in spec.docker_sets:
+        # stat of the dir and each managed file, then what the dir holds (names only, never contents)
+        probe(f"docker_{kind}", "for f in " + " ".join(q(x) for x in [d] + [f[0] for f in files])
+              + "; do stat -c '%n|%U|%G|%a|%F' -- \"$f\" 2>/dev/null || echo \"$f|MISSING\"; done; echo --; "
+              + f"ls -A1 -- {q(d)}")
     # The live port: the one nginx's upstream sends traffic to (blue/green), else app.port.
     default_port = spec.port or ""
     if spec.blue_green and spec.nginx:
@@ -712,6 +724,48 @@ def check_env_mode(p: Probe) -> str:
     return st["mode"]
 
 
+def _docker_files_check(kind: str):
+    """docker_secrets / docker_certs: the managed dir and each file with the
+    owner and mode bootstrap gives them (tasks/docker_files.py)."""
+    key = "docker.secrets_dir" if kind == "secrets" else "docker.certs_dir"
+
+    def fn(p: Probe) -> str:
+        _, d, owner, group, mode, files = next(x for x in p.spec.docker_sets if x[0] == kind)
+        stat_text, _, listing = p.fact(f"docker_{kind}").out.partition("\n--\n")
+        got = parse_stat(stat_text)
+        st = got.get(d)
+        if st is None:
+            raise CheckFailed(f"{key} {d} is missing (run fab bootstrap)")
+        if st["type"] != "directory":
+            raise CheckFailed(f"{key} {d} is a {st['type']}, expected a directory")
+        problems = []
+        if (st["owner"], st["group"]) != (owner, group):
+            problems.append(f"{d} is owned by {st['owner']}:{st['group']}, expected {owner}:{group}")
+        if st["mode"] != mode:
+            problems.append(f"{d} has {_mode_problem(st['mode'], mode)}")
+        for path, fo, fg, fm in files:
+            fst = got.get(path)
+            if fst is None:
+                problems.append(f"{path} is missing")
+            elif not fst["type"].startswith("regular"):
+                problems.append(f"{path} is a {fst['type']}, expected a regular file")
+            else:
+                if (fst["owner"], fst["group"]) != (fo, fg):
+                    problems.append(f"{path} is owned by {fst['owner']}:{fst['group']}, expected {fo}:{fg}")
+                if fst["mode"] != fm:
+                    problems.append(f"{path} has {_mode_problem(fst['mode'], fm)}")
+        if problems:
+            raise CheckFailed("; ".join(problems) + " (fab bootstrap restores them)")
+        managed = {f[0].rsplit("/", 1)[-1] for f in files}
+        extra = [n for n in listing.splitlines() if n and n not in managed]
+        fmode = files[0][3] if files else ""
+        return (f"{d} {mode} {owner}:{group}, {len(files)} file(s)" + (f" {fmode}" if fmode else "")
+                + (f"; also there, not managed by fabship: {', '.join(extra)}" if extra else ""))
+
+    fn.__name__ = f"check_docker_{kind}"
+    return fn
+
+
 def _unit_props(p: Probe) -> tuple[str, dict]:
     port = p.port
     if p.spec.blue_green and not port:
@@ -956,6 +1010,13 @@ def static_checks() -> list[Check]:
               doc="env file owner:group as env.owner/env.group"),
         Check("env_file_mode", check_env_mode, _ALL, lambda s: bool(s.env_path), ("env_file",),
               doc="env file mode as env.mode, never world-accessible"),
+        Check("docker_secrets", _docker_files_check("secrets"), ("bootstrap", "deploy"),
+              lambda s: any(x[0] == "secrets" for x in s.docker_sets),
+              doc="docker.secrets_dir 0700 (docker.secrets_owner/secrets_group) and each docker.secret_files "
+                  "file 0400"),
+        Check("docker_certs", _docker_files_check("certs"), ("bootstrap", "deploy"),
+              lambda s: any(x[0] == "certs" for x in s.docker_sets),
+              doc="docker.certs_dir 0755 root:root and each docker.cert_files file 0444"),
         # Not in the deploy/rollback/rotate-env gates: they run right after the traffic switch,
         # before the new blue/green instance is enabled and `current` re-pointed.
         Check("unit_enabled", check_unit_enabled, ("bootstrap",), _has_unit,

@@ -216,7 +216,8 @@ def parse_key_hashes(text: str) -> dict[str, str]:
     return out
 
 
-def install_cmd(path: str, owner: str, group: str, mode: str, sha: str, keep_previous: int | bool = True) -> Cmd:
+def install_cmd(path: str, owner: str, group: str, mode: str, sha: str | None, keep_previous: int | bool = True,
+                size: int | None = None) -> Cmd:
     """One remote script that installs stdin as `path`:
 
     - does nothing (prints `unchanged`) when the file already has this content,
@@ -227,21 +228,32 @@ def install_cmd(path: str, owner: str, group: str, mode: str, sha: str, keep_pre
       owner/group/mode, keeps the previous file as PATH.prev (0600; older ones
       as PATH.prev.1 ... when keep_previous > 1) and renames it into place.
     Prints `old=<sha256 or ->` and `new=<sha256>`.
+    With `size`, it reads exactly that many bytes of stdin (`head -c` never
+    reads ahead), so several installs can share one script and one stdin
+    (tasks/docker_files.py). With `sha` None (needs `size`), the expected
+    sha256 comes first on stdin (64 hex digits and a newline) instead of on
+    the command line, where `ps` shows it to every user of the host: a short
+    credential's hash there could be brute-forced.
     """
+    if sha is None and size is None:
+        raise ValueError("install_cmd: sha=None needs size (the hash precedes the content on stdin)")
     keep = 1 if keep_previous is True else int(keep_previous or 0)
     mode = mode if mode.startswith("0") else "0" + mode
-    lines = [
-        sh("f={} owner={} group={} mode={} want={} keep={}", path, owner, group, mode, sha, keep),
+    read = "cat" if size is None else f"head -c {int(size)}"
+    head = ([sh("f={} owner={} group={} mode={} want={} keep={}", path, owner, group, mode, sha, keep)] if sha
+            else [sh("f={} owner={} group={} mode={} keep={}", path, owner, group, mode, keep),
+                  'want=$(head -c 65); case $want in *[!0-9a-f]*|"") echo "bad sha256 on stdin" >&2; exit 4;; esac'])
+    lines = head + [
         "umask 077",
         'dir=$(dirname -- "$f"); base=$(basename -- "$f")',
         '[ -d "$dir" ] || { echo "directory $dir does not exist" >&2; exit 3; }',
         'old=-; if [ -f "$f" ]; then old=$(sha256sum < "$f" | cut -d" " -f1); fi',
         'cur=$(stat -c "%U:%G:%a" -- "$f" 2>/dev/null || true)',
         'if [ "$old" = "$want" ] && [ "$cur" = "$owner:$group:${mode#0}" ]; then',
-        '  cat > /dev/null; echo unchanged; echo "old=$old"; echo "new=$want"; exit 0; fi',
+        f'  {read} > /dev/null; echo unchanged; echo "old=$old"; echo "new=$want"; exit 0; fi',
         'tmp=$(mktemp "$dir/.$base.XXXXXX")',
         "trap 'rm -f \"$tmp\"' EXIT",
-        'cat > "$tmp"',
+        f'{read} > "$tmp"',
         'got=$(sha256sum < "$tmp" | cut -d" " -f1)',
         '[ "$got" = "$want" ] || { echo "upload incomplete: sha256 mismatch" >&2; exit 4; }',
         'sync -- "$tmp" 2>/dev/null || sync',

@@ -130,6 +130,12 @@ TLS = Struct({
     "min_days": F(Int(1), default=30),
 })
 
+# A host directory bind-mounted into containers: absolute, and no ',' or ':' (docker's mount syntax).
+MOUNT_DIR = Str(r"/[^,:]*[^,:/]", "an absolute directory path (starting with /) without ',' or ':'")
+# A file in a managed directory: a plain name, not hidden, no '/'.
+FILE_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.@+=\-]*"
+FILE_NAME_EXPECTED = "a file name (letters, digits, '.', '_', '-', '@', '+', '='; no '/', not starting with '.')"
+
 DOCKER = Struct({
     "registry": F(Str()),
     "insecure_registries": F(List(Str()), default=[]),
@@ -137,10 +143,20 @@ DOCKER = Struct({
     "container_port": F(Int(1, 65535)),
     "run_args": F(List(Str()), default=[]),
     "restart": F(Enum("no", "always", "unless-stopped", "on-failure"), default="unless-stopped"),
-    "secrets_dir": F(ABS_PATH),
-    "secret_files": F(Map(Str()), default={}),
-    "certs_dir": F(ABS_PATH),
-    "cert_files": F(Map(Str()), default={}),
+    # Credentials as files (tasks/docker_files.py): dir 0700, files 0400, owner secrets_owner
+    # (default root: the container reads them as root); deploy mounts the dir read-only at
+    # secrets_mount. Certificates: dir 0755, files 0444 (public), mounted read-only at certs_mount.
+    # Map values are local files; a relative path is relative to the inventory file that set it.
+    "secrets_dir": F(MOUNT_DIR),
+    "secret_files": F(Map(Str(), FILE_NAME, FILE_NAME_EXPECTED), default={}),
+    "secrets_owner": F(Str(r"[A-Za-z_][A-Za-z0-9_.\-]*", "a user name on the host (not a numeric id)"),
+                       default="root"),
+    "secrets_group": F(Str(r"[A-Za-z_][A-Za-z0-9_.\-]*", "a group name on the host (not a numeric id)"),
+                       default="root"),
+    "secrets_mount": F(MOUNT_DIR, default="/run/secrets"),
+    "certs_dir": F(MOUNT_DIR),
+    "cert_files": F(Map(Str(), FILE_NAME, FILE_NAME_EXPECTED), default={}),
+    "certs_mount": F(MOUNT_DIR, default="/certs"),
     "compose_file": F(Str()),
     "compose_project": F(Str()),
     "compose_tag_vars": F(List(Str(ENV_KEY, "a variable name")), default=["TAG"]),

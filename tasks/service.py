@@ -349,6 +349,9 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
     dk = ctx.inv.get("docker") or {}
     cport = dk.get("container_port") or lay.port
     run_args = list(dk.get("run_args") or [])
+    from .docker_files import mount_args
+
+    run_args = mount_args(ctx.inv, run_args) + run_args   # secrets/certs dirs, read-only
     restart = dk.get("restart") or "unless-stopped"
     name = lay.container(rid)
     running = st.running_containers()

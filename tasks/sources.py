@@ -77,18 +77,21 @@ class Source:
 
 # -- planning: on the control machine, before connecting ---------------------------------------
 
-def base_dir(inv) -> Path:
-    """Relative paths in an inventory are relative to the inventory's directory
-    when something is there, else to the working directory."""
-    return Path(inv.path).resolve().parent
+def base_dir(inv, key: str | None = None) -> Path:
+    """The directory relative paths are relative to: that of the inventory file
+    that set `key` (an included file's own folder, like env.source.file), the
+    working directory for a --set value, the top inventory's without a key."""
+    src = inv.file_of(key) if key else str(inv.path)
+    if src == "command line":
+        return Path.cwd()
+    return Path(src).resolve().parent
 
 
-def local_path(inv, value: str) -> Path:
+def local_path(inv, value: str, key: str | None = None) -> Path:
     p = Path(value).expanduser()
     if p.is_absolute():
         return p
-    cand = base_dir(inv) / p
-    return cand if cand.exists() else Path.cwd() / p
+    return base_dir(inv, key) / p
 
 
 def plan_source(inv, *, ref=None, artifact=None, tag=None) -> Source:
@@ -130,7 +133,7 @@ def plan_git(inv, ref: str | None) -> Source:
                           f"{ref!r} is not a branch, tag or commit name")
     if URL_RE.match(repo):
         return Source("git", version=safe_part(ref), ref=ref, repo_url=repo)
-    path = local_path(inv, repo)
+    path = local_path(inv, repo, "deploy.repo")
     if not path.exists():
         raise inv.error("deploy.repo", f"{repo!r} is not a URL (https://, ssh://, git@host:path, file://) "
                                        f"and no such local directory ({path})")
@@ -185,7 +188,7 @@ def plan_artifact(inv, artifact: str | None) -> Source:
     if not value:
         raise inv.error("deploy.artifact", "required for deploy.source artifact: a local directory or tarball "
                                            "(or pass --artifact PATH)")
-    p = local_path(inv, value) if not artifact else Path(value).expanduser().resolve()
+    p = local_path(inv, value, "deploy.artifact") if not artifact else Path(value).expanduser().resolve()
     if not p.exists():
         raise ConfigError(where, key, f"{p}: no such file or directory")
     if p.is_dir():
@@ -265,7 +268,7 @@ def plan_compose(inv, tag: str | None) -> Source:
     f = inv.get("docker.compose_file")
     if not f:
         raise inv.error("docker.compose_file", "required for deploy.source compose: the compose file to deploy")
-    p = local_path(inv, f)
+    p = local_path(inv, f, "docker.compose_file")
     if not p.is_file():
         raise inv.error("docker.compose_file", f"{p}: no such file")
     return Source("compose", version=safe_part(tag), tag=tag, compose_file=p.read_bytes(),
