@@ -57,6 +57,9 @@ class HttpCheck:
     expect_status: int = 200
     body_contains: str | None = None
     via: str = "app"
+    session: str | None = None   # checks sharing it run in list order with one cookie jar
+    step: int = 0                # 1-based position in its session
+    refs: tuple = ()             # env keys the body/header values reference as ${KEY}
 
 
 @dataclass
@@ -199,6 +202,7 @@ def build_spec(inv, host) -> Spec:
     s.health = dict(d.get("health") or {})
     s.health["headers"] = expand(s.health.get("headers") or {})
     seen = set()
+    sessions: dict[str, tuple[int, str]] = {}   # name -> (steps so far, via)
     for i, c in enumerate(v.get("checks") or []):
         name = http_check_name(c)
         if name in seen:
@@ -209,11 +213,81 @@ def build_spec(inv, host) -> Spec:
             raise inv.error(f"verify.checks[{i}].via", f"'{via}' needs nginx, which is disabled (nginx.enabled)")
         if via == "https" and not s.tls:
             raise inv.error(f"verify.checks[{i}].via", "'https' needs tls.enabled: true")
+        headers = expand(c.get("headers") or {})
+        refs = _check_refs(inv, i, name, c, headers)
+        session, step = c.get("session"), 0
+        if session:
+            step, first_via = sessions.get(session, (0, via))
+            if via != first_via:  # cookies belong to one origin
+                raise inv.error(f"verify.checks[{i}].via", f"check '{name}' is in session '{session}', whose "
+                                f"earlier steps use via {first_via}: a session's steps must share one via")
+            step += 1
+            sessions[session] = (step, via)
         s.http_checks.append(HttpCheck(name=name, method=c.get("method") or "GET", path=c["path"],
-                                       headers=expand(c.get("headers") or {}), body=c.get("body"),
+                                       headers=headers, body=c.get("body"),
                                        expect_status=c.get("expect_status") or 200,
-                                       body_contains=c.get("body_contains"), via=via))
+                                       body_contains=c.get("body_contains"), via=via,
+                                       session=session, step=step, refs=tuple(refs)))
     return s
+
+
+# -- ${KEY} in HTTP check bodies and headers (values read on the host) ------------------
+
+_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+
+
+def env_refs(text: str | None) -> list[str]:
+    """The env keys `text` references as ${KEY}, in order, once each (`$${`
+    is a literal `${`). Raises ValueError for a `${` that is not `${KEY}`."""
+    keys: list[str] = []
+    for m in _REF.finditer(text or ""):
+        if m.group(0) == "$${":
+            continue
+        if m.group(1) is None:
+            raise ValueError("'${' must start a reference such as ${ADMIN_PASSWORD} (write $${ for a literal ${)")
+        if m.group(1) not in keys:
+            keys.append(m.group(1))
+    return keys
+
+
+def _check_refs(inv, i: int, name: str, c: dict, headers: dict) -> list[str]:
+    """Validate a check's ${KEY} references before connecting: only in the body
+    and header values, each a key of the env contract (so a typo cannot send an
+    empty password). Returns the keys referenced."""
+    where = [(f"verify.checks[{i}].body", c.get("body"))]
+    where += [(f"verify.checks[{i}].headers.{k}", v) for k, v in headers.items()]
+    found: list[str] = []
+    for key, text in where:
+        try:
+            refs = env_refs(text)
+        except ValueError as e:
+            raise inv.error(key, f"check '{name}': {e}") from None
+        found += [r for r in refs if r not in found]
+    for key, text in ((f"verify.checks[{i}].path", c.get("path")),
+                      *((f"verify.checks[{i}].headers", k) for k in headers)):
+        if "${" in (text or "").replace("$${", ""):
+            raise inv.error(key, f"check '{name}': ${{KEY}} references are read only in the body and in "
+                                 "header values")
+    if not found:
+        return found
+    env = inv.data.get("env")
+    if env is None or not inv.get("app.name"):
+        raise inv.error(where[0][0] if env_refs(c.get("body")) else f"verify.checks[{i}].headers",
+                        f"check '{name}' references ${{{found[0]}}}, but the inventory has no "
+                        f"{'env' if env is None else 'app'} section (the value is read from the app's env "
+                        "file on the host)")
+    contract = env.get("contract") or {}
+    known = list(contract.get("required") or []) + list(contract.get("optional") or [])
+    for key, text in where:
+        for r in env_refs(text):
+            if r not in known:
+                import difflib
+
+                near = difflib.get_close_matches(r, known, 1)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise inv.error(key, f"check '{name}' references ${{{r}}}, which is not a key of "
+                                     f"env.contract (required/optional){hint}")
+    return found
 
 
 # -- the facts script: one round trip per host -----------------------------------------
@@ -264,6 +338,212 @@ def _http_snippet(spec: Spec, via: str, method: str, path: str, headers: dict, b
                   port_var: str = "$port", scheme: str = "http") -> str:
     args = " ".join(q(a) for a in _curl_args(method, headers, body, timeout))
     return f"http {args} {_url_args(spec, via, path, port_var, scheme)}"
+
+
+# -- sessions and ${KEY} values (verify.checks[].session) ---------------------------------
+#
+# A check with a `session` or a ${KEY} reference runs through `sreq` (below) instead
+# of `http`: checks of one session share a cookie jar in a private dir (mktemp -d,
+# 0700, removed when the script exits); a failed step marks the session so its later
+# steps are not sent. ${KEY} values are read from the app's env file ON THE HOST by
+# an awk reader (the file is parsed, never sourced) and reach curl only through a
+# pipe from the shell builtin printf (body) or a 0600 file in that dir (headers):
+# never a command line (ps), never fabship's output. Response bodies are masked on
+# the host (every referenced value, raw and JSON-escaped, becomes ***) before they
+# are printed, so a server that echoes a password cannot leak it into a message.
+
+# POSIX awk (mawk, gawk; run with LC_ALL=C so it works on bytes). ARGV[1] is the env
+# file, read the way systemd's EnvironmentFile= reads it (comments, export, single
+# quotes literal, double quotes with \" \\ \` \$ escapes, may span lines; last one
+# wins). ENVIRON["M"] says what to print:
+#   json|form|raw  ENVIRON["T"] with each ${KEY} replaced (JSON-string-escaped, URL-
+#                  encoded, as is; $${ is a literal ${), then "x" so $(...) keeps
+#                  trailing newlines
+#   header         the same without the "x"; a value with a line break is refused
+#   mask           stdin (after the `part=2` argument) with the values of the keys in
+#                  ENVIRON["K"] replaced by ***
+ENV_AWK = r"""
+function jesc(s,   o, i, c, n) {
+  o = ""; n = length(s)
+  for (i = 1; i <= n; i++) {
+    c = substr(s, i, 1)
+    if (c == "\\" || c == "\"") o = o "\\" c
+    else if (c == "\n") o = o "\\n"
+    else if (c == "\r") o = o "\\r"
+    else if (c == "\t") o = o "\\t"
+    else if ((c in ord) && ord[c] < 32) o = o sprintf("\\u%04x", ord[c])
+    else o = o c
+  }
+  return o
+}
+function uesc(s,   o, i, c, n) {
+  o = ""; n = length(s)
+  for (i = 1; i <= n; i++) {
+    c = substr(s, i, 1)
+    if (c ~ /[A-Za-z0-9._~-]/) o = o c; else o = o sprintf("%%%02X", ord[c])
+  }
+  return o
+}
+function repl(s, a,   o, i) {
+  o = ""
+  while ((i = index(s, a)) > 0) { o = o substr(s, 1, i - 1) "***"; s = substr(s, i + length(a)) }
+  return o s
+}
+function render(t, m,   o, i, k, val) {
+  o = ""
+  while ((i = index(t, "$")) > 0) {
+    o = o substr(t, 1, i - 1); t = substr(t, i)
+    if (substr(t, 1, 3) == "$${") { o = o "${"; t = substr(t, 4); continue }
+    if (!match(t, /^[$][{][A-Za-z_][A-Za-z0-9_]*[}]/)) { o = o "$"; t = substr(t, 2); continue }
+    k = substr(t, 3, RLENGTH - 3); t = substr(t, RLENGTH + 1)
+    if (!(k in v)) { printf "${%s} is not set in %s\n", k, ARGV[1] > "/dev/stderr"; bad = 2; return "" }
+    val = v[k]
+    if (m == "header" && val ~ /[\r\n]/) {
+      printf "${%s} holds a line break, which cannot go into a header\n", k > "/dev/stderr"; bad = 3; return ""
+    }
+    o = o (m == "json" ? jesc(val) : m == "form" ? uesc(val) : val)
+  }
+  return o t
+}
+BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
+part == 2 { b = (FNR > 1 ? b "\n" : "") $0; next }
+{
+  line = $0; sub(/\r$/, "", line)
+  if (q != "") { rest = line; if (!cont) val = val "\n"; cont = 0 }
+  else {
+    sub(/^[ \t]+/, "", line)
+    if (line == "" || line ~ /^[#;]/) next
+    if (line ~ /^export[ \t]/) { line = substr(line, 8); sub(/^[ \t]+/, "", line) }
+    e = index(line, "="); if (e == 0) next
+    key = substr(line, 1, e - 1); sub(/[ \t]+$/, "", key)
+    rest = substr(line, e + 1); sub(/^[ \t]+/, "", rest)
+    c = substr(rest, 1, 1); val = ""
+    if (c != "\"" && c != "'") {
+      n = length(rest)
+      for (i = 1; i <= n; i++) { c = substr(rest, i, 1); if (c == "\\" && i < n) c = substr(rest, ++i, 1); val = val c }
+      sub(/[ \t]+$/, "", val); v[key] = val; next
+    }
+    q = c; rest = substr(rest, 2)
+  }
+  n = length(rest)
+  for (i = 1; i <= n; i++) {
+    c = substr(rest, i, 1)
+    if (q == "\"" && c == "\\") {
+      if (i == n) { cont = 1; break }
+      c = substr(rest, ++i, 1); val = val (index("\"\\`$", c) ? c : "\\" c); continue
+    }
+    if (c == q) { v[key] = val; q = ""; break }
+    val = val c
+  }
+}
+END {
+  m = ENVIRON["M"]
+  if (m != "mask") { o = render(ENVIRON["T"], m); if (bad) exit bad; printf "%s%s", o, (m == "header" ? "" : "x"); exit 0 }
+  nk = split(ENVIRON["K"], ks, " "); na = 0
+  for (j = 1; j <= nk; j++) {
+    if (!(ks[j] in v) || v[ks[j]] == "") continue
+    a[++na] = v[ks[j]]; if (jesc(v[ks[j]]) != v[ks[j]]) a[++na] = jesc(v[ks[j]])
+  }
+  for (j = 1; j <= na; j++) for (l = j + 1; l <= na; l++) if (length(a[l]) > length(a[j])) { t = a[j]; a[j] = a[l]; a[l] = t }
+  for (j = 1; j <= na; j++) b = repl(b, a[j])
+  printf "%s", b
+}
+"""
+
+# `sreq DIR STEP EXPECT NEEDLE BODYMODE HEADERS BODY CURL-ARGS...` prints what `http`
+# prints ("rc code", curl's error, the body: masked), or `skip N` when step N of the
+# session failed, or `build 0` + why when the request could not be built (a key
+# missing from the env file). It marks DIR/failed with STEP when the request failed,
+# answered another status, or lacks NEEDLE, so the session's later steps are not sent.
+_SREQ = r"""
+sbad() { printf '%s' "$2" > "$1/failed"; printf 'build 0\n'; head -c 300 "$1/e" | tr '\n' ' '; printf '\n'; rm -f "$1/h" "$1/e"; }
+sreq() {
+  d=$1 n=$2 want=$3 needle=$4 bm=$5 ht=$6 bt=$7; shift 7
+  if [ -z "$fw" ] || [ ! -d "$d" ]; then printf 'build 0\ncannot make a private temp dir on the host\n'; return 0; fi
+  if [ -s "$d/failed" ]; then printf 'skip %s\n' "$(cat "$d/failed")"; return 0; fi
+  if [ -n "$ht$bm" ] && [ ! -r "$ef" ]; then printf '%s' "$n" > "$d/failed"; printf 'build 0\ncannot read %s\n' "$ef"; return 0; fi
+  if [ -n "$ht" ]; then
+    T=$ht M=header LC_ALL=C awk "$ea" "$ef" > "$d/h" 2> "$d/e" || { sbad "$d" "$n"; return 0; }
+    set -- -H "@$d/h" "$@"
+  fi
+  if [ -n "$bm" ]; then
+    b=$(T=$bt M=$bm LC_ALL=C awk "$ea" "$ef" 2> "$d/e") || { sbad "$d" "$n"; return 0; }
+    c=$(printf '%s' "${b%x}" | curl -sS -o "$d/o" -w '%{http_code}' --data-binary @- "$@" 2> "$d/e"); r=$?; b=
+  else
+    c=$(curl -sS -o "$d/o" -w '%{http_code}' "$@" 2> "$d/e" < /dev/null); r=$?
+  fi
+  rm -f "$d/h"
+  ok=0; [ "$r" = 0 ] && [ "$c" = "$want" ] && ok=1
+  if [ "$ok" = 1 ] && [ -n "$needle" ]; then head -c 16384 "$d/o" | grep -qF -e "$needle" || ok=0; fi
+  [ "$ok" = 1 ] || printf '%s' "$n" > "$d/failed"
+  printf '%s %s\n' "$r" "$c"; head -c 300 "$d/e" | tr '\n' ' '; printf '\n'
+  if [ -n "$fk" ]; then head -c 65536 "$d/o" | K=$fk M=mask LC_ALL=C awk "$ea" "$ef" part=2 - | head -c 16384
+  else head -c 16384 "$d/o"; fi
+  rm -f "$d/o" "$d/e"
+}
+""".strip("\n")
+
+
+def body_mode(body: str | None, headers: dict) -> str:
+    """How ${KEY} values go into a body: "json" when the body is JSON with every
+    reference inside a string (values JSON-escaped: a quote in a password cannot
+    break the document), "form" for application/x-www-form-urlencoded (URL-
+    encoded), else "raw". "" when the body references nothing."""
+    if not env_refs(body):
+        return ""
+    ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "")
+    if ctype.split(";")[0].strip().lower() == "application/x-www-form-urlencoded":
+        return "form"
+    plain = _REF.sub(lambda m: "${" if m.group(0) == "$${" else "FABSHIPREF", body)
+    try:
+        json.loads(plain)
+    except ValueError:
+        return "raw"
+    return "json"
+
+
+def _session_dirs(spec: Spec) -> dict:
+    """check index -> its private dir on the host (shell text): one per session, one
+    per other check with ${KEY} references."""
+    sessions: dict[str, str] = {}
+    out = {}
+    for i, c in enumerate(spec.http_checks):
+        if c.session:
+            out[i] = sessions.setdefault(c.session, f'"$fw/s{len(sessions)}"')
+        elif c.refs:
+            out[i] = f'"$fw/c{i}"'
+    return out
+
+
+def _session_setup(spec: Spec) -> list[str]:
+    dirs = _session_dirs(spec)
+    if not dirs:
+        return []
+    lines = ["umask 077", "fw=$(mktemp -d) || fw=", "trap 'rm -rf \"$fw\"' EXIT", "trap 'exit 129' HUP INT TERM",
+             "[ -z \"$fw\" ] || mkdir " + " ".join(dict.fromkeys(dirs.values()))]
+    keys = list(dict.fromkeys(k for c in spec.http_checks for k in c.refs))
+    if keys:
+        lines += [f"ef={q(spec.env_path or '')}", f"fk={q(' '.join(keys))}", f"ea={q(ENV_AWK.strip())}"]
+    lines.append(_SREQ)
+    return lines
+
+
+def _session_teardown(spec: Spec) -> list[str]:
+    return ['rm -rf "$fw"'] if _session_dirs(spec) else []
+
+
+def _step_snippet(spec: Spec, i: int, c: HttpCheck, timeout: float) -> str:
+    """The `sreq` call of one check with a session or ${KEY} values."""
+    d = _session_dirs(spec)[i]
+    templated = {k: v for k, v in c.headers.items() if env_refs(v)}
+    plain = {k: v for k, v in c.headers.items() if k not in templated}
+    bm = body_mode(c.body, c.headers)
+    args = " ".join(q(a) for a in _curl_args(c.method, plain, None if bm else c.body, timeout))
+    jar = f"-b {d[:-1]}/jar\" -c {d[:-1]}/jar\" " if c.session else ""
+    needle = c.body_contains if c.body_contains and "\n" not in c.body_contains else ""
+    hdrs = "\n".join(f"{k}: {v}" for k, v in templated.items())
+    return (f"sreq {d} {c.step or 1} {c.expect_status} {q(needle)} {q(bm)} {q(hdrs)} {q(c.body if bm else '')} "
+            f"{args} {jar}{_url_args(spec, c.via, c.path)}")
 
 
 def facts_script(spec: Spec) -> str:
@@ -351,9 +631,14 @@ def facts_script(spec: Spec) -> str:
         probe("release_log", f"tail -n 200 -- {q(spec.release_log)}")
         if spec.blue_green and spec.systemd:
             probe("slot", f"readlink -- {q(spec.state_dir + '/slots/')}\"$port\"")
+    P.extend(_session_setup(spec))
     for i, c in enumerate(spec.http_checks):
-        probe(f"http.{i}", _http_snippet(spec, c.via, c.method, c.path, c.headers, c.body,
-                                         spec.health.get("timeout", 5)))
+        if c.session or c.refs:
+            probe(f"http.{i}", _step_snippet(spec, i, c, spec.health.get("timeout", 5)))
+        else:
+            probe(f"http.{i}", _http_snippet(spec, c.via, c.method, c.path, c.headers, c.body,
+                                             spec.health.get("timeout", 5)))
+    P.extend(_session_teardown(spec))
     return "\n".join(P) + "\n"
 
 
@@ -549,6 +834,8 @@ class Probe:
     spec: Spec
     facts: dict
     stage: str | None = None
+    # session name -> (step, check) that failed or was skipped: later steps are skipped
+    sessions_failed: dict = field(default_factory=dict)
 
     def fact(self, name: str) -> Fact:
         f = self.facts.get(name)
@@ -975,9 +1262,32 @@ def _http_check(index: int, c: HttpCheck):
             base = f"http://127.0.0.1:{p.port}"
         hdrs = "".join(f" {k}: {v}" for k, v in c.headers.items())
         what = f"{c.method} {base}{c.path}" + (f" [{hdrs.strip()}]" if hdrs else "")
+        if c.session or c.refs:
+            return what + " -> " + _step_result(p, index, c, what)
         return what + " -> " + _http_result(p, f"http.{index}", what, c.expect_status, c.body_contains)
 
     return fn
+
+
+def _step_result(p: Probe, index: int, c: HttpCheck, what: str) -> str:
+    """The verdict of one `sreq` step (see _SREQ). After a failed or skipped step
+    of a session, its later steps are skipped naming it (the host did not send them)."""
+    if c.session and c.session in p.sessions_failed:
+        step, name = p.sessions_failed[c.session]
+        raise CheckSkipped(f"session step {step} failed ({name})")
+    try:
+        out = p.fact(f"http.{index}").out
+        head = out.split("\n", 1)[0].split()
+        if head[:1] == ["skip"]:  # the host saw an earlier step fail
+            raise CheckSkipped(f"session step {head[1] if len(head) > 1 else '?'} failed")
+        if head[:1] == ["build"]:
+            err = parse_http(out).error
+            raise CheckFailed(f"{what}: cannot build the request: {err or 'unknown error'}")
+        return _http_result(p, f"http.{index}", what, c.expect_status, c.body_contains)
+    except (CheckFailed, CheckSkipped):
+        if c.session:
+            p.sessions_failed.setdefault(c.session, (c.step, f"http:{c.name}"))
+        raise
 
 
 # The catalogue. Order matters: a check's `needs` come before it.

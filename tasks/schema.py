@@ -249,6 +249,9 @@ HTTP_CHECK = Struct({
     "expect_status": F(Int(100, 599), default=200),
     "body_contains": F(Str()),
     "via": F(Enum("app", "nginx", "https"), default="app"),
+    # checks sharing a session name run in list order with one cookie jar (tasks/checks.py);
+    # body and header values may say ${KEY}: read from the app's env file on the host
+    "session": F(Str(NAME, "a session name (letters, digits, '.', '_' or '-')")),
 })
 
 # Which tasks end with the verification gate (tasks/verify.py run_gate); all by default.
