@@ -913,7 +913,9 @@ def check_swap_active(p: Probe) -> str:
     s = p.spec
     swaps = parse_swaps(p.fact("swaps").out)
     real, fs = _swap_real(p)
-    name = s.swap_path if s.swap_path in swaps else real
+    # the target first: /proc/swaps is kernel-global, so in a container another host's
+    # "/swapfile" may be listed while this host's linked swap file shows by its target
+    name = real if real in swaps else s.swap_path
     if name not in swaps:
         others = {k: v for k, v in swaps.items() if k not in (s.swap_path, real)}
         sf = p.facts.get("swapfile")

@@ -94,6 +94,12 @@ def test_references_need_an_env_section(tmp_path):
     assert "verify.checks[0].body" in msg and "no env section" in msg
 
 
+def test_references_need_an_app(tmp_path):
+    msg = config_error(tmp_path, [{"name": "login", "path": "/l", "method": "POST", "body": "${ADMIN_PASSWORD}"}],
+                       app=None, deploy=None)
+    assert "verify.checks[0].body" in msg and "no app section" in msg
+
+
 def test_references_only_in_body_and_header_values(tmp_path):
     msg = config_error(tmp_path, [{"name": "p", "path": "/users/${API_TOKEN}"}])
     assert "verify.checks[0].path" in msg and "only in the body and in header values" in msg
@@ -449,3 +455,16 @@ def test_missing_key_in_the_env_file_is_a_clear_failure(tmp_path, server):
     assert "cannot build the request: ${ADMIN_PASSWORD} is not set in" in res["http:login"].message
     assert not [x for x in _App.seen if x[1] == "/api/login"]  # nothing was sent
     assert res["http:releases"].status == "skipped"
+
+
+# -- found while running the OTA flow on the sandbox (h7) ------------------------------------
+
+def test_swap_check_prefers_the_linked_target_over_a_foreign_swapfile_entry():
+    """/proc/swaps is kernel-global in a container: other hosts' /swapfile entries are
+    listed too; this host's linked swap file shows by its target path."""
+    s = C.Spec(swap_path="/swapfile", swap_size="512M", swap_bytes=512 * 1024**2)
+    swaps = ("Filename Type Size Used Priority\n/swapfile file 262140 248 -2\n"
+             "/var/lib/fabship-sandbox-swap-h7/swapfile file 524284 0 -5\n")
+    p = C.Probe(s, C.parse_facts(frame("swaps", swaps) + frame("swapreal", "/var/lib/fabship-sandbox-swap-h7/"
+                                                                          "swapfile\next2/ext3\n")))
+    assert C.check_swap_active(p) == "/swapfile active, 512.0 MiB"
