@@ -368,21 +368,47 @@ class Fleet:
 
     def lock_all(self, hosts: list, release: str | None, want_state: bool = True, **state_kw) -> list:
         """Take every host's lock and gather its facts; returns the hosts that
-        are ready. A lock held elsewhere aborts the whole run, before any change."""
+        are ready, or [] when a lock is held elsewhere (before any change).
+
+        Connections open in parallel, but the locks are taken one host at a
+        time in one global order (address, port, name): of two runs that want
+        overlapping hosts, the one that wins the first shared host gets all of
+        them and the other stops there. Taken in parallel, two runs could each
+        get half and both give up."""
+        from .errors import LockError
         from .lock import acquire
 
-        def one(ctx):
-            ctx.data["holder"] = acquire(ctx, self.action, release, self.lock_wait)
-            if want_state:
-                st = gather_state(ctx, self.lay, **state_kw)
-                check_installed(ctx, self.lay, st)
-
-        self.parallel(one, hosts)
+        self.parallel(lambda ctx: ctx.connect(), hosts)
         if self.interrupted:
             return []
-        ready = [h for h in hosts if not self.run.ctx(h).error]
-        locked_out = [h for h in hosts if _is_lock_error(self.run.ctx(h))]
-        return ready if not locked_out else []
+        reachable = [h for h in hosts if not self.run.ctx(h).error]
+        blocked: list[str] = []
+
+        def take(ctx):
+            if blocked:
+                ctx.status = "skipped"
+                ctx.note = f"lock not taken: {blocked[0]}'s lock is held by another run"
+                return
+            try:
+                ctx.data["holder"] = acquire(ctx, self.action, release, self.lock_wait)
+                ctx.data["locked"] = True
+            except LockError:
+                blocked.append(ctx.host.name)
+                raise
+
+        self.parallel(take, sorted(reachable, key=lambda h: (h.address, h.port, h.name)), width=1)
+        if self.interrupted or blocked:
+            return []
+
+        def facts(ctx):
+            st = gather_state(ctx, self.lay, **state_kw)
+            check_installed(ctx, self.lay, st)
+
+        if want_state:
+            self.parallel(facts, reachable)
+        if self.interrupted:
+            return []
+        return [h for h in hosts if not self.run.ctx(h).error]
 
     def unlock_all(self) -> None:
         from .lock import release
@@ -403,10 +429,6 @@ class Fleet:
         finally:
             pool.shutdown(wait=True)
             self.run.cancel = ev
-
-
-def _is_lock_error(ctx) -> bool:
-    return bool(ctx.error) and ("deploy lock held" in ctx.error or "STALE deploy lock" in ctx.error)
 
 
 def _abort(ctx) -> None:
@@ -501,7 +523,7 @@ def run_fleet(fleet: Fleet, hosts: list) -> None:
             c = run.ctx(h)
             if not c.error:
                 c.status = "skipped"
-                c.note = "not deployed: another run holds the deploy lock elsewhere"
+                c.note = c.note or "not deployed: another run holds the deploy lock"
         return
     for h in hosts:
         c = run.ctx(h)
