@@ -306,7 +306,9 @@ def apply_cmd(df: DockerFiles, changes: Changes) -> tuple[Cmd, bytes]:
     for f in changes.installs:
         data = df.contents[f.path]
         # the hash travels on stdin too: on a command line `ps` shows it to every host user
-        L.append(install_cmd(f.path, f.owner, f.group, f.mode, None, keep_previous=0, size=len(data)).render())
+        # its stdout (old=/new= full hashes) is not needed: the report comes from the facts
+        L.append(install_cmd(f.path, f.owner, f.group, f.mode, None, keep_previous=0, size=len(data)).render()
+                 + " >/dev/null")
         payload += sha256_hex(data).encode() + b"\n" + data
     return script(L), payload
 
@@ -354,6 +356,18 @@ def _mounted(run_args: list[str]) -> set[str]:
             parts = val.split(":")
             out.update(p.rstrip("/") or "/" for p in parts[:2] if p.startswith("/"))
     return out
+
+
+def mounts_present_cmd(inv, run_args: list[str] | None = None) -> Cmd | None:
+    """A check that the directories mount_args names exist on the host, run
+    before the restart strategy stops the old container (whose own mounts
+    need them too): a missing one fails the deploy with nothing stopped."""
+    dirs = [s.dir for s in plan_layout(inv, check_layout=False).sets if s.dir not in _mounted(run_args or [])
+            and s.mount not in _mounted(run_args or [])]
+    if not dirs:
+        return None
+    return sh("for d in " + " ".join(["{}"] * len(dirs)) + "; do [ -d \"$d\" ] || {{ echo \"$d does not exist "
+              "(docker.secrets_dir/certs_dir): run fab bootstrap\" >&2; exit 3; }}; done", *dirs)
 
 
 def mount_args(inv, run_args: list[str] | None = None) -> list[str]:

@@ -394,24 +394,39 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
     # restart: one port, stop the old container first (it holds the port)
     port = lay.port
     olds = [c["name"] for c in running]
-    ctx.change("replace container", f"stop {', '.join(olds) or 'nothing'}; run {name} ({image}) on :{port}",
-               *[sh("docker stop -t 10 {} >/dev/null", o) for o in olds], docker_free_name_cmd(name),
-               docker_run_cmd(lay, name, rid, image, port, cport, bind="", restart=restart, run_args=run_args),
-               switch_current(lay, rid))
-    ctx.data["switched"] = True
-    h = gated(ctx, check_health(ctx, spec.port or port, dead_if=container_dead(name), spec=spec))
-    if h.ok:
-        renamed = [f"{name}-prev" if o == name else o for o in olds]
-        _quietly(ctx, "remove old containers", *[Cmd("docker", "rm", "-f", o) for o in renamed])
-        st.current = rid
-        return Activation(rid, port=port, health=h, container=name)
-    diag = collect_diagnostics(ctx, lay, since, h, containers=[name])
-    ctx.record("health check", "failed", h.describe())
+    from .docker_files import mounts_present_cmd
+
+    present = mounts_present_cmd(ctx.inv, dk.get("run_args"))
+    try:
+        ctx.change("replace container", f"stop {', '.join(olds) or 'nothing'}; run {name} ({image}) on :{port}",
+                   *([present] if present else []),
+                   *[sh("docker stop -t 10 {} >/dev/null", o) for o in olds], docker_free_name_cmd(name),
+                   docker_run_cmd(lay, name, rid, image, port, cport, bind="", restart=restart, run_args=run_args),
+                   switch_current(lay, rid))
+    except StepFailed as e:
+        # `docker run` refused (a mount source missing, a bad run_arg...) after the old
+        # container stopped: start the old one again below instead of leaving nothing serving
+        h, diag, why = None, e.details, f"could not start: {e}"
+        if "bind source path does not exist" in (e.details or ""):
+            why += " (a mounted directory is missing on the host: run fab bootstrap)"
+    else:
+        ctx.data["switched"] = True
+        h = gated(ctx, check_health(ctx, spec.port or port, dead_if=container_dead(name), spec=spec))
+        if h.ok:
+            renamed = [f"{name}-prev" if o == name else o for o in olds]
+            _quietly(ctx, "remove old containers", *[Cmd("docker", "rm", "-f", o) for o in renamed])
+            st.current = rid
+            return Activation(rid, port=port, health=h, container=name)
+        diag = collect_diagnostics(ctx, lay, since, h, containers=[name])
+        ctx.record("health check", "failed", h.describe())
+        why = "failed its health check"
     back_cmds = [docker_remove_cmd(name), _restore_name_cmd(name)] + \
         [sh("docker start {} >/dev/null", o) for o in olds]
     if previous:
         back_cmds.append(switch_current(lay, previous))
     back = False
+    if not olds and h is None:
+        _quietly(ctx, "clean up", docker_remove_cmd(name), _restore_name_cmd(name))
     if olds:
         try:
             ctx.change("restart old container", ", ".join(olds), *back_cmds)
@@ -421,7 +436,7 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
         except StepFailed as e:
             diag += f"\nstarting the old container again failed: {e}"
     ctx.data["switched"] = not back
-    raise ActivationFailed(f"release {rid} ({image}) failed its health check" +
+    raise ActivationFailed(f"release {rid} ({image}) {why}" +
                            ("; the old container is serving again" if back else ""), diag, health=h,
                            old_serving=back, switched=not back)
 

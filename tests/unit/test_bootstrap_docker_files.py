@@ -265,7 +265,7 @@ def test_apply_script_is_exact_and_carries_no_secret(inv):
 
     inner = install_cmd("/opt/svc/secrets/db-password", "root", "root", "0400", None, keep_previous=0,
                         size=len(PASSWORD))
-    assert cmd.parts == ["sh", "-c", "set -eu\n" + inner.render()]
+    assert cmd.parts == ["sh", "-c", "set -eu\n" + inner.render() + " >/dev/null"]
     body = inner.parts[2].split("\n")
     assert body[:3] == ["set -eu", "f=/opt/svc/secrets/db-password owner=root group=root mode=0400 keep=0",
                         'want=$(head -c 65); case $want in *[!0-9a-f]*|"") echo "bad sha256 on stdin" >&2; exit 4;; esac']
@@ -381,6 +381,23 @@ def test_mount_args(inv, tmp_path):
     assert D.mount_args(inv, ["--mount=type=bind,src=/elsewhere,dst=/certs", "-v/x:/run/secrets"]) == []
     p = write_inv(tmp_path / "plain.yaml", base())
     assert D.mount_args(load_inventory(str(p))) == []
+
+
+def test_mounts_present_check(inv, tmp_path):
+    cmd = D.mounts_present_cmd(inv)
+    assert cmd.render() == ('for d in /opt/svc/secrets /opt/svc/certs; do [ -d "$d" ] || { echo "$d does not exist '
+                            '(docker.secrets_dir/certs_dir): run fab bootstrap" >&2; exit 3; }; done')
+    assert D.mounts_present_cmd(inv, ["-v", "/opt/svc/secrets:/run/secrets:ro"]).render().startswith(
+        "for d in /opt/svc/certs;")
+    assert D.mounts_present_cmd(load_inventory(str(write_inv(tmp_path / "plain.yaml", base())))) is None
+    (tmp_path / "s").mkdir()
+    p = write_inv(tmp_path / "here.yaml", base(secrets_dir=str(tmp_path / "s"), certs_dir=str(tmp_path / "c")))
+    r = subprocess.run(["sh", "-c", D.mounts_present_cmd(load_inventory(str(p))).render()], capture_output=True,
+                       text=True)
+    assert r.returncode == 3 and r.stderr == f"{tmp_path / 'c'} does not exist (docker.secrets_dir/certs_dir): " \
+                                            "run fab bootstrap\n"
+    (tmp_path / "c").mkdir()
+    assert subprocess.run(["sh", "-c", D.mounts_present_cmd(load_inventory(str(p))).render()]).returncode == 0
 
 
 def test_docker_run_gets_the_mounts(inv):
