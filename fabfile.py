@@ -20,8 +20,7 @@ def hosts(c, inventory=None, set=None, limit=None):
                                   "(default: the inventory's env.source)"))
 def bootstrap(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False,
               verbose=0, dry_run=False, gate=True, env_file=None):
-    """Turn bare hosts into app hosts: packages, swap, runtime, layout, env file, docker secrets/certs, unit,
-    nginx, TLS."""
+    """Turn bare hosts into app hosts: packages, swap, runtime, layout, env file, docker secrets, unit, nginx, TLS."""
     from tasks.bootstrap import bootstrap as run_bootstrap
 
     run_bootstrap(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, gate, env_file)
