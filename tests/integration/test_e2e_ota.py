@@ -5,13 +5,15 @@ rollback, verify; the guide's HTTP checks after each change."""
 import json
 import secrets
 
-from test_e2e_support import DOMAIN, INV, REPO, Flow, env_file, git_commit_version, h8  # noqa: F401
+from test_e2e_support import DOMAIN, HOST, INV, REPO, Flow, env_file, git_commit_version, h8  # noqa: F401
 
 APP = "xavia-ota"
 ENV_PATH = "/etc/xavia-ota/ota.env"
 SAMPLE_ENV = INV / "sandbox-env" / "ota.env"
 PASSWORD = "sandbox-admin-password"  # the dummy value in the sample env file
 EXPO = ["-H", "expo-protocol-version: 1", "-H", "expo-platform: ios", "-H", "expo-runtime-version: 1.0.0"]
+# inventories/common/ota.yaml verify.checks: the guide's checks, login flow included
+GUIDE_CHECKS = ("http:manifest", "http:releases_need_login", "http:login", "http:releases_with_session")
 
 
 def login(f: Flow, password: str) -> tuple[int, str]:
@@ -22,21 +24,21 @@ def login(f: Flow, password: str) -> tuple[int, str]:
     return status, cookie
 
 
-def guide_checks(f: Flow, password: str, version: str) -> None:
-    """The guide's checks: the manifest answers 200 with the expo headers;
-    /api/releases answers 401; after POST /api/login with the admin password
-    it answers 200 with the cookie."""
+def guide_checks(f: Flow, version: str) -> None:
+    """The guide's checks, as `fab verify` runs them from the inventory: the
+    manifest answers 200 with the expo headers; /api/releases answers 401;
+    POST /api/login with ${ADMIN_PASSWORD} (read from the env file on the host),
+    then /api/releases answers 200 with the session cookie. Plus one look
+    independent of fabship (curl): the manifest serves this version."""
+    r = f.fab("verify", "--only", "http:*")
+    got = {c["name"]: c["status"] for c in f.record("verify")["extra"]["verify"][HOST]}
+    assert got == {n: "passed" for n in GUIDE_CHECKS}, r.stdout
     status, headers, body = f.https("/api/manifest", *EXPO)
     assert status == 200, f"manifest: {status} {body[:200]}"
     assert headers.get("expo-protocol-version") == "1" and headers.get("expo-sfv-version") == "0", headers
     manifest = json.loads(body)
     assert manifest["runtimeVersion"] == "1.0.0" and manifest["launchAsset"]["url"]
     assert manifest["extra"]["expoClient"]["version"] == version
-    assert f.https("/api/releases")[0] == 401
-    status, cookie = login(f, password)
-    assert status == 200 and cookie.startswith("session="), f"login: {status} {cookie!r}"
-    status, _, body = f.https("/api/releases", "-H", f"cookie: {cookie}")
-    assert status == 200 and json.loads(body)["releases"], f"releases with the cookie: {status} {body[:200]}"
 
 
 def served_version(f: Flow) -> str:
@@ -81,7 +83,7 @@ def test_ota_server_end_to_end(h8, tmp_path):  # noqa: F811
     assert c1 in json.dumps(f.release_log(APP)[-1]), "the release log names the deployed commit"
     f.must(f"test -s /opt/{APP}/current/.next/BUILD_ID")  # npm run build ran in the release
     assert served_version(f) == "1.0.0"
-    guide_checks(f, PASSWORD, "1.0.0")
+    guide_checks(f, "1.0.0")
     f.must("ss -ltnH 'sport = :3000' | grep -q 127.0.0.1:3000")  # HOST=127.0.0.1: only nginx is public
     pid1 = f.unit_prop(unit, "MainPID")
 
@@ -91,14 +93,14 @@ def test_ota_server_end_to_end(h8, tmp_path):  # noqa: F811
     v2 = f.current_release(APP)
     assert v2 != v1 and {v1, v2} <= set(f.releases(APP))
     assert served_version(f) == "2.0.0" and f.unit_prop(unit, "MainPID") != pid1
-    guide_checks(f, PASSWORD, "2.0.0")
+    guide_checks(f, "2.0.0")
 
     # -- a release that fails its health check: deploy fails, v2 keeps serving
     git_commit_version(repo, REPO / "apps" / "ota-server", "3.0.0", fail_health=True)
     r = f.fab("deploy", *git, "--set", "health.retries=5", expect=1)
     assert "health" in (r.stdout + r.stderr).lower()
     assert f.current_release(APP) == v2 and served_version(f) == "2.0.0"
-    guide_checks(f, PASSWORD, "2.0.0")
+    guide_checks(f, "2.0.0")
 
     # -- rotate-env: a file that breaks the contract is refused and changes nothing
     before = f.sha(ENV_PATH)
@@ -121,19 +123,20 @@ def test_ota_server_end_to_end(h8, tmp_path):  # noqa: F811
     assert f.stat(ENV_PATH) == f"root:{APP}:600" and f.sha(ENV_PATH) != before
     assert login(f, PASSWORD)[0] == 401
     assert f.https("/api/releases", "-H", f"cookie: {old_cookie}")[0] == 401
-    guide_checks(f, new_password, "2.0.0")
+    guide_checks(f, "2.0.0")  # verify logs in with the new password, read on the host
     for rec in tmp_path.joinpath("runs").glob("*.json"):
         assert new_password not in rec.read_text(), f"{rec.name} holds a secret value"
 
     # -- rollback: back to v1 with the env it ran with (ARCHITECTURE "Env per release")
     f.fab("rollback")
     assert f.current_release(APP) == v1 and served_version(f) == "1.0.0"
-    guide_checks(f, PASSWORD, "1.0.0")
+    guide_checks(f, "1.0.0")
+    assert login(f, PASSWORD)[0] == 200  # the env v1 ran with: the sample's password again
     assert f.release_log(APP)[-1].get("action") == "rollback"
     assert any("action=rollback" in ln for ln in f.audit(APP))
 
     # -- verify: the whole promised state, read-only
     r = f.fab("verify")
     assert f.host_result("verify")["result"] in ("ok", "passed"), r.stdout
-    for check in ("manifest", "releases_need_login"):
+    for check in GUIDE_CHECKS:
         assert check in r.stdout, f"verify did not run the inventory's check {check}:\n{r.stdout}"
