@@ -5,7 +5,8 @@ on the host and reads /api/releases with the session cookie; a failed login
 fails with a clear message and skips the session's later step; a missing key
 fails naming it; the deploy gate runs the same steps; and a canary password
 appears nowhere (output at -vv, run records, `ps` on the host during the runs,
-files others can read).
+the logged argv of every curl/awk/sh/... the host ran meanwhile, files others
+can read).
 
 Only h7 is touched (FABSHIP_SANDBOX_COUNT=8 reuses the shared fleet).
 """
@@ -220,6 +221,26 @@ def with_decoded(text: str) -> str:
     return text + "\n" + "\n".join(extra)
 
 
+# Every exec of these on the host is logged (argv) while the canary runs: a deterministic
+# record of the command lines a short-lived curl or awk had, which ps sampling can miss.
+SHIMMED = ("sh", "curl", "awk", "grep", "head", "tr", "cat", "base64", "mktemp", "rm")
+ARGV_LOG = "/root/fabship-argv.log"
+
+
+def install_argv_log(ota):
+    script = ["set -e", f": > {ARGV_LOG}", f"chmod 600 {ARGV_LOG}"]
+    for name in SHIMMED:
+        script.append(f"real=$(command -v {name}); cat > /usr/local/bin/{name} <<EOF\n#!/bin/sh\n"
+                      f'{{ printf "%s " "\\$0" "\\$@"; echo; }} >> {ARGV_LOG}\nexec $real "\\$@"\nEOF\n'
+                      f"chmod 755 /usr/local/bin/{name}")
+    ota.must("\n".join(script))
+
+
+def remove_argv_log(ota) -> str:
+    ota.must("rm -f " + " ".join(f"/usr/local/bin/{n}" for n in SHIMMED))
+    return ota.must(f"cat {ARGV_LOG} 2>/dev/null; rm -f {ARGV_LOG}")
+
+
 def env_with(tmp: Path, name: str, **changes) -> Path:
     lines = []
     for ln in SAMPLE_ENV.read_text().splitlines():
@@ -239,13 +260,17 @@ def test_canary_password_never_leaks(ota):
     canary_env = env_with(ota.tmp, "canary.env", ADMIN_PASSWORD=json.dumps(password))
     assert '\\"q\\"' in canary_env.read_text()  # written double-quoted, as systemd reads it
     runs_before = set(ota.runs.glob("*.json"))
-    results, polls = [], []
+    results, polls, argv_log = [], [], ""
+    install_argv_log(ota)
     try:
+        control = f"CTRL{uuid.uuid4().hex[:12]}"
         with PsPoller(ota.fleet) as ps:
             # rotate-env's gate logs in with the new password (read on the host)...
             results.append(ota.fab("rotate-env", "-vv", "--env-file", str(canary_env)))
             results.append(ota.fab("verify", "-vv", "--only", "http:*"))
+            ota.sh(f"sh -c 'sleep 0.3' {control}")  # positive control: a short command line is seen
         polls.append(ps.text)
+        assert control in ps.text, "the ps poller misses short-lived command lines"
         # ... and a failing login: the env file holds another password than the app runs
         # with (edited outside the poller: the test's own sed names the value)
         ota.edit_env(f"s/^ADMIN_PASSWORD=.*/ADMIN_PASSWORD={wrong}/")
@@ -255,6 +280,7 @@ def test_canary_password_never_leaks(ota):
             polls.append(ps.text)
         finally:
             ota.restore_env()
+        argv_log = remove_argv_log(ota)
         res = {c["name"]: c for c in ota.record("verify")["extra"]["verify"][HOST]}
         assert res["http:login"]["status"] == "failed"
         first = json.loads(sorted(p for p in ota.runs.glob("*-verify-*.json") if p not in runs_before)[0]
@@ -264,12 +290,15 @@ def test_canary_password_never_leaks(ota):
         # positive controls: the marker is on the host, the poller saw fab's remote scripts
         assert ota.must(f"grep -c {marker} {ENV_PATH}").strip() == "1"
         assert all(t.count("@@snap") > 20 and "sh -c" in t for t in polls), "the ps poller saw too little"
+        # the argv log saw every curl of the login step (body from stdin) and the env reader
+        assert argv_log.count("--data-binary @- ") >= 3 and "awk function jesc" in argv_log, argv_log[-2000:]
 
         output = "\n".join(r.stdout + "\n" + r.stderr for r in results)
         assert "@@fabship-fact@@" in output  # -vv streamed the probe output (decoded below)
         records = "\n".join(p.read_text() for p in ota.runs.glob("*.json") if p not in runs_before)
         found = {}
-        for what, text in (("output", output), ("run records", records), ("ps", "\n".join(polls))):
+        for what, text in (("output", output), ("run records", records), ("ps", "\n".join(polls)),
+                           ("command lines on the host", argv_log)):
             text = with_decoded(text)
             hits = [m for m in (marker, wrong) if m in text]
             if hits:
@@ -279,4 +308,6 @@ def test_canary_password_never_leaks(ota):
             found["files readable by nobody"] = out.split()
         assert not found, f"the canary leaked: {found}"
     finally:
+        if not argv_log:
+            remove_argv_log(ota)
         ota.fab("rotate-env", "--env-file", str(SAMPLE_ENV))  # back to the sample's password
