@@ -49,11 +49,11 @@ def fabship_cmd(tmp: Path, names):
     inv.write_text(yaml.safe_dump({
         "include": [str(REPO / "inventories" / "sandbox.yaml")],
         "packages": ["nginx", "git", "jq", "unzip"],
-        "app": {"name": "benchfab", "kind": "static", "port": 3998, "start": "/usr/bin/node server.js"},
+        "app": {"name": "benchfab", "kind": "node", "port": 3998, "start": "node server.js"},  # a unit too, like the peers
         "nginx": {"server_name": "benchfab.local"},
         "env": {"path": "/etc/benchfab/benchfab.env", "group": "benchfab", "mode": "0600",
                 "source": {"type": "file", "file": str(PEERS / "bench.env")}},
-        "deploy": {"source": "artifact", "strategy": "restart"},
+        "deploy": {"source": "artifact", "strategy": "restart"},  # one plain unit, as the peers write
     }))
     return ["fab", "bootstrap", "-i", str(inv), "--limit", ",".join(names), "--no-gate"]
 
