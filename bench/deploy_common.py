@@ -55,8 +55,19 @@ def make_repo(base: Path) -> Path:
     return d
 
 
+def prebuilt_artifact(base: Path, version: str) -> Path:
+    """apps/node-app built on the control machine (node scripts/build.js): a
+    release that needs no build step on the hosts."""
+    d = base / f"node-app-{version}"
+    if not d.exists():
+        shutil.copytree(REPO / "apps" / "node-app", d, ignore=shutil.ignore_patterns("dist", "node_modules"))
+        subprocess.run(["node", "scripts/build.js"], cwd=d, check=True, capture_output=True)
+        (d / "VERSION").write_text(version + "\n")
+    return d
+
+
 def write_inventory(base: Path, repo: Path, app: str, port: int, strategy: str = "blue_green",
-                    health: dict | None = None) -> Path:
+                    health: dict | None = None, source: str = "git") -> Path:
     env = base / f"{app}.env"
     env.write_text("APP_SECRET=bench-secret-0123456789abcdef\n")
     os.chmod(env, 0o600)
@@ -73,6 +84,9 @@ def write_inventory(base: Path, repo: Path, app: str, port: int, strategy: str =
                    "build": ["npm ci --no-audit --no-fund --offline", "npm run build"], "keep_releases": 3},
         "health": h,
     }
+    if source == "artifact":  # built on the control machine: nothing to build on the hosts
+        data["deploy"] = {"source": "artifact", "artifact": str(prebuilt_artifact(base, "v1")),
+                          "strategy": strategy, "keep_releases": 3}
     p = base / f"{app}.yaml"
     p.write_text(yaml.safe_dump(data))
     return p

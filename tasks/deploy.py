@@ -160,19 +160,39 @@ def release_entry(plan_or_rid, *, action: str, result: str, previous: str | None
     return e
 
 
-def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> None:
-    """Release log entry + audit line on the host, one round trip (stdin)."""
-    if ctx.dry_run:
-        return
+def record_cmd(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> Cmd:
+    """Release log entry + audit line (masked), one command."""
     from .audit import audit_line
 
     line = render("deploy/release-line.j2", entry=entry.as_dict()).strip()
     al = audit_line(entry.action, entry.id, entry.result, entry.user, audit_detail)
+    return append_lines_script([lay.release_log, lay.audit_log], [ctx.mask(line), ctx.mask(al)],
+                               ensure_dir=lay.state)
+
+
+def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> None:
+    """Release log entry + audit line on the host, one round trip. Best effort."""
+    if ctx.dry_run:
+        return
     try:
-        ctx.run(append_lines_script([lay.release_log, lay.audit_log], [ctx.mask(line), ctx.mask(al)],
-                                    ensure_dir=lay.state), timeout=30, what="release log")
+        ctx.run(record_cmd(ctx, lay, entry, audit_detail), timeout=30, what="release log")
     except Exception as e:
         ctx.say(f"warning: could not append to {lay.release_log}: {e}")
+
+
+def finish_release(ctx, cmds: list, message: str) -> None:
+    """After the switch: one round trip for the bookkeeping. A failure here
+    is a warning, never a failed deploy (the release already serves)."""
+    cmd = Cmd("sh", "-c", "rc=0\n" + "\n".join(f"{c.render()} || rc=1" for c in cmds) + "\nexit $rc")
+    if ctx.dry_run:
+        ctx.change("record release", message, cmd)
+        return
+    t0 = time.monotonic()
+    r = ctx.run(cmd, check=False, timeout=120, what="record release")
+    if r.ok:
+        ctx.record("record release", "changed", message, t0)
+    else:
+        ctx.say(f"warning: recording the release partly failed: {ctx.mask(r.tail(3))}")
 
 
 def run_build(ctx, plan: Plan) -> None:
@@ -242,15 +262,19 @@ def deploy_host(ctx, plan: Plan) -> None:
                             ("the fleet rollback handles this host" if ctx.data.get("switched")
                              else "never switched, the old release keeps serving")) from None
         raise
-    # The release serves. Record it; what follows never undoes the switch.
-    _snapshot_env(ctx, rid)
+    # The release serves. Record it (env snapshot for rollback, release log +
+    # audit line, keep-N pruning: one round trip); nothing here undoes the switch.
     entry = release_entry(rid, action="deploy", result="ok", previous=prev, meta=meta, src=plan.src, st=st,
                           port=str(act.port or ""))
-    record(ctx, lay, entry, f"previous={prev or '-'} port={act.port or '-'}")
     st.log.append(entry)
     if rid not in st.releases:
         st.releases.append(rid)
-    prune(ctx, lay, st, protect=(rid,))
+    doomed, prune_cmds = prune_plan(ctx, lay, st, protect=(rid,))
+    cmds = [c for c in [_snapshot_cmd(ctx, rid), record_cmd(ctx, lay, entry, f"previous={prev or '-'} "
+                                                                     f"port={act.port or '-'}")] if c is not None]
+    finish_release(ctx, cmds + prune_cmds, "release log + audit; env snapshot" +
+                   (f"; pruned {len(doomed)} old release(s): {', '.join(doomed)}" if doomed else ""))
+    st.releases = [r for r in st.releases if r not in doomed]
     ctx.note = f"-> {rid}" + (f" (was {prev})" if prev else " (first release)")
 
 
@@ -280,25 +304,23 @@ def _cancelled(ctx) -> bool:
     return bool(ev is not None and ev.is_set())
 
 
-def _snapshot_env(ctx, rid: str) -> None:
-    """Rollback restores code and env together (ARCHITECTURE.md, env per release)."""
-    if ctx.dry_run or not ctx.inv.get("app.name"):
-        return
+def _snapshot_cmd(ctx, rid: str) -> Cmd | None:
+    """Rollback restores code and env together (ARCHITECTURE.md, env per
+    release): the env file this release runs with (tasks/rotate_env.py)."""
     try:
-        from .rotate_env import snapshot_release_env
+        from .rotate_env import EnvTarget, snapshot_cmd
 
-        snapshot_release_env(ctx, rid)
+        return snapshot_cmd(EnvTarget.from_inventory(ctx.inv), rid)
     except ImportError:
-        pass
-    except Exception as e:
-        ctx.say(f"warning: could not snapshot the env file for {rid}: {e}")
+        return None
 
 
-def prune(ctx, lay: Layout, st: HostState, protect: tuple = ()) -> None:
-    """Keep N releases; never the current one or the last good one."""
+def prune_plan(ctx, lay: Layout, st: HostState, protect: tuple = ()) -> tuple[list[str], list[Cmd]]:
+    """Keep N releases; never the current one or the last good one. Returns
+    (release ids to delete, commands: dirs, env snapshots, unused images)."""
     doomed = releases_to_delete(st.releases, st.log, st.current, lay.keep, protect)
     if not doomed:
-        return
+        return [], []
     cmds = [delete_releases(lay, doomed)]
     try:
         from .rotate_env import EnvTarget, snapshot_delete_cmd
@@ -315,11 +337,7 @@ def prune(ctx, lay: Layout, st: HostState, protect: tuple = ()) -> None:
             drop = [i for i in drop if i != c["image"]]
         if drop:
             cmds.append(Cmd("sh", "-c", 'docker rmi "$@" >/dev/null 2>&1 || true', "sh", *drop))
-    try:
-        ctx.change("prune releases", f"{len(doomed)} old release(s): {', '.join(doomed)}", *cmds)
-        st.releases = [r for r in st.releases if r not in doomed]
-    except StepFailed as e:
-        ctx.say(f"warning: pruning old releases failed: {e}")
+    return doomed, cmds
 
 
 # -- the fleet ----------------------------------------------------------------------------------

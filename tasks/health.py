@@ -15,6 +15,12 @@ from .commands import Cmd, sh
 
 MARK = "FABSHIP_HEALTH"
 BODY_BYTES = 500
+QUICK = 0.1  # seconds between polls while the port refuses connections
+
+
+def quick_polls(interval: float) -> int:
+    """How many QUICK polls make one interval (1: no quick polling)."""
+    return max(1, int(round(interval / QUICK)))
 
 
 @dataclass
@@ -98,16 +104,21 @@ def health_cmd(spec: HealthSpec, port: int, *, dead_if: str | None = None, attem
         "set -u", "umask 077",
         't=$(mktemp -d); trap \'rm -rf "$t"\' EXIT; : > "$t/b"; : > "$t/e"',
         'cat > "$t/h"' if spec.headers else "exec 0</dev/null",
-        "i=0; code=000; state=fail",
+        # While nothing listens yet (curl exit 7: refused) poll every QUICK s, so a
+        # fresh process is seen as soon as it listens; N quick polls use up one
+        # interval, so the whole loop still lasts at most retries x interval.
+        f"i=0; q=0; n={quick_polls(spec.interval)}; code=000; state=fail",
         f"while [ $i -lt {int(retries)} ]; do",
-        "  i=$((i+1))",
-        "  code=$(" + " ".join(curl) + ' 2>"$t/e") || true',
-        f"  if {good}; then state=ok; break; fi",
+        "  code=$(" + " ".join(curl) + ' 2>"$t/e"); rc=$?',
+        f"  if {good}; then i=$((i+1)); state=ok; break; fi",
     ]
     if dead_if:
-        lines.append(f"  if {dead_if}; then state=dead; break; fi")
+        lines.append(f"  if {dead_if}; then i=$((i+1)); state=dead; break; fi")
     lines += [
-        f"  [ $i -lt {int(retries)} ] && sleep {_fmt(spec.interval)}",
+        f'  if [ "$rc" = 7 ] && [ $q -lt $((n-1)) ]; then q=$((q+1)); sleep {_fmt(QUICK)}; continue; fi',
+        "  q=0; i=$((i+1))",
+        f"  [ $i -lt {int(retries)} ] && [ \"$rc\" != 7 ] && sleep {_fmt(spec.interval)}",
+        f"  [ $i -lt {int(retries)} ] && [ \"$rc\" = 7 ] && sleep {_fmt(QUICK)}",
         "done",
         f'echo "{MARK} $state $i $code"',
         'printf "%s\\n" "$(head -n 1 "$t/e")"',

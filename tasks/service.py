@@ -104,13 +104,15 @@ def start_instance_cmd(lay: Layout, port: int, rid: str) -> Cmd:
 
 
 def stop_instance_cmd(lay: Layout, port: int) -> Cmd:
+    # --no-reload: (dis)enabling only changes what starts at boot; a daemon
+    # reload per deploy would cost ~0.2 s and nothing needs it
     unit = lay.instance(port)
-    return sh("systemctl stop {} && {{ systemctl disable --quiet {} 2>/dev/null || true; }}", unit, unit)
+    return sh("systemctl stop {} && {{ systemctl disable --no-reload --quiet {} 2>/dev/null || true; }}", unit, unit)
 
 
 def enable_instance_cmd(lay: Layout, port: int) -> Cmd:
     # enabled so a reboot starts the port that nginx points at
-    return sh("systemctl enable --quiet {} 2>/dev/null || true", lay.instance(port))
+    return sh("{{ systemctl enable --no-reload --quiet {} 2>/dev/null || true; }}", lay.instance(port))
 
 
 def restart_unit_cmd(lay: Layout, rid: str) -> Cmd:
@@ -311,7 +313,8 @@ def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
     cmds = [switch_current(lay, rid), enable_instance_cmd(lay, idle)]
     if live is not None and live != idle:
         cmds.append(stop_instance_cmd(lay, live))
-    ctx.change("stop old instance", f"{lay.instance(live)} stopped" if live else "current -> " + rid, *cmds)
+    ctx.change("stop old instance", f"{lay.instance(live)} stopped" if live else "current -> " + rid,
+               and_then(*cmds))  # one round trip
     st.upstream_port = idle
     st.slots[idle] = ("active", rid)
     if live is not None:

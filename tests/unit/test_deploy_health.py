@@ -124,3 +124,42 @@ def test_dry_run_checks_nothing(tmp_path):
     ctx = LocalCtx(load_inv(tmp_path), dry_run=True)
     assert check_health(ctx, 1, spec=spec()).ok
     assert ctx.commands == []
+
+
+def test_quick_polls_while_nothing_listens(tmp_path):
+    """A process that starts listening 0.3 s in is seen within ~0.1 s, not at
+    the next 1 s interval; refused polls still use up the retries on time."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    app_holder = {}
+    from http.server import HTTPServer, SimpleHTTPRequestHandler
+
+    class H(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *a):
+            pass
+
+    def serve():
+        time.sleep(0.3)
+        srv = HTTPServer(("127.0.0.1", port), H)
+        app_holder["srv"] = srv
+        srv.serve_forever()
+
+    threading.Thread(target=serve, daemon=True).start()
+    t0 = time.monotonic()
+    r = check_health(LocalCtx(load_inv(tmp_path)), port, spec=spec(interval=1, retries=5, path="/"))
+    took = time.monotonic() - t0
+    app_holder["srv"].shutdown()
+    assert r.ok and took < 0.9, took
+    t0 = time.monotonic()
+    r = check_health(LocalCtx(load_inv(tmp_path)), 1, spec=spec(interval=0.5, retries=3))
+    took = time.monotonic() - t0
+    assert not r.ok and r.attempts == 3 and 1.0 <= took < 2.5, took

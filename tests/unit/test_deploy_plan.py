@@ -41,7 +41,7 @@ def test_activation_commands_exact():
         "mv -T -- /opt/web/.fabship/slots/3002.fabship-tmp /opt/web/.fabship/slots/3002 && "
         "{ systemctl reset-failed web@3002.service 2>/dev/null || true; } && systemctl restart web@3002.service")
     assert stop_instance_cmd(LAY, 3001).render() == (
-        "systemctl stop web@3001.service && { systemctl disable --quiet web@3001.service 2>/dev/null || true; }")
+        "systemctl stop web@3001.service && { systemctl disable --no-reload --quiet web@3001.service 2>/dev/null || true; }")
     assert docker_run_cmd(LAY, "web-r", rid, "reg/web:v1", 3001, 8080, run_args=["--memory", "256m"]).render() == (
         "sh -c 'set --; if [ -f /etc/web/web.env ]; then set -- --env-file /etc/web/web.env; fi\n"
         "docker run -d --name web-r --label fabship.app=web --label fabship.release=" + rid +
