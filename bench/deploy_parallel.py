@@ -24,7 +24,7 @@ from pathlib import Path
 
 import os
 
-from deploy_common import fab, make_repo, prebuilt_artifact, sandbox_addresses, write_inventory
+from deploy_common import START, fab, make_repo, prebuilt_artifact, sandbox_addresses, write_inventory
 
 
 def main() -> None:
@@ -34,11 +34,12 @@ def main() -> None:
     ap.add_argument("--app", default="benchpar", help="app name used on the hosts")
     ap.add_argument("--port", type=int, default=3500)
     ap.add_argument("--source", choices=("git", "artifact"), default="git")
+    ap.add_argument("--start", default=START, help="the app's start command (app.start)")
     a = ap.parse_args()
     hosts = a.hosts.split(",")
     sandbox_addresses(hosts)
     base = Path(tempfile.mkdtemp(prefix="fabship-bench-"))
-    inv = str(write_inventory(base, make_repo(base), a.app, a.port, source=a.source))
+    inv = str(write_inventory(base, make_repo(base), a.app, a.port, source=a.source, start=a.start))
     print(f"bootstrap {a.app} on {', '.join(hosts)} ...", flush=True)
     fab("bootstrap", "-i", inv, "--limit", ",".join(hosts), "--no-gate")
     def what(ref):
@@ -58,7 +59,7 @@ def main() -> None:
         print(f"round {i + 1}: 1 host {dt:.2f}s, {len(hosts)} hosts {dt3:.2f}s", flush=True)
     m1, m3 = statistics.median(one), statistics.median(three)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\ndeploy_parallel [{a.source}]: 1 host median {m1:.2f}s, {len(hosts)} hosts median {m3:.2f}s, "
+    print(f"\ndeploy_parallel [{a.source}, start: {a.start}]: 1 host median {m1:.2f}s, {len(hosts)} hosts median {m3:.2f}s, "
           f"ratio {m3 / m1:.2f}x (target <= 1.5x) -> {'PASS' if m3 <= 1.5 * m1 else 'FAIL'}; "
           f"{os.cpu_count()} CPUs shared by all hosts, load average {load}")
 
