@@ -632,7 +632,8 @@ def print_outcome(run, lay: Layout, rid: str | None) -> None:
         outcome = c.data.get("outcome") or (UNREACHABLE if c.status == "unreachable" else
                                            NOT_STARTED if not c.data.get("state") or c.status == "skipped"
                                            else FAILED if c.error else UNCHANGED)
-        if run.dry_run:
+        if run.dry_run:  # in-memory state moved on; the host did not
+            cur = c.data.get("previous", cur)
             lines.append(f"  {h.name} -> {cur or '(none)'} (dry run: would deploy {rid})" if rid else
                          f"  {h.name} -> {cur or '(none)'} (dry run)")
             continue

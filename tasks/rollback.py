@@ -144,15 +144,19 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
 # -- fab releases ------------------------------------------------------------------------------
 
 def release_rows(st: HostState) -> list[list[str]]:
-    """One row per release dir on the host (newest first), plus failed attempts
-    whose dir is gone, from the release log."""
+    """One row per release dir on the host, newest first, with what the
+    release log says about it; plus the failed attempts since the current
+    release was deployed even when their dir is gone (what an operator
+    looks for after a failed deploy). Pruned good releases are not listed."""
     last: dict[str, Entry] = {}
     deployed: dict[str, Entry] = {}
     for e in st.log:
         last[e.id] = e
         if e.action == "deploy":
             deployed[e.id] = e
-    ids = sorted(set(st.releases) | {e.id for e in st.log if e.action == "deploy"}, reverse=True)
+    recent_failures = {e.id for e in st.log if e.action == "deploy" and e.result != "ok"
+                       and (not st.current or e.id > st.current)}
+    ids = sorted(set(st.releases) | recent_failures, reverse=True)
     rows = []
     for rid in ids:
         d = deployed.get(rid)
@@ -162,7 +166,7 @@ def release_rows(st: HostState) -> list[list[str]]:
         if e and e.action == "rollback":
             result += f", rollback {e.result}"
         if rid not in st.releases:
-            result += " (pruned)"
+            result += " (dir removed)"
         what = (d.commit[:12] if d and d.commit else d.image if d and d.image else "") if d else ""
         rows.append([mark, rid, d.version if d else "", what, (d.time if d else ""), (d.user if d else ""), result])
     return rows

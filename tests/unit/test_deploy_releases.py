@@ -196,3 +196,17 @@ def test_state_script_runs_locally_on_an_empty_root(tmp_path):
     r = sh(state_script(lay, git=True))
     st = parse_state(r.stdout.decode())
     assert not st.root_exists and st.current is None and st.releases == [] and st.now > 0
+
+
+def test_releases_table_rows():
+    from tasks.releases import HostState
+    from tasks.rollback import release_rows
+
+    st = HostState(current=R[2], releases=[R[1], R[2], R[3]],
+                   log=[ok(R[0], version="v0"), ok(R[1], version="v1"), ok(R[2], version="v2", commit="c" * 40),
+                        ok(R[3], result="failed"), ok(R[4], result="interrupted"), ok(R[1], action="rollback")])
+    rows = release_rows(st)
+    assert [r[1] for r in rows] == [R[4], R[3], R[2], R[1]]          # pruned R0 not listed
+    assert rows[0][6] == "interrupted (dir removed)" and rows[1][6] == "failed"
+    assert rows[2][0] == "*" and rows[2][3] == "c" * 12
+    assert rows[3][6] == "ok, rollback ok"
