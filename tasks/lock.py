@@ -72,8 +72,8 @@ def holder_text(holder: dict) -> str:
 # -- command builders ------------------------------------------------------------
 
 def acquire_cmd(lay: Layout, holder_json: str) -> Cmd:
-    """mkdir the lock; on success write holder.json (no secrets in it: it is an
-    argument, not stdin, which invoke feeds at ~100 bytes/s), else show the holder."""
+    """mkdir the lock; on success write holder.json (an argument: it holds no
+    secret, and the held branch then never leaves unread stdin), else show the holder."""
     return Cmd("sh", "-c", "\n".join([
         "set -eu", "umask 077",
         sh("install -d -m 0750 -- {}", lay.state).render(),

@@ -365,8 +365,8 @@ def release_meta_cmd(lay: Layout, rid: str, text: str) -> Cmd:
 
 
 def write_file_cmd(path: str, text: str, mode: str = "0644") -> Cmd:
-    """A small non-secret file whose bytes are an argument (not stdin: invoke
-    feeds stdin at ~100 bytes/s), written beside and renamed into place."""
+    """A small non-secret file whose bytes are an argument (visible with -v,
+    one round trip), written beside and renamed into place."""
     return Cmd("sh", "-c", 'set -eu; t="$1.fabship-tmp"; printf "%s" "$2" > "$t"; chmod "$3" "$t"; mv -f "$t" "$1"',
                "sh", path, text, mode)
 
@@ -381,9 +381,8 @@ def _q(s: str) -> str:
 
 def upload(ctx, data: bytes, what: str) -> str:
     """Put bytes into a fresh private temp file on the host; return its path.
-    SFTP into a mktemp'd file (0600 from the start, never readable by others);
-    invoke's stdin is text, not binary-safe, so tarballs and bundles never
-    travel that way."""
+    SFTP into a mktemp'd file (0600 from the start, never readable by others):
+    pipelined writes for bundles and tarballs of any size."""
     r = ctx.run(Cmd(Raw("mktemp /tmp/fabship-upload.XXXXXXXX")), what=f"upload {what}", root=False)
     path = r.stdout.strip().splitlines()[-1]
     sftp = ctx.connect().sftp()
