@@ -30,6 +30,7 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
     lay = Layout.from_inventory(ctx.inv)
     st: HostState = ctx.data.get("state") or gather_state(ctx, lay)
     cur = st.current
+    ctx.data.setdefault("previous", cur)
     since = st.now or int(time.time())
     e = st.entry(target)
     env_restored = False
