@@ -40,8 +40,8 @@ from .sources import Source, build_cmd, kill_build_cmd, plan_source, release_met
 from .templates import render
 
 # per-host outcomes, shown in the summary
-DEPLOYED, FAILED, ROLLED_BACK, NOT_STARTED, UNREACHABLE, UNCHANGED = (
-    "deployed", "failed", "rolled back", "not started", "unreachable", "unchanged")
+DEPLOYED, FAILED, ROLLED_BACK, NOT_STARTED, UNREACHABLE, UNCHANGED, INTERRUPTED = (
+    "deployed", "failed", "rolled back", "not started", "unreachable", "unchanged", "interrupted")
 
 
 # -- options ----------------------------------------------------------------------------
@@ -254,7 +254,7 @@ def deploy_host(ctx, plan: Plan) -> None:
             act = activate(ctx, lay, st, rid, since=since, image=image, previous=prev)
         ctx.data["outcome"] = DEPLOYED
     except BaseException as e:
-        ctx.data["outcome"] = FAILED
+        ctx.data["outcome"] = INTERRUPTED if _cancelled(ctx) else FAILED
         _after_failure(ctx, plan, st, prev, meta, e)
         if _cancelled(ctx) and not isinstance(e, Cancelled):
             # the cut connection is not the host's fault: say what happened
