@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from .schema_types import parse_size
+from .facts import OWN_SWAPS
 
 PASS, FAIL, SKIP = "passed", "failed", "skipped"
 STAGES = ("bootstrap", "deploy", "rotate-env", "rollback")
@@ -561,7 +562,7 @@ def facts_script(spec: Spec) -> str:
     probe("packages", "if command -v dpkg-query >/dev/null; then dpkg-query -W "
                       "-f='${Package}\\t${db:Status-Abbrev}\\n'; else rpm -qa --qf '%{NAME}\\tii\\n'; fi")
     if spec.swap_path:
-        probe("swaps", "cat /proc/swaps")
+        probe("swaps", OWN_SWAPS)  # this host's entries only (the kernel's list is shared)
         probe("fstab", "cat /etc/fstab")
         probe("swapfile", f"stat -L -c '%s|%U|%a' -- {q(spec.swap_path)}")
         # /proc/swaps names a linked swap path by its target; and whether swap can
@@ -597,8 +598,11 @@ def facts_script(spec: Spec) -> str:
     probe("port", "echo $port")
     if spec.systemd:
         unit = f"{spec.app}@$port.service" if spec.blue_green else f"{spec.app}.service"
+        # UnitFileState from `show` is systemd's cache, stale after `enable --no-reload`
+        # (which deploy uses); `is-enabled` reads the links on disk.
         probe("unit", f"systemctl show \"{unit}\" -p Id -p LoadState -p ActiveState -p SubState "
-                      "-p UnitFileState -p Result -p NRestarts")
+                      f"-p Result -p NRestarts; printf 'UnitFileState=%s\\n' \"$(systemctl is-enabled \"{unit}\" "
+                      "2>/dev/null)\"")
     if spec.docker and spec.app:
         # docker kind: fabship labels its containers; compose: the project's label
         label = (f"com.docker.compose.project={spec.compose_project}" if spec.kind == "compose"

@@ -40,6 +40,15 @@ class FactsRequest:
     contents: list[str] = field(default_factory=list)     # non-secret files to read (dry-run diffs)
 
 
+# /proc/swaps belongs to the kernel, not to a container: on a shared kernel it
+# lists other containers' swap files too (and ones whose host is gone). Keep the
+# header and the entries that are this host's: the path exists here and is
+# canonical (the kernel prints resolved paths, so a link's name is never ours).
+OWN_SWAPS = ("{ IFS= read -r h; printf '%s\\n' \"$h\"; while read -r n rest; do "
+             "[ -e \"$n\" ] && [ \"$(readlink -f -- \"$n\")\" = \"$n\" ] && printf '%s %s\\n' \"$n\" \"$rest\" || :; "
+             "done; } < /proc/swaps")
+
+
 def _uniq(xs):
     seen, out = set(), []
     for x in xs:
@@ -95,7 +104,7 @@ def facts_cmd(req: FactsRequest) -> Cmd:
         L.append(Cmd("grep", "-H", "-E", "--", pattern, "/etc/passwd", "/etc/group", Raw("2>/dev/null")).render())
     if req.swap_path:
         section("swaps")
-        L.append("catf /proc/swaps")
+        L.append(OWN_SWAPS)
         section("meminfo")
         L.append("while read -r k v _; do case $k in MemTotal:|SwapTotal:) echo \"$k $v kB\";; esac; done "
                  "< /proc/meminfo")

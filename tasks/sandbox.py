@@ -621,15 +621,8 @@ def swap_dir(host: str) -> str:
     return f"/var/lib/fabship-sandbox-swap-{host}"
 
 
-def _active_swaps_under(path: Path) -> List[str]:
-    """Swap files of our hosts still active on this kernel (the kernel's swap is
-    shared: a host's swapon outlives the host until someone swaps it off)."""
-    prefix = str(path.resolve()) + "/"
-    try:
-        lines = Path("/proc/swaps").read_text().splitlines()[1:]
-    except OSError:
-        return []
-    return [ln.split()[0] for ln in lines if ln.split() and ln.split()[0].startswith(prefix)]
+def _host_swapfiles() -> List[Path]:
+    return sorted(HOSTS_DIR.glob("*/swap/*")) if HOSTS_DIR.exists() else []
 
 
 def _host_dir(name: str) -> Path:
@@ -1048,7 +1041,7 @@ def leftovers(plan: Optional[FleetPlan] = None, cgroups: Sequence[str] = ()) -> 
     left += [f"process {p.pid} ({' '.join(svc.proc_cmdline(p.pid))[:60]})"
              for p in _stray_services(plan.bridge_ip)]
     left += [f"mount {m}" for m in _mounts_under(HOSTS_DIR)]
-    left += [f"swap {sw}" for sw in _active_swaps_under(HOSTS_DIR)]
+
     left += [f"cgroup {c}" for c in _leftover_cgroups(cgroups)]
     netns = _run(["ip", "netns", "list"], check=False).stdout.split()
     left += [f"netns {n}" for n in netns if n.startswith(NETNS_PREFIX + "h")]
@@ -1105,8 +1098,10 @@ def _down(state: dict, out: Out) -> Dict[str, object]:
         clock(f"stopped {', '.join(stopped)}")
     recorded_cgroups = [c for h in state.get("hosts", []) for c in h.get("cgroups", [])]
     _remove_cgroups(recorded_cgroups)
-    for sw in _active_swaps_under(HOSTS_DIR):
-        _run(["swapoff", sw], check=False)
+    # Swap files outlive their host on the shared kernel, and /proc/swaps names
+    # them by their in-host path: swap each off by its path here (same inode).
+    for sw in _host_swapfiles():
+        _run(["swapoff", str(sw)], check=False)
     # 3. mounts (deepest first), 4. namespaces + links
     for mp in sorted(_mounts_under(HOSTS_DIR), key=len, reverse=True):
         if _run(["umount", mp], check=False).returncode != 0:

@@ -148,10 +148,10 @@ def tail(text: str, n: int = 40) -> str:
     return "\n".join((text or "").strip().splitlines()[-n:])
 
 
-def reset_host(fleet) -> None:
-    """Remove every trace of the systems' apps from h8 (not the packages)."""
+def reset_host(fleet, host: str = HOST, apps=None) -> None:
+    """Remove every trace of the systems' apps from a host (h8 by default; not the packages)."""
     script = ["set +e"]
-    for app in APPS:
+    for app in (apps or APPS):
         q = shlex.quote(app)
         script += [
             f"systemctl stop {q}.service '{app}@*.service' 2>/dev/null",
@@ -173,8 +173,8 @@ def reset_host(fleet) -> None:
         "if systemctl is-active -q nginx; then nginx -t >/dev/null 2>&1 && systemctl reload nginx; fi",
         "true",
     ]
-    code, out, err = fleet.run(HOST, "\n".join(script), timeout=300)
-    assert code == 0, f"cleaning {HOST} failed: {err or out}"
+    code, out, err = fleet.run(host, "\n".join(script), timeout=300)
+    assert code == 0, f"cleaning {host} failed: {err or out}"
 
 
 @pytest.fixture

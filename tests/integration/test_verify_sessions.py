@@ -107,6 +107,10 @@ def ota(sandbox_fleet, tmp_path_factory):
     """h7 with the OTA sample bootstrapped (env file = the sample's) and deployed."""
     if HOST not in [h.name for h in sandbox_fleet.hosts]:
         pytest.skip(f"the sandbox fleet has no {HOST} (FABSHIP_SANDBOX_COUNT=8)")
+    from test_e2e_support import APPS, reset_host
+
+    # other tests leave their apps on h7 (same server_name): start from a clean host
+    reset_host(sandbox_fleet, HOST, list(APPS) + ["node-app"])
     o = Ota(sandbox_fleet, tmp_path_factory.mktemp("verify-sessions"))
     o.restore_env()
     o.fab("bootstrap", timeout=1500)
