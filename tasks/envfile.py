@@ -216,6 +216,20 @@ def parse_key_hashes(text: str) -> dict[str, str]:
     return out
 
 
+def keep_previous_lines(condition: str) -> list[str]:
+    """Shell lines that keep the previous version of "$f" beside it ($f.prev,
+    $f.prev.1 ... up to "$keep" versions, 0600) when `condition` holds. One
+    copy for every writer of versioned secret files (bootstrap, rotate-env)."""
+    return [
+        f'if {condition} && [ "$keep" -gt 0 ]; then',
+        '  i=$((keep - 1)); while [ "$i" -gt 1 ]; do',
+        '    [ -f "$f.prev.$((i - 1))" ] && mv -f -- "$f.prev.$((i - 1))" "$f.prev.$i"; i=$((i - 1)); done',
+        '  if [ "$keep" -gt 1 ] && [ -f "$f.prev" ]; then mv -f -- "$f.prev" "$f.prev.1"; fi',
+        '  ln -f -- "$f" "$f.prev"; chmod 0600 -- "$f.prev"',
+        "fi",
+    ]
+
+
 def install_cmd(path: str, owner: str, group: str, mode: str, sha: str | None, keep_previous: int | bool = True,
                 size: int | None = None) -> Cmd:
     """One remote script that installs stdin as `path`:
@@ -259,12 +273,7 @@ def install_cmd(path: str, owner: str, group: str, mode: str, sha: str | None, k
         'sync -- "$tmp" 2>/dev/null || sync',
         'chown -- "$owner:$group" "$tmp"',
         'chmod -- "$mode" "$tmp"',
-        'if [ "$old" != - ] && [ "$keep" -gt 0 ]; then',
-        '  i=$((keep - 1)); while [ "$i" -gt 1 ]; do',
-        '    [ -f "$f.prev.$((i - 1))" ] && mv -f -- "$f.prev.$((i - 1))" "$f.prev.$i"; i=$((i - 1)); done',
-        '  if [ "$keep" -gt 1 ] && [ -f "$f.prev" ]; then mv -f -- "$f.prev" "$f.prev.1"; fi',
-        '  ln -f -- "$f" "$f.prev"; chmod 0600 -- "$f.prev"',
-        "fi",
+        *keep_previous_lines('[ "$old" != - ]'),
         'mv -f -- "$tmp" "$f"',
         "trap - EXIT",
         'sync -- "$dir" 2>/dev/null || true',

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 
 from .commands import Cmd, Secret, script, sh
 from .envfile import (
-    describe_diff, install_env_file, key_diff, key_hashes_cmd, parse_key_hashes, render_dotenv, sha256_hex,
-    value_hashes,
+    describe_diff, install_env_file, keep_previous_lines, key_diff, key_hashes_cmd, parse_key_hashes,
+    render_dotenv, sha256_hex, value_hashes,
 )
 from .errors import ConfigError, StepFailed
 
@@ -139,12 +139,7 @@ def _put_in_place(t: EnvTarget, src: str, keep: int) -> list[str]:
         'sync -- "$tmp" 2>/dev/null || sync',
         'chown -- "$owner:$group" "$tmp"',
         'chmod -- "$mode" "$tmp"',
-        'if [ -f "$f" ] && [ "$keep" -gt 0 ]; then',
-        '  i=$((keep - 1)); while [ "$i" -gt 1 ]; do',
-        '    [ -f "$f.prev.$((i - 1))" ] && mv -f -- "$f.prev.$((i - 1))" "$f.prev.$i"; i=$((i - 1)); done',
-        '  if [ "$keep" -gt 1 ] && [ -f "$f.prev" ]; then mv -f -- "$f.prev" "$f.prev.1"; fi',
-        '  ln -f -- "$f" "$f.prev"; chmod 0600 -- "$f.prev"',
-        "fi",
+        *keep_previous_lines('[ -f "$f" ]'),
         'mv -f -- "$tmp" "$f"',
         "trap - EXIT",
         'sync -- "$dir" 2>/dev/null || true',
