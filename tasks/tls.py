@@ -121,6 +121,34 @@ def timer_name(platform) -> str:
     return RENEW_UNITS[1] if platform.certbot_via_pip else "certbot.timer"
 
 
+# ACME errors worth another try: a rejected anti-replay nonce (certbot retries
+# once; a second one in a row ends in an unhelpful crash on Debian's certbot) and
+# a CA-side hiccup. Never a failed validation: that would burn the CA's
+# failed-validation rate limit for nothing.
+TRANSIENT_ACME = "urn:ietf:params:acme:error:(badNonce|serverInternal)"
+CERTBOT_LOG = "/var/log/letsencrypt/letsencrypt.log"
+RETRY_PAUSE = 2  # seconds times the attempt number
+
+
+def with_acme_retries(cmd: Cmd, attempts: int = 3) -> Cmd:
+    """Run a certbot command, again (up to `attempts`) while its log shows a
+    transient ACME error; print the last attempt's output, keep its status."""
+    body = "\n".join([
+        "n=1",
+        "while :; do",
+        f"  out=$({cmd.render()} 2>&1); rc=$?",
+        '  if [ "$rc" -eq 0 ]; then printf \'%s\\n\' "$out"; exit 0; fi',
+        sh('  if [ "$n" -lt {} ] && grep -qE {} {} 2>/dev/null; then', str(attempts), TRANSIENT_ACME,
+           CERTBOT_LOG).render(),
+        '    echo "transient ACME error (attempt $n): retrying" >&2; '
+        f'sleep $((n * {int(RETRY_PAUSE)})); n=$((n + 1)); continue',
+        "  fi",
+        '  printf \'%s\\n\' "$out" >&2; exit "$rc"',
+        "done",
+    ])
+    return Cmd("sh", "-c", body)
+
+
 def certbot_cmd(spec: TlsSpec, acme_root: str, force: bool = False) -> Cmd:
     """certbot certonly for all domains (cert name = first domain)."""
     parts: list = []
@@ -184,7 +212,7 @@ def obtain(ctx, facts, spec: TlsSpec, acme_root: str) -> bool:
         ctx.change(STEP, f"{why}: request one from {spec.server or LE_SERVER}", cmd)
         return True
     t0 = time.monotonic()
-    res = ctx.run(cmd, check=False, what=STEP, timeout=300)
+    res = ctx.run(with_acme_retries(cmd), check=False, what=STEP, timeout=600)
     if not res.ok:
         text = (res.stderr + "\n" + res.stdout).strip()
         reason = _certbot_reason(text)

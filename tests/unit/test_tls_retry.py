@@ -1,0 +1,44 @@
+"""certbot is run again only for transient ACME errors (Pebble rejects 5% of
+nonces by default; Let's Encrypt has hiccups), never for a failed validation."""
+import subprocess
+
+from tasks import tls
+from tasks.commands import Cmd
+
+
+def fake_certbot(tmp_path, outcomes):
+    """A stand-in that plays `outcomes` in turn: (exit code, log line)."""
+    counter, log = tmp_path / "n", tmp_path / "letsencrypt.log"
+    cases = "\n".join(f"  {i}) echo {line!r} > {log}; echo attempt{i}; exit {code};;"
+                      for i, (code, line) in enumerate(outcomes, 1))
+    script = (f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}\n"
+              f"case $n in\n{cases}\nesac")
+    return Cmd("sh", "-c", script), counter, log
+
+
+def run(cmd, log, monkeypatch):
+    monkeypatch.setattr(tls, "CERTBOT_LOG", str(log))
+    monkeypatch.setattr(tls, "RETRY_PAUSE", 0)
+    return subprocess.run(tls.with_acme_retries(cmd).parts, capture_output=True, text=True)
+
+
+def test_bad_nonce_is_retried(tmp_path, monkeypatch):
+    cmd, counter, log = fake_certbot(tmp_path, [(1, "urn:ietf:params:acme:error:badNonce"),
+                                                (1, "urn:ietf:params:acme:error:badNonce"), (0, "ok")])
+    r = run(cmd, log, monkeypatch)
+    assert r.returncode == 0 and r.stdout == "attempt3\n"
+    assert counter.read_text().strip() == "3"
+
+
+def test_failed_validation_is_not_retried(tmp_path, monkeypatch):
+    cmd, counter, log = fake_certbot(tmp_path, [(1, "urn:ietf:params:acme:error:unauthorized"), (0, "ok")])
+    r = run(cmd, log, monkeypatch)
+    assert r.returncode == 1 and "attempt1" in r.stderr
+    assert counter.read_text().strip() == "1"
+
+
+def test_gives_up_after_three_attempts(tmp_path, monkeypatch):
+    cmd, counter, log = fake_certbot(tmp_path, [(1, "urn:ietf:params:acme:error:badNonce")] * 4)
+    r = run(cmd, log, monkeypatch)
+    assert r.returncode == 1
+    assert counter.read_text().strip() == "3"
