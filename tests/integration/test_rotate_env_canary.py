@@ -8,67 +8,15 @@ audit log, the captured ps output, the journal, or any file a non-root user
 can read on the host. Positive controls prove each search can find a marker.
 """
 import base64
-import binascii
 import os
-import re
-import threading
-import time
 import uuid
 
+from canary_support import PsPoller, with_decoded
 from test_rotate_env_support import (  # noqa: F401  (rot_app is a fixture)
     APP, ENV_PATH, HOST, env_file, health_status, host_run, must, rot_app, rotate, write_inventory,
 )
 
 READABLE_DIRS = "/etc /opt /tmp /var/tmp /var/log /var/lib /home /root /run /srv"
-
-
-class PsPoller:
-    """`ps -eo args` in a loop on the host, over its own SSH connection."""
-
-    def __init__(self, fleet):
-        self.client = fleet.connect(HOST)
-        self.chunks: list[bytes] = []
-        self.stop_ev = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self):
-        self.chan = self.client.get_transport().open_session()
-        self.chan.exec_command("while :; do ps -eo args; echo @@snap; sleep 0.02; done")
-        self.thread.start()
-        return self
-
-    def _loop(self):
-        while not self.stop_ev.is_set():
-            if self.chan.recv_ready():
-                self.chunks.append(self.chan.recv(1 << 16))
-            else:
-                time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        time.sleep(0.2)
-        self.stop_ev.set()
-        self.thread.join(5)
-        self.chan.close()
-        self.client.close()
-
-    @property
-    def text(self) -> str:
-        return b"".join(self.chunks).decode(errors="replace")
-
-
-B64 = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
-
-
-def with_decoded(text: str) -> str:
-    """The text plus every base64-looking token decoded: -vv streams probe
-    output base64-framed (tasks/checks.py), which a plain grep would miss."""
-    extra = []
-    for tok in B64.findall(text):
-        try:
-            extra.append(base64.b64decode(tok + "=" * (-len(tok) % 4)).decode("utf-8", "replace"))
-        except (ValueError, binascii.Error):
-            continue
-    return text + "\n" + "\n".join(extra)
 
 
 def markers(n=4):
@@ -91,7 +39,7 @@ def test_secret_canary(rot_app, tmp_path):
     since = must(rot_app, "date '+%Y-%m-%d %H:%M:%S'").strip()
 
     results = []
-    with PsPoller(rot_app) as ps:
+    with PsPoller(rot_app, HOST, 0.02) as ps:
         results.append(rotate(tmp_path, inv, "-vv", "--show-hashes", "--env-file", str(good)))
         assert results[-1].returncode == 0, results[-1].stdout + results[-1].stderr
         results.append(rotate(tmp_path, inv, "-vv", "--show-hashes", "--env-file", str(failing)))

@@ -12,21 +12,17 @@ Only h7 is touched (FABSHIP_SANDBOX_COUNT=8 reuses the shared fleet).
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from canary_support import PsPoller, with_decoded
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "h7"
@@ -176,55 +172,6 @@ def test_the_deploy_gate_runs_the_session_and_switches_back(ota):
 
 # -- canary -------------------------------------------------------------------------------
 
-class PsPoller:
-    """`ps -eo args` in a loop on the host, over its own SSH connection."""
-
-    def __init__(self, fleet):
-        self.client = fleet.connect(HOST)
-        self.chunks: list[bytes] = []
-        self.stop_ev = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self):
-        self.chan = self.client.get_transport().open_session()
-        self.chan.exec_command("while :; do ps -eo args; echo @@snap; sleep 0.01; done")
-        self.thread.start()
-        return self
-
-    def _loop(self):
-        while not self.stop_ev.is_set():
-            if self.chan.recv_ready():
-                self.chunks.append(self.chan.recv(1 << 16))
-            else:
-                time.sleep(0.005)
-
-    def __exit__(self, *exc):
-        time.sleep(0.2)
-        self.stop_ev.set()
-        self.thread.join(5)
-        self.chan.close()
-        self.client.close()
-
-    @property
-    def text(self) -> str:
-        return b"".join(self.chunks).decode(errors="replace")
-
-
-B64 = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
-
-
-def with_decoded(text: str) -> str:
-    """The text plus every base64-looking token decoded (-vv streams the facts
-    script's output base64-framed, which a plain search would miss)."""
-    extra = []
-    for tok in B64.findall(text):
-        try:
-            extra.append(base64.b64decode(tok + "=" * (-len(tok) % 4)).decode("utf-8", "replace"))
-        except (ValueError, binascii.Error):
-            continue
-    return text + "\n" + "\n".join(extra)
-
-
 # Every exec of these on the host is logged (argv) while the canary runs: a deterministic
 # record of the command lines a short-lived curl or awk had, which ps sampling can miss.
 SHIMMED = ("sh", "curl", "awk", "grep", "head", "tr", "cat", "base64", "mktemp", "rm")
@@ -268,7 +215,7 @@ def test_canary_password_never_leaks(ota):
     install_argv_log(ota)
     try:
         control = f"CTRL{uuid.uuid4().hex[:12]}"
-        with PsPoller(ota.fleet) as ps:
+        with PsPoller(ota.fleet, HOST, 0.01) as ps:
             # rotate-env's gate logs in with the new password (read on the host)...
             results.append(ota.fab("rotate-env", "-vv", "--env-file", str(canary_env)))
             results.append(ota.fab("verify", "-vv", "--only", "http:*"))
@@ -279,7 +226,7 @@ def test_canary_password_never_leaks(ota):
         # with (edited outside the poller: the test's own sed names the value)
         ota.edit_env(f"s/^ADMIN_PASSWORD=.*/ADMIN_PASSWORD={wrong}/")
         try:
-            with PsPoller(ota.fleet) as ps:
+            with PsPoller(ota.fleet, HOST, 0.01) as ps:
                 results.append(ota.fab("verify", "-vv", expect=1))
             polls.append(ps.text)
         finally:
