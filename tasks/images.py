@@ -166,23 +166,9 @@ class Image:
 
 def _tar_dir(root: Path) -> bytes:
     """Deterministic tar of a directory (sorted, root-owned, mtime 0)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel_dir = Path(dirpath).relative_to(root)
-            for name in sorted(dirnames) + sorted(filenames):
-                full = Path(dirpath) / name
-                info = tar.gettarinfo(str(full), arcname=str(rel_dir / name))
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                info.mtime = 0
-                if info.isreg():
-                    with open(full, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
-    return buf.getvalue()
+    from .sources import reproducible_tar
+
+    return reproducible_tar(root, uname="root")
 
 
 def _layer_from(rootfs: Path) -> tuple[bytes, bytes]:

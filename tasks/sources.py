@@ -213,27 +213,36 @@ def plan_artifact(inv, artifact: str | None) -> Source:
     return Source("artifact", version=safe_part(stem, 40), artifact=data, artifact_name=str(p), strip=strip)
 
 
+def reproducible_tar(root: Path, *, skip: tuple = (), uname: str = "") -> bytes:
+    """An uncompressed tar of a directory that is the same bytes for the same
+    tree: sorted entries, owner 0 (`uname`), mtime 0, directories named in
+    `skip` left out at any depth. Artifacts and the sample images use it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for dirpath, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if d not in skip)
+            for name in sorted(dirs) + sorted(files):
+                full = Path(dirpath) / name
+                info = tf.gettarinfo(str(full), arcname=str(full.relative_to(root)))
+                info.uid = info.gid = 0
+                info.uname = info.gname = uname
+                info.mtime = 0
+                if info.isfile():
+                    with open(full, "rb") as f:
+                        tf.addfile(info, f)
+                else:
+                    tf.addfile(info)
+    return buf.getvalue()
+
+
 def tar_directory(path: Path) -> bytes:
     """A reproducible .tar.gz of a directory (no .git, sorted, fixed mtimes
     and owners): the same tree gives the same bytes and the same version."""
-    buf = io.BytesIO()
     import gzip
 
+    buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tf:
-            for root, dirs, files in os.walk(path):
-                dirs[:] = sorted(d for d in dirs if d != ".git")
-                for name in sorted(dirs) + sorted(files):
-                    full = Path(root) / name
-                    info = tf.gettarinfo(str(full), arcname=str(full.relative_to(path)))
-                    info.uid = info.gid = 0
-                    info.uname = info.gname = ""
-                    info.mtime = 0
-                    if info.isfile():
-                        with open(full, "rb") as f:
-                            tf.addfile(info, f)
-                    else:
-                        tf.addfile(info)
+        gz.write(reproducible_tar(path, skip=(".git",)))
     return buf.getvalue()
 
 
