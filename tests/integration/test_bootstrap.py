@@ -21,10 +21,10 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from fab_cli import run_fab
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ("h1", "h2")
@@ -102,11 +102,7 @@ env: {{source: {{type: file, file: {d / 'app.env'}}}}}
 
 
 def fab(work: Path, *args: str, expect: int = 0, timeout: float = 1800) -> subprocess.CompletedProcess:
-    env = dict(os.environ, FABSHIP_RUNS_DIR=str(work / "runs"))
-    env.pop("FABSHIP_INVENTORY", None)
-    r = subprocess.run([sys.executable, "-m", "fabric", *args, "-i", str(work / "inv.yaml"),
-                        "--limit", ",".join(HOSTS)],
-                       cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    r = run_fab(*args, "-i", work / "inv.yaml", "--limit", ",".join(HOSTS), runs_dir=work / "runs", timeout=timeout)
     out = r.stdout + r.stderr
     assert r.returncode == expect, f"fab {' '.join(args)} exited {r.returncode}, expected {expect}:\n{out[-6000:]}"
     assert SECRET not in out, "an env value leaked into fab's output"
@@ -276,10 +272,8 @@ app: {{name: tlsfail, kind: node, port: 3100}}
 nginx: {{server_name: "nope.{{host}}.sandbox.test"}}
 tls: {{enabled: true, email: ops@sandbox.test}}
 """)
-    env = dict(os.environ, FABSHIP_RUNS_DIR=str(work / "runs"))
     try:
-        r = subprocess.run([sys.executable, "-m", "fabric", "bootstrap", "-i", str(inv), "--limit", "h2"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        r = run_fab("bootstrap", "-i", inv, "--limit", "h2", runs_dir=work / "runs")
         assert r.returncode == 1, r.stdout + r.stderr
         assert re.search(r"FAILED +tls: certbot failed for nope\.h2\.sandbox\.test: .*nope\.h2\.sandbox\.test.*; "
                          r"the site keeps serving plain HTTP", r.stdout), r.stdout

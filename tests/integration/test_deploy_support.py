@@ -16,13 +16,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
+from fab_cli import run_fab, start_fab
 
 REPO = Path(__file__).resolve().parents[2]
 HOSTS = ["h3", "h4", "h5"]
@@ -86,19 +86,11 @@ def write_inventory(base: Path, repo: Path, *, name="inv.yaml", app=APP, port=32
 
 
 def fab(*args, timeout=600, env=None) -> subprocess.CompletedProcess:
-    e = dict(os.environ)
-    e.pop("FABSHIP_INVENTORY", None)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "fabric", *args], cwd=REPO, env=e, capture_output=True, text=True,
-                          timeout=timeout)
+    return run_fab(*args, env=env, timeout=timeout)
 
 
 def fab_popen(*args, env=None) -> subprocess.Popen:
-    e = dict(os.environ)
-    e.pop("FABSHIP_INVENTORY", None)
-    e.update(env or {})
-    return subprocess.Popen([sys.executable, "-m", "fabric", *args], cwd=REPO, env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return start_fab(*args, env=env, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def out(r) -> str:

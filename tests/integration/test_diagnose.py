@@ -4,9 +4,6 @@ secret value in the output, the report file or the run record even when the
 host's logs contain them."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 
 import pytest
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fab_cli import run_fab
 
 REPO = Path(__file__).resolve().parents[2]
 INV = REPO / "inventories"
@@ -44,15 +45,10 @@ class Flow:
     # -- fab ------------------------------------------------------------------------------
     def fab(self, task: str, *args: str, expect: int | None = 0, timeout: float = 1200,
             env: dict | None = None) -> subprocess.CompletedProcess:
-        e = dict(os.environ)
-        e["FABSHIP_RUNS_DIR"] = str(self.runs)
-        e.pop("FABSHIP_INVENTORY", None)
-        e.update(env or {})
-        argv = [sys.executable, "-m", "fabric", task, "-i", self.inventory, "--limit", HOST, *args]
         t0 = time.monotonic()
-        r = subprocess.run(argv, cwd=REPO, env=e, capture_output=True, text=True, timeout=timeout)
+        r = run_fab(task, "-i", self.inventory, "--limit", HOST, *args, runs_dir=self.runs, env=env, timeout=timeout)
         took = time.monotonic() - t0
-        shown = " ".join(shlex.quote(a) for a in ["fab", *argv[3:]])
+        shown = " ".join(shlex.quote(a) for a in ["fab", *r.args[3:]])
         self.outputs.append(f"$ {shown}  (exit {r.returncode}, {took:.1f}s)\n{r.stdout}{r.stderr}")
         print(f"[{took:6.1f}s] {shown} -> exit {r.returncode}")  # shown with -s, or on failure
         if expect is not None:

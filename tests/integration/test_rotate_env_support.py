@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import subprocess
-import sys
 import tarfile
 import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
+from fab_cli import run_fab
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "h6"
@@ -156,12 +155,7 @@ def write_inventory(tmp_path: Path, env_extra: dict | None = None, name: str = "
 
 
 def fab(tmp_path: Path, *args, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    e = dict(os.environ)
-    e["FABSHIP_RUNS_DIR"] = str(tmp_path / "runs")
-    e.pop("FABSHIP_INVENTORY", None)
-    e.update(env or {})
-    return subprocess.run([sys.executable, "-m", "fabric", *args], cwd=REPO, env=e, capture_output=True,
-                          text=True, timeout=timeout)
+    return run_fab(*args, runs_dir=tmp_path / "runs", env=env, timeout=timeout)
 
 
 def rotate(tmp_path, inv: Path, *args, env: dict | None = None) -> subprocess.CompletedProcess:

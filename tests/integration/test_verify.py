@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fab_cli import run_fab
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "h7"
@@ -48,10 +47,7 @@ class H7:
         }))
 
     def fab(self, task, *args, expect=0, timeout=900):
-        env = {**os.environ, "FABSHIP_RUNS_DIR": str(self.runs)}
-        env.pop("FABSHIP_INVENTORY", None)
-        argv = [sys.executable, "-m", "fabric", task, "-i", str(self.inv), "--limit", HOST, *args]
-        r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        r = run_fab(task, "-i", self.inv, "--limit", HOST, *args, runs_dir=self.runs, timeout=timeout)
         out = r.stdout + r.stderr
         assert "Traceback" not in out, out[-3000:]
         if expect is not None:

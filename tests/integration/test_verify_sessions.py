@@ -13,15 +13,13 @@ Only h7 is touched (FABSHIP_SANDBOX_COUNT=8 reuses the shared fleet).
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from fab_cli import run_fab
 from canary_support import PsPoller, with_decoded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,10 +56,7 @@ class Ota:
         return p
 
     def fab(self, task, *args, expect=0, inv=None, timeout=900):
-        env = {**os.environ, "FABSHIP_RUNS_DIR": str(self.runs)}
-        env.pop("FABSHIP_INVENTORY", None)
-        argv = [sys.executable, "-m", "fabric", task, "-i", str(inv or self.inv), "--limit", HOST, *args]
-        r = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        r = run_fab(task, "-i", inv or self.inv, "--limit", HOST, *args, runs_dir=self.runs, timeout=timeout)
         out = r.stdout + r.stderr
         assert "Traceback" not in out, out[-3000:]
         if expect is not None:

@@ -1,0 +1,62 @@
+"""Run `fab` the way an operator does (a subprocess in the repo root), for every
+integration test. One place decides the environment and what a hang looks like.
+
+A `fab` that outlives its timeout is stopped with SIGTERM first (fab turns it
+into a clean stop that says which step it was in), and the test fails with the
+tails of both streams -- never a bare pytest-timeout with the output lost. The
+timeout is kept under pytest-timeout's per-test budget for that reason.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# pyproject.toml's pytest-timeout (seconds per test, fixtures included), less a
+# margin for the SIGTERM grace period and the rest of the test.
+PYTEST_TIMEOUT = 900
+LONGEST = PYTEST_TIMEOUT - 90
+TERM_GRACE = 30
+
+
+def tail(text: str, lines: int = 40) -> str:
+    return "\n".join((text or "").splitlines()[-lines:])
+
+
+def start_fab(*args: str, runs_dir: Path | str | None = None, env: dict | None = None,
+              **popen) -> subprocess.Popen:
+    """`fab ARGS` started in the repo root (text pipes unless `popen` says otherwise);
+    FABSHIP_INVENTORY from the caller's shell never leaks in."""
+    e = dict(os.environ)
+    e.pop("FABSHIP_INVENTORY", None)
+    if runs_dir is not None:
+        e["FABSHIP_RUNS_DIR"] = str(runs_dir)
+    e.update(env or {})
+    argv = [sys.executable, "-m", "fabric", *map(str, args)]
+    return subprocess.Popen(argv, cwd=REPO, env=e, **{"stdout": subprocess.PIPE, "stderr": subprocess.PIPE,
+                                                      "text": True, **popen})
+
+
+def run_fab(*args: str, runs_dir: Path | str | None = None, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+    """`fab ARGS` to the end, or stopped (and the test failed with its output) after `timeout`."""
+    limit = min(timeout, LONGEST)
+    proc = start_fab(*args, runs_dir=runs_dir, env=env)
+    argv = proc.args
+    try:
+        out, err = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            out, err = proc.communicate(timeout=TERM_GRACE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        shown = " ".join(shlex.quote(a) for a in ["fab", *argv[3:]])
+        raise AssertionError(f"`{shown}` was still running after {limit:.0f}s and was stopped\n"
+                             f"--- stdout (tail)\n{tail(out, 60)}\n--- stderr (tail)\n{tail(err, 60)}") from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
