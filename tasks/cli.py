@@ -2,6 +2,7 @@
 user errors into one clear line (no traceback), and opening a Run."""
 from __future__ import annotations
 
+import faulthandler
 import functools
 import signal
 import sys
@@ -27,6 +28,10 @@ HELP = {
     "gate": "run the verification checks at the end as a gate, where the inventory's verify.gate "
             "enables them (default); --no-gate skips them for this run",
 }
+
+# A run that seems stuck: `kill -USR1 PID` prints every thread's stack to stderr
+# (which step, which remote command is being waited on) and the run goes on.
+faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 COMMON = ("inventory", "set", "limit", "parallel", "accept_new_host_keys", "verbose")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -22,6 +23,11 @@ from fabric import Connection
 from .errors import ConfigError, ConnectError, HostKeyError
 
 _known_hosts_lock = threading.Lock()
+
+# paramiko's transport thread logs a failed handshake (say, a port that closes
+# before the banner) with a full traceback; with no handler configured Python
+# prints it to stderr. fabship reports the host as unreachable in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def fingerprint(key: paramiko.PKey) -> str:

@@ -1,10 +1,10 @@
 """Run `fab` the way an operator does (a subprocess in the repo root), for every
 integration test. One place decides the environment and what a hang looks like.
 
-A `fab` that outlives its timeout is stopped with SIGTERM first (fab turns it
-into a clean stop that says which step it was in), and the test fails with the
-tails of both streams -- never a bare pytest-timeout with the output lost. The
-timeout is kept under pytest-timeout's per-test budget for that reason.
+A `fab` that outlives its timeout is asked for its thread stacks (SIGUSR1), then
+stopped with SIGTERM (fab's clean stop), and the test fails with the tails of
+both streams -- never a bare pytest-timeout with the output lost. The timeout
+is kept under pytest-timeout's per-test budget for that reason.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +51,8 @@ def run_fab(*args: str, runs_dir: Path | str | None = None, env: dict | None = N
     try:
         out, err = proc.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # fab prints every thread's stack: where it hangs
+        time.sleep(1)
         proc.send_signal(signal.SIGTERM)
         try:
             out, err = proc.communicate(timeout=TERM_GRACE)
@@ -58,5 +61,5 @@ def run_fab(*args: str, runs_dir: Path | str | None = None, env: dict | None = N
             out, err = proc.communicate()
         shown = " ".join(shlex.quote(a) for a in ["fab", *argv[3:]])
         raise AssertionError(f"`{shown}` was still running after {limit:.0f}s and was stopped\n"
-                             f"--- stdout (tail)\n{tail(out, 60)}\n--- stderr (tail)\n{tail(err, 60)}") from None
+                             f"--- stdout (tail)\n{tail(out, 60)}\n--- stderr (tail, thread stacks)\n{tail(err, 250)}") from None
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)

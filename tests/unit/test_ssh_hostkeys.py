@@ -112,3 +112,35 @@ def test_stdin_is_binary_safe_and_utf8(tmp_path, server, client_key):
 
     assert r.stdout.split()[0] == hashlib.sha256(payload.encode()).hexdigest()
     run.close()
+
+
+def test_port_closing_before_the_banner_is_one_line_no_traceback(tmp_path, fab):
+    """A port that accepts and hangs up at once (a proxy, a dying sshd) makes
+    paramiko's transport thread log a traceback; fab must show one line."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def hang_up():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(f"hosts: {{static: {{x: {{address: 127.0.0.1, port: {srv.getsockname()[1]}}}}}}}\n"
+                   f"ssh: {{known_hosts: {tmp_path}/kh, connect_timeout: 3}}\n"
+                   "app: {name: demo, kind: node, port: 3000}\n")
+    try:
+        r = fab("bootstrap", "-i", str(inv), "--dry-run")
+    finally:
+        srv.close()
+    assert r.returncode != 0
+    assert "unreachable" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr, r.stderr
