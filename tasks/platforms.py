@@ -145,7 +145,10 @@ def node_major(version_text: str | None) -> int | None:
 # -- package manager commands ---------------------------------------------------------
 
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
-APT_OPTS = ["-y", "-q", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef",
+# A fresh Ubuntu/Debian VM often has cloud-init or unattended-upgrades holding
+# the dpkg lock for minutes: wait for it (bounded) instead of failing at once.
+APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=300"]
+APT_OPTS = ["-y", "-q", *APT_LOCK_WAIT, "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef",
             "-o", "Dpkg::Options::=--force-confold"]
 
 
@@ -168,7 +171,7 @@ def install_cmd(p: Platform, names: list[str]) -> Cmd:
     if the install fails (a mirror moved on since the last update)."""
     if p.family == "apt":
         inst = Cmd(Raw(APT_ENV), "apt-get", "install", *APT_OPTS, *names)
-        upd = Cmd(Raw(APT_ENV), "apt-get", "update", "-q")
+        upd = Cmd(Raw(APT_ENV), "apt-get", "update", "-q", *APT_LOCK_WAIT)
         return script([
             "if [ -z \"$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null"
             " | head -n 1)\" ]; then " + upd.render() + "; fi",

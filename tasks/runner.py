@@ -6,6 +6,7 @@ This is the one thin place where commands built elsewhere are executed.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,6 +25,9 @@ from .commands import MASK, Cmd, Secret, become, mask_text
 from .errors import ConnectError, FabshipError, HostKeyError, StepFailed
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
+
+# A remote command running longer than this says so (and again every as long).
+STILL_RUNNING_EVERY = 60.0
 
 
 @dataclass
@@ -45,6 +49,7 @@ class RemoteResult:
     stdout: str
     stderr: str
     exited: int
+    timed_out: bool = False
 
     @property
     def ok(self) -> bool:
@@ -162,20 +167,53 @@ class HostContext:
             stdin = stdin.encode()
         streaming = stream if stream is not None else self.verbose >= 2
         limit = timeout or self.inv.data["ssh"]["command_timeout"]
+        label = what or _short(text, 120)
         try:
-            if stdin is not None:
-                res = self._run_with_stdin(conn, text, stdin, limit)
-                if streaming:
-                    for ln in (res.stdout + res.stderr).splitlines():
-                        self.say(ln)
-            else:
-                res = self._run_streamed(conn, text, limit, streaming)
+            with self._still_running(label, quiet=streaming):
+                if stdin is not None:
+                    res = self._run_with_stdin(conn, text, stdin, limit)
+                    if streaming:
+                        for ln in (res.stdout + res.stderr).splitlines():
+                            self.say(ln)
+                else:
+                    res = self._run_streamed(conn, text, limit, streaming)
         except (OSError, EOFError) as e:
             raise ConnectError(f"{self.host.address}: connection lost: {e}") from None
+        if res.timed_out and check:
+            # Say what the host was doing: the stuck command may still be running there.
+            raise StepFailed(f"{label} timed out after {limit:g}s (ssh.command_timeout or the step's limit)",
+                             self.mask(f"{res.tail()}\nprocesses on the host now:\n{self._process_snapshot()}"))
         if check and not res.ok:
-            label = what or _short(text, 120)
             raise StepFailed(f"{label} failed (exit {res.exited})", self.mask(res.tail()))
         return res
+
+    @contextlib.contextmanager
+    def _still_running(self, label: str, quiet: bool):
+        """A command that takes long says so every STILL_RUNNING_EVERY seconds, so
+        a slow mirror or a stuck postinst is visible while it happens."""
+        done = threading.Event()
+        t0 = time.monotonic()
+
+        def tick():
+            while not done.wait(STILL_RUNNING_EVERY):
+                self.say(f"still running after {time.monotonic() - t0:.0f}s: {label}")
+
+        if not quiet:
+            threading.Thread(target=tick, daemon=True, name=f"still-running-{self.host.name}").start()
+        try:
+            yield
+        finally:
+            done.set()
+
+    def _process_snapshot(self) -> str:
+        """The host's process tree without kernel threads (newest last), on a
+        fresh channel; best effort."""
+        try:
+            r = self._run_with_stdin(self.connect(), "ps --ppid 2 -p 2 --deselect -o pid,etime,args --forest "
+                                                     "2>/dev/null | tail -n 25 | cut -c1-160", b"", 15)
+            return r.stdout.rstrip() or "(ps printed nothing)"
+        except Exception as e:  # the connection may be the thing that is stuck
+            return f"(could not list processes: {e})"
 
     def _run_streamed(self, conn, text: str, limit: float, streaming: bool) -> RemoteResult:
         from invoke.exceptions import CommandTimedOut
@@ -188,14 +226,14 @@ class HostContext:
             r = conn.run(text, **kwargs)
             return RemoteResult(text, r.stdout, r.stderr, r.exited)
         except CommandTimedOut as e:
-            return RemoteResult(text, e.result.stdout, e.result.stderr, 124)
+            return RemoteResult(text, e.result.stdout, e.result.stderr, 124, timed_out=True)
 
     @staticmethod
     def _run_with_stdin(conn, text: str, data: bytes, limit: float) -> RemoteResult:
         """Feed bytes to a command's stdin on a plain channel of the run's
         connection. invoke's stdin pump reads one byte per 10 ms and decodes
         each byte alone, which is slow and breaks multi-byte UTF-8."""
-        chan = conn.client.get_transport().open_session()
+        chan = conn.client.get_transport().open_session(timeout=60)
         try:
             chan.settimeout(limit)
             chan.exec_command(text)
@@ -212,7 +250,8 @@ class HostContext:
                 elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
                     break
                 elif time.monotonic() > deadline:
-                    return RemoteResult(text, out.decode(errors="replace"), err.decode(errors="replace"), 124)
+                    return RemoteResult(text, out.decode(errors="replace"), err.decode(errors="replace"), 124,
+                                        timed_out=True)
                 else:
                     time.sleep(pause)
                     pause = min(pause * 2, 0.02)  # quick for short commands, cheap for long ones

@@ -11,6 +11,7 @@ using it.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,11 +29,15 @@ def pytest_configure(config):
         config.addinivalue_line("markers", MARKER)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the group marks
 def pytest_collection_modifyitems(config, items):
     # This hook sees the whole session's items: mark only the ones from here.
+    # One xdist group: the tier shares one fleet, so one worker runs all of it
+    # in order while the other workers take the unit tier.
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.xdist_group("sandbox"))
 
 
 def _say(config):
@@ -41,7 +46,8 @@ def _say(config):
     capman = config.pluginmanager.get_plugin("capturemanager")
 
     def out(msg: str) -> None:
-        if tr is None:
+        if tr is None:  # an xdist worker has no terminal: its stderr reaches the console
+            print(f"sandbox: {msg}", file=sys.__stderr__, flush=True)
             return
         if capman is not None:
             with capman.global_and_fixture_disabled():

@@ -13,8 +13,8 @@ import paramiko
 class _Server(paramiko.ServerInterface):
     def __init__(self, client_pub: paramiko.PKey):
         self.client_pub = client_pub
-        self.event = threading.Event()
-        self.command = None
+        self.cond = threading.Condition()
+        self.commands: dict[int, str] = {}  # channel id -> its exec command
 
     def check_auth_publickey(self, username, key):
         if key.get_base64() == self.client_pub.get_base64():
@@ -28,9 +28,15 @@ class _Server(paramiko.ServerInterface):
         return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
 
     def check_channel_exec_request(self, channel, command):
-        self.command = command
-        self.event.set()
+        with self.cond:
+            self.commands[channel.get_id()] = command.decode() if isinstance(command, bytes) else command
+            self.cond.notify_all()
         return True
+
+    def command_for(self, chan, timeout: float = 5) -> str | None:
+        with self.cond:
+            self.cond.wait_for(lambda: chan.get_id() in self.commands, timeout)
+            return self.commands.pop(chan.get_id(), None)
 
 
 class TinySSHD:
@@ -66,15 +72,23 @@ class TinySSHD:
             chan = t.accept(timeout=1)
             if chan is None:
                 continue
-            server.event.wait(5)
-            cmd = server.command.decode() if isinstance(server.command, bytes) else server.command
-            server.event.clear()
-            self.commands.append(cmd)
-            p = subprocess.run(["sh", "-c", cmd], capture_output=True, input=self._read_stdin(chan))
+            # each channel on its own, as sshd does: a second command runs while one hangs
+            threading.Thread(target=self._exec, args=(server, chan), daemon=True).start()
+
+    def _exec(self, server: _Server, chan) -> None:
+        cmd = server.command_for(chan)
+        if cmd is None:
+            chan.close()
+            return
+        self.commands.append(cmd)
+        p = subprocess.run(["sh", "-c", cmd], capture_output=True, input=self._read_stdin(chan))
+        try:
             chan.sendall(p.stdout)
             chan.sendall_stderr(p.stderr)
             chan.send_exit_status(p.returncode)
-            chan.close()
+        except (OSError, EOFError):  # the client gave up on it (a timeout)
+            pass
+        chan.close()
 
     @staticmethod
     def _read_stdin(chan) -> bytes:

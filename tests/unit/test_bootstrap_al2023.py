@@ -60,7 +60,7 @@ class RecordingConn:
     def get_transport(self):
         return self
 
-    def open_session(self):
+    def open_session(self, timeout=None):
         return FakeChannel(self)
 
     def close(self):

@@ -35,7 +35,7 @@ class App:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
         self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def close(self):
         self.server.shutdown()
@@ -151,7 +151,7 @@ def test_quick_polls_while_nothing_listens(tmp_path):
         time.sleep(0.3)
         srv = HTTPServer(("127.0.0.1", port), H)
         app_holder["srv"] = srv
-        srv.serve_forever()
+        srv.serve_forever(poll_interval=0.02)
 
     threading.Thread(target=serve, daemon=True).start()
     t0 = time.monotonic()

@@ -107,3 +107,30 @@ def test_unreachable_host_counts_as_failed(tmp_path, monkeypatch):
     run.each(lambda ctx: ctx.run("true"))
     assert run.failed_hosts() == ["dead"]
     assert "unreachable" in buf.getvalue()
+
+
+def test_long_command_says_it_is_still_running(fleet, monkeypatch):
+    import tasks.runner as runner
+
+    inv, _ = fleet
+    monkeypatch.setattr(runner, "STILL_RUNNING_EVERY", 0.2)
+    run, buf = make(inv)
+    run.each(lambda ctx: ctx.run(Cmd("sleep", "0.7"), what="packages: apt-get install"), hosts=run.hosts[:1])
+    assert run.finish() == 0
+    assert "s: packages: apt-get install" in buf.getvalue().split("[s0] still running after ", 1)[1], buf.getvalue()
+
+
+def test_timed_out_command_fails_the_step_and_shows_the_hosts_processes(fleet):
+    inv, _ = fleet
+    run, buf = make(inv)
+
+    def slow(ctx):
+        ctx.run(Cmd("sleep", "5"), timeout=0.5, what="packages: apt-get install")
+
+    run.each(slow, hosts=run.hosts[:1])
+    run.summary()
+    assert run.finish() == 1
+    out = buf.getvalue()
+    assert "packages: apt-get install timed out after 0.5s" in out, out
+    assert "processes on the host now:" in out and "sleep 5" in out, out  # the stuck command
+    assert "kworker" not in out

@@ -199,14 +199,20 @@ def test_ota_contract_refuses_a_short_session_secret(inv_dir):
 
 # -- fab hosts against moto ------------------------------------------------------------------
 
-@pytest.fixture
-def fleet(moto_server, aws_env):
-    """Instances tagged like the guides, in every environment, some stopped."""
+def _ec2(moto_server):
+    return boto3.client("ec2", region_name=REGION, endpoint_url=moto_server,
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+@pytest.fixture(scope="module")
+def fleet(moto_server):
+    """Instances tagged like the guides, in every environment, some stopped.
+    Made once for the module; a test that adds an instance terminates it."""
     import urllib.request
 
-    # a clean EC2 for each test: instances of earlier tests would count against max_hosts
+    # a clean EC2: instances of other modules would count against max_hosts
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).read()
-    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto_server)
+    ec2 = _ec2(moto_server)
     want = {}
     for system, (pattern, _, _) in SYSTEMS.items():
         for env in ("dev", "prod", "staging"):
@@ -249,10 +255,13 @@ def test_fab_hosts_resolves_against_moto(fab, fleet, moto_server, aws_env, syste
 
 
 def test_fab_hosts_refuses_more_than_max_hosts(fab, fleet, moto_server, aws_env):
-    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=moto_server)
-    ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, TagSpecifications=[
-        {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "fitters-log-prod-ota"}]}])
-    r = fab("hosts", "-i", "ota-prod", env={**aws_env, "AWS_ENDPOINT_URL": moto_server})
+    ec2 = _ec2(moto_server)
+    extra = ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "fitters-log-prod-ota"}]}])["Instances"]
+    try:
+        r = fab("hosts", "-i", "ota-prod", env={**aws_env, "AWS_ENDPOINT_URL": moto_server})
+    finally:
+        ec2.terminate_instances(InstanceIds=[i["InstanceId"] for i in extra])
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "max_hosts=1" in r.stderr and "ota-prod.yaml" in r.stderr
 

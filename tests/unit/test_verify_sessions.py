@@ -384,7 +384,7 @@ class _App(BaseHTTPRequestHandler):
 def server():
     _App.seen = []
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _App)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     t.start()
     yield srv
     srv.shutdown()
