@@ -42,18 +42,22 @@ def pytest_collection_modifyitems(config, items):
 
 def _say(config):
     """Progress lines on the terminal, through pytest's output capture."""
-    tr = config.pluginmanager.get_plugin("terminalreporter")
+    # an xdist worker's terminal goes nowhere; its stderr, uncaptured, reaches the console
+    tr = None if hasattr(config, "workerinput") else config.pluginmanager.get_plugin("terminalreporter")
     capman = config.pluginmanager.get_plugin("capturemanager")
 
+    def write(line: str) -> None:
+        if tr is not None:
+            tr.write_line(line)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     def out(msg: str) -> None:
-        if tr is None:  # an xdist worker has no terminal: its stderr reaches the console
-            print(f"sandbox: {msg}", file=sys.__stderr__, flush=True)
-            return
         if capman is not None:
             with capman.global_and_fixture_disabled():
-                tr.write_line(f"sandbox: {msg}")
+                write(f"sandbox: {msg}")
         else:
-            tr.write_line(f"sandbox: {msg}")
+            write(f"sandbox: {msg}")
 
     return out
 
