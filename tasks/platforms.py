@@ -147,7 +147,8 @@ def node_major(version_text: str | None) -> int | None:
 APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 # A fresh Ubuntu/Debian VM often has cloud-init or unattended-upgrades holding
 # the dpkg lock for minutes: wait for it (bounded) instead of failing at once.
-APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=300"]
+# A mirror hiccup is retried rather than failing the run.
+APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=300", "-o", "Acquire::Retries=3"]
 APT_OPTS = ["-y", "-q", *APT_LOCK_WAIT, "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef",
             "-o", "Dpkg::Options::=--force-confold"]
 

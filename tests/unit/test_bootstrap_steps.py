@@ -132,10 +132,10 @@ def test_package_names_per_platform():
 def test_apt_install_is_one_call_with_a_conditional_update():
     cmd = plat.install_cmd(plat.detect("ID=debian\nVERSION_ID=12"), ["nginx", "jq"])
     body = cmd.parts[2]
-    assert ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 "
+    assert ("DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3 "
             "--no-install-recommends -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
             "nginx jq") in body
-    assert "apt-get update -q -o DPkg::Lock::Timeout=300" in body  # a busy dpkg lock is waited for
+    assert "apt-get update -q -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3" in body  # a busy dpkg lock is waited for
     assert "-mmin -1440" in body and body.count("apt-get update") == 2   # stale lists, and retry once
 
 
