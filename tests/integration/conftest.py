@@ -27,13 +27,15 @@ def pytest_configure(config):
     # pyproject.toml registers it too; register here only if it does not.
     if not any(str(m).startswith("integration:") for m in config.getini("markers")):
         config.addinivalue_line("markers", MARKER)
+    if not any(str(m).startswith("xdist_group") for m in config.getini("markers")):  # no xdist installed
+        config.addinivalue_line("markers", "xdist_group(name): tests one pytest-xdist worker runs in order")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the group marks
 def pytest_collection_modifyitems(config, items):
     # This hook sees the whole session's items: mark only the ones from here.
-    # One xdist group: the tier shares one fleet, so one worker runs all of it
-    # in order while the other workers take the unit tier.
+    # One xdist group: the tier shares one fleet, so under `-n N --dist loadgroup`
+    # one worker runs all of it in order while the others take the unit tier.
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.integration)
