@@ -138,7 +138,7 @@ def test_port_closing_before_the_banner_is_one_line_no_traceback(tmp_path, fab):
                    f"ssh: {{known_hosts: {tmp_path}/kh, connect_timeout: 3}}\n"
                    "app: {name: demo, kind: node, port: 3000}\n")
     try:
-        r = fab("bootstrap", "-i", str(inv), "--dry-run")
+        r = fab("bootstrap", "-i", str(inv), "--dry-run", subprocess=True)  # paramiko's thread, a real stderr
     finally:
         srv.close()
     assert r.returncode != 0
