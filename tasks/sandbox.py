@@ -75,6 +75,7 @@ BRIDGE_ALIAS_PREFIX = "fabship-sandbox:"  # + repo path: who owns the bridge
 SSH_PORT = 22
 CONNECT_TIMEOUT = 5
 BOOT_TIMEOUT = 90.0
+LISTS_MAX_AGE = 6 * 3600  # the image's apt lists are refreshed when older (apt's own check is a day)
 POWEROFF_TIMEOUT = 20.0
 
 Out = Callable[[str], None]
@@ -429,13 +430,30 @@ def ensure_base_image(log: Out, proxy: Optional[str] = None) -> Path:
     return final
 
 
+def refresh_package_lists(image: Path, proxy: str, log: Out) -> None:
+    """Fresh apt lists in the image, as a cloud VM has: `apt-get install X` on a
+    new host works without an update first, and finds today's versions. Run
+    before hosts boot (the image is their overlays' lower layer), at most every
+    LISTS_MAX_AGE; a failure only means hosts run `apt-get update` themselves."""
+    lists = image / "var/lib/apt/lists"
+    newest = max((p.stat().st_mtime for p in lists.glob("*_Packages")), default=0.0)
+    if time.time() - newest < LISTS_MAX_AGE:
+        return
+    with open(image.parent / ".lock", "a") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        p = subprocess.run(["chroot", str(image), "apt-get", "update", "-q", "-o", f"Acquire::http::Proxy={proxy}",
+                            "-o", "Acquire::Retries=3", "-o", "Acquire::http::Timeout=30"],
+                           capture_output=True, text=True, timeout=300)
+    if p.returncode == 0:
+        log("package lists refreshed in the base image")
+    else:
+        log(f"warning: could not refresh the image's package lists (hosts will run apt-get update): "
+            f"{(p.stderr or p.stdout).strip().splitlines()[-1:] or ''}")
+
+
 def _customise_image(root: Path, stamp: dict) -> None:
     tdir = "sandbox/image"
     _run(["chroot", str(root), "apt-get", "clean"])
-    lists = root / "var/lib/apt/lists"
-    for p in lists.iterdir():  # stale the day after: hosts run apt-get update
-        if p.is_file():
-            p.unlink()
     for key in (root / "etc/ssh").glob("ssh_host_*"):  # per-host keys are made at up
         key.unlink()
     # Empty machine-id in the image; each host gets its own (a real one, so
@@ -952,6 +970,7 @@ def _up(plan: FleetPlan, state: dict, wanted: List[str], clock: _Clock) -> None:
     _start_service(state, ctx, "acng", clock)
     base = ensure_base_image(clock, proxy=f"http://{plan.bridge_ip}:{svc.ACNG_PORT}")
     clock(f"base image {base}")
+    refresh_package_lists(base, f"http://{plan.bridge_ip}:{svc.ACNG_PORT}", clock)
     state["image"] = str(base)
     save_state(state)
 

@@ -238,3 +238,28 @@ def test_wait_for_reports_log_tail(tmp_path):
     log.write_text("line1\nboom: cannot bind\n")
     with pytest.raises(FabshipError, match="(?s)did not come up.*boom: cannot bind"):
         svc.wait_for("thing", lambda: False, 0.2, log_path=log)
+
+
+def test_image_package_lists_refreshed_only_when_old(tmp_path, monkeypatch):
+    import subprocess as sp
+
+    image = tmp_path / "images" / "bookworm-x"
+    lists = image / "var/lib/apt/lists"
+    lists.mkdir(parents=True)
+    calls = []
+    monkeypatch.setattr(sandbox.subprocess, "run",
+                        lambda argv, **kw: calls.append(argv) or sp.CompletedProcess(argv, 0, "", ""))
+    said = []
+    sandbox.refresh_package_lists(image, "http://10.231.0.1:3142", said.append)  # none yet: refresh
+    assert calls and calls[0][:4] == ["chroot", str(image), "apt-get", "update"]
+    assert "Acquire::http::Proxy=http://10.231.0.1:3142" in calls[0]
+    assert said == ["package lists refreshed in the base image"]
+    fresh = lists / "deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages"
+    fresh.write_text("")
+    calls.clear()
+    sandbox.refresh_package_lists(image, "http://10.231.0.1:3142", said.append)  # fresh: nothing
+    assert calls == []
+    old = time.time() - sandbox.LISTS_MAX_AGE - 60
+    os.utime(fresh, (old, old))
+    sandbox.refresh_package_lists(image, "http://10.231.0.1:3142", said.append)
+    assert len(calls) == 1
