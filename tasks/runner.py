@@ -363,6 +363,8 @@ class Run:
 
         self.key_file = check_key_file(inv, inv.data["ssh"].get("key_file"))
         self.known_hosts = known_hosts_path(inv)
+        self._jump = None
+        self._jump_lock = threading.Lock()
 
     def add_secrets(self, values: Iterable) -> None:
         for v in values:
@@ -373,7 +375,26 @@ class Run:
         from .ssh import connect
 
         return connect(host, self.inv.data["ssh"], key_file=self.key_file, known_hosts=self.known_hosts,
-                       accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m))
+                       accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m),
+                       gateway=self.jump_connection(host))
+
+    def jump_connection(self, host):
+        """One connection to `ssh.jump_host` per run, shared by every host's
+        connection (each is a channel through it); host-key checked like any host."""
+        from .ssh import connect, parse_jump_host
+
+        ssh = self.inv.data["ssh"]
+        jump = parse_jump_host(ssh.get("jump_host"), ssh["user"])
+        if jump is None:
+            return None
+        with self._jump_lock:
+            if self._jump is None or not self._jump.is_connected:
+                try:
+                    self._jump = connect(jump, ssh, key_file=self.key_file, known_hosts=self.known_hosts,
+                                         accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m))
+                except (ConnectError, HostKeyError) as e:
+                    raise type(e)(f"jump host {jump}: {e}") from None
+            return self._jump
 
     def ctx(self, host) -> HostContext:
         return self.contexts[host.name]
@@ -429,6 +450,9 @@ class Run:
     def close(self) -> None:
         for c in self.contexts.values():
             c.close()
+        if self._jump is not None:
+            self._jump.close()
+            self._jump = None
 
     # -- reporting ---------------------------------------------------------------------
     def failed_hosts(self) -> list[str]:

@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
@@ -94,15 +95,40 @@ def known_hosts_path(inv) -> Path:
     return p
 
 
+@dataclass(frozen=True)
+class JumpHost:
+    """A bastion, from `ssh.jump_host` ([user@]host[:port], as for ssh -J)."""
+    address: str
+    user: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
+
+
+def parse_jump_host(spec: str | None, default_user: str) -> JumpHost | None:
+    if not spec:
+        return None
+    user, _, rest = spec.rpartition("@")
+    if rest.startswith("["):  # [v6]:port
+        addr, _, port = rest[1:].partition("]")
+        port = port.lstrip(":")
+    else:
+        addr, _, port = rest.partition(":")
+    return JumpHost(addr, user or default_user, int(port or 22))
+
+
 def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_new: bool,
-            notify=None) -> Connection:
-    """Open one connection to `host`; every step of the run reuses it."""
+            notify=None, gateway: Connection | None = None) -> Connection:
+    """Open one connection to `host`; every step of the run reuses it. With a
+    `gateway` (an open connection to the jump host) it goes through that."""
     connect_kwargs = {"allow_agent": True}
     if key_file:
         connect_kwargs.update(key_filename=[key_file], look_for_keys=False)
     conn = Connection(
         host=host.address, user=host.user, port=host.port,
         connect_timeout=ssh["connect_timeout"], connect_kwargs=connect_kwargs,
+        **({"gateway": gateway} if gateway is not None else {}),
     )
     client = conn.client
     if known_hosts.exists():
@@ -128,6 +154,9 @@ def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_
             f"--accept-new-host-keys") from None
     except paramiko.AuthenticationException as e:
         raise ConnectError(f"{host.address}:{host.port}: authentication failed for user {host.user}: {e}") from None
+    except paramiko.ChannelException as e:  # the jump host could not open the way
+        raise ConnectError(f"{host.address}:{host.port}: the jump host could not reach it "
+                           f"({e.text or e.code})") from None
     except (socket.timeout, TimeoutError):
         raise ConnectError(
             f"{host.address}:{host.port}: unreachable (no answer within {ssh['connect_timeout']}s)") from None

@@ -283,15 +283,23 @@ def ssh_config_text(inv, hosts) -> str:
     """An OpenSSH client config for the inventory's hosts with strict host key
     checking against the inventory's known_hosts (for `pytest --hosts=ssh://NAME
     --ssh-config=FILE`)."""
-    from .ssh import check_key_file, known_hosts_path
+    from .ssh import check_key_file, known_hosts_path, parse_jump_host
 
     key = check_key_file(inv, inv.data["ssh"].get("key_file"))
     kh = known_hosts_path(inv)
+    jump = parse_jump_host(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
     lines = [f"# written by `fab verify --write-ssh-config` for {inv.path}"]
     for h in hosts:
         lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}",
                   "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}", "  BatchMode yes",
                   f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
+        if key:
+            lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
+        if jump:
+            lines.append(f"  ProxyJump {jump.user}@{jump.address}:{jump.port}")
+    if jump:  # the bastion is checked as strictly as the hosts
+        lines += [f"Host {jump.address}", "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}",
+                  "  BatchMode yes", f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
         if key:
             lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
     return "\n".join(lines) + "\n"

@@ -216,7 +216,7 @@ BREAKS = {
         lambda h: h.must(f"chmod 644 {ENV_PATH}"), lambda h: h.must(f"chmod 600 {ENV_PATH}"),
         "env_file_mode", f"env file {ENV_PATH} has mode 0644, expected 0600 (world bits set)"),
     "unit stopped": (
-        stop_unit, start_unit, "unit_active", f"is inactive (dead), expected active (running)"),
+        stop_unit, start_unit, "unit_active", "is inactive (dead), expected active (running)"),
     "swapoff": (
         swapoff, lambda h: h.must("swapon /swapfile"), "swap_active", "swap /swapfile is not active"),
     "expired certificate": (
@@ -285,6 +285,25 @@ def test_pytest_suite_over_fabship_and_testinfra_backends(h7):
                         f"--ssh-identity-file={fleet.key_file}"], cwd=REPO, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode != 0 and "host key not in" in r.stdout, r.stdout[-2000:]
+
+
+def test_verify_through_a_jump_host(h7):
+    """ssh.jump_host: fab's connection to h7 goes through h1 (h7's sshd sees h1
+    as the client), and the ssh_config fab writes makes OpenSSH do the same."""
+    fleet = h7.fleet
+    bastion = fleet.hosts[0]
+    assert bastion.name != HOST
+    jump = f"ssh.jump_host=root@{bastion.address}"
+    since = h7.must("date +%s").strip()
+    r, results = h7.verify("--set", jump, expect=0)
+    assert failed(results) == {}
+    log = h7.must(f"journalctl -u ssh --since @{since} --no-pager -o cat")
+    assert f"Accepted publickey for root from {bastion.address} " in log, log
+    cfg = h7.tmp / "jump_ssh_config"
+    h7.fab("verify", "--set", jump, "--write-ssh-config", str(cfg))
+    p = subprocess.run(["ssh", "-F", str(cfg), HOST, "echo $SSH_CONNECTION"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 0 and p.stdout.split()[0] == bastion.address, p.stdout + p.stderr
 
 
 def test_deploy_gate_failure_rolls_back(h7):

@@ -15,6 +15,7 @@ class _Server(paramiko.ServerInterface):
         self.client_pub = client_pub
         self.cond = threading.Condition()
         self.commands: dict[int, str] = {}  # channel id -> its exec command
+        self.forwards: dict[int, tuple] = {}  # channel id -> (host, port) of a direct-tcpip channel
 
     def check_auth_publickey(self, username, key):
         if key.get_base64() == self.client_pub.get_base64():
@@ -33,6 +34,10 @@ class _Server(paramiko.ServerInterface):
             self.cond.notify_all()
         return True
 
+    def check_channel_direct_tcpip_request(self, chanid, origin, destination):
+        self.forwards[chanid] = destination  # a jump host: ssh -J through this server
+        return paramiko.OPEN_SUCCEEDED
+
     def command_for(self, chan, timeout: float = 5) -> str | None:
         with self.cond:
             self.cond.wait_for(lambda: chan.get_id() in self.commands, timeout)
@@ -49,6 +54,8 @@ class TinySSHD:
         self.sock.listen(16)
         self.port = self.sock.getsockname()[1]
         self.commands: list[str] = []
+        self.forwarded: list[tuple] = []  # destinations it opened as a jump host
+        self.connections = 0
         self._stop = False
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -58,6 +65,7 @@ class TinySSHD:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
     def _handle(self, conn):
@@ -72,8 +80,41 @@ class TinySSHD:
             chan = t.accept(timeout=1)
             if chan is None:
                 continue
+            if chan.get_id() in server.forwards:
+                dest = server.forwards.pop(chan.get_id())
+                self.forwarded.append(dest)
+                threading.Thread(target=self._forward, args=(chan, dest), daemon=True).start()
+                continue
             # each channel on its own, as sshd does: a second command runs while one hangs
             threading.Thread(target=self._exec, args=(server, chan), daemon=True).start()
+
+    @staticmethod
+    def _forward(chan, dest) -> None:
+        """Pipe a direct-tcpip channel to dest, both ways, until either side closes."""
+        try:
+            sock = socket.create_connection(dest, timeout=5)
+        except OSError:
+            chan.close()
+            return
+        sock.settimeout(None)
+
+        def pump(src_recv, dst_send, on_end):
+            try:
+                while True:
+                    data = src_recv(65536)
+                    if not data:
+                        break
+                    dst_send(data)
+            except (OSError, EOFError):
+                pass
+            try:
+                on_end()
+            except (OSError, EOFError):  # the other side is gone already
+                pass
+
+        threading.Thread(target=pump, args=(chan.recv, sock.sendall, lambda: sock.shutdown(socket.SHUT_WR)),
+                         daemon=True).start()
+        pump(sock.recv, chan.sendall, chan.close)
 
     def _exec(self, server: _Server, chan) -> None:
         cmd = server.command_for(chan)

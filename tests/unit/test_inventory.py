@@ -42,7 +42,7 @@ def test_defaults_filled(invdir):
     write(invdir / "web.yaml", "hosts: {static: [a]}\n")
     d = load_inventory("web").data
     assert d["ssh"] == {"user": "root", "key_file": None, "port": 22, "known_hosts": "~/.ssh/known_hosts",
-                        "connect_timeout": 10, "command_timeout": 1800}
+                        "connect_timeout": 10, "command_timeout": 1800, "jump_host": None}
     assert d["app"] is None and d["deploy"] is None
 
 

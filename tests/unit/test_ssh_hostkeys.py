@@ -2,6 +2,7 @@
 import paramiko
 import pytest
 
+from tasks.commands import Cmd
 from tasks.errors import HostKeyError
 from tasks.inventory import load_inventory
 from tasks.runner import Run
@@ -144,3 +145,69 @@ def test_port_closing_before_the_banner_is_one_line_no_traceback(tmp_path, fab):
     assert r.returncode != 0
     assert "unreachable" in r.stdout, r.stdout
     assert "Traceback" not in r.stdout + r.stderr, r.stderr
+
+
+# -- ssh.jump_host (ssh -J) -------------------------------------------------------------------
+
+def jump_fleet(tmp_path, client_key, *, trust_bastion=True):
+    bastion = TinySSHD(client_key[0])
+    targets = [TinySSHD(client_key[0]) for _ in range(2)]
+    kh = tmp_path / "known_hosts"
+    kh.write_text("".join(known_line(s) for s in targets + ([bastion] if trust_bastion else [])))
+    hosts = "".join(f"    t{i}: {{address: 127.0.0.1, port: {s.port}}}\n" for i, s in enumerate(targets))
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(f"hosts:\n  static:\n{hosts}"
+                        f"ssh: {{key_file: {client_key[1]}, known_hosts: {kh}, connect_timeout: 5, "
+                        f"jump_host: 'root@127.0.0.1:{bastion.port}'}}\n")
+    inv = load_inventory(str(inv_path))
+    return bastion, targets, Run("test", inv, inv.resolve_hosts())
+
+
+def test_jump_host_carries_every_connection_through_one_session(tmp_path, client_key):
+    bastion, targets, run = jump_fleet(tmp_path, client_key)
+    try:
+        run.each(lambda ctx: ctx.run(Cmd("echo", f"via-{ctx.host.name}")), parallel=2)
+        assert run.failed_hosts() == []
+        assert targets[0].commands == ["echo via-t0"] and targets[1].commands == ["echo via-t1"]
+        assert sorted(bastion.forwarded) == sorted(("127.0.0.1", t.port) for t in targets)
+        assert bastion.commands == [] and bastion.connections == 1  # one session, only tunnels
+    finally:
+        run.close()
+        for s in [bastion, *targets]:
+            s.stop()
+
+
+def test_jump_host_key_is_checked_too(tmp_path, client_key):
+    bastion, targets, run = jump_fleet(tmp_path, client_key, trust_bastion=False)
+    try:
+        run.each(lambda ctx: ctx.run(Cmd("true")))
+        assert sorted(run.failed_hosts()) == ["t0", "t1"]
+        err = run.ctx(run.hosts[0]).error
+        assert err.startswith(f"jump host root@127.0.0.1:{bastion.port}: ") and "host key not in" in err, err
+        assert bastion.forwarded == [] and all(t.commands == [] for t in targets)
+    finally:
+        run.close()
+        for s in [bastion, *targets]:
+            s.stop()
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("bastion.example.com", ("bastion.example.com", "ec2-user", 22)),
+    ("admin@10.0.0.5:2222", ("10.0.0.5", "admin", 2222)),
+    ("[fd00::1]:2200", ("fd00::1", "ec2-user", 2200)),
+])
+def test_parse_jump_host(spec, want):
+    from tasks.ssh import parse_jump_host
+
+    j = parse_jump_host(spec, "ec2-user")
+    assert (j.address, j.user, j.port) == want
+
+
+def test_bad_jump_host_is_a_config_error(tmp_path):
+    from tasks.errors import ConfigError
+
+    p = tmp_path / "inv.yaml"
+    p.write_text("hosts: {static: [a]}\nssh: {jump_host: 'ec2 user@bastion'}\n")
+    with pytest.raises(ConfigError) as e:
+        load_inventory(str(p))
+    assert "ssh.jump_host" in str(e.value) and "as for ssh -J" in str(e.value)

@@ -199,3 +199,14 @@ def test_pytest_suite_runs_the_same_checks(tmp_path, sshd):
                          f"--fabship-inventory={inv}"], cwd=str(tmp_path), capture_output=True, text=True,
                         timeout=120, env={**os.environ, "PYTHONPATH": root})
     assert r2.returncode == 1 and "1 failed, 1 skipped" in r2.stdout, r2.stdout + r2.stderr
+
+
+def test_ssh_config_carries_the_jump_host(tmp_path, sshd):
+    inv = load_inventory(write_inv(tmp_path, sshd), overrides=["ssh.jump_host=ops@bastion.example.com"])
+    server, key_path, kh = sshd
+    text = V.ssh_config_text(inv, inv.resolve_hosts())
+    host_block, bastion_block = text.split("\nHost bastion.example.com\n")
+    assert host_block.splitlines()[-1] == "  ProxyJump ops@bastion.example.com:22"
+    assert bastion_block.splitlines() == ["  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}",
+                                          "  BatchMode yes", "  ConnectTimeout 10",
+                                          f"  IdentityFile {key_path}", "  IdentitiesOnly yes"]
