@@ -33,11 +33,11 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from ipaddress import ip_address
 
-from .errors import ConfigError, DiscoveryError, FabshipError, StepFailed
+from .errors import ConfigError, FabshipError, StepFailed
 
 DRAINED = ("unused",)           # deregistered, or never registered
 IN_SERVICE = ("healthy",)
@@ -335,6 +335,12 @@ class AlbTarget:
                            f"{cfg.register_timeout:g}s{detail}")
         msg = f"{self.label}: registered, healthy in {waited:.1f}s" if changed else f"{self.label}: already healthy"
         ctx.record(step, "changed" if changed else "ok", msg, t_start)
+
+
+def out_of_service_if(ctx, cfg: AlbConfig | None):
+    """alb_out_of_service around one host's switch when the run checked an ALB
+    hook in its preflight (deploy, rollback, the fleet rollback); else nothing."""
+    return alb_out_of_service(ctx, cfg) if cfg is not None else nullcontext()
 
 
 @contextmanager

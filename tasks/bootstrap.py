@@ -444,7 +444,7 @@ def step_docker(ctx, spec, facts, compose: bool) -> None:
         L.append("if systemctl is-active -q docker; then systemctl restart docker; else systemctl start docker; fi")
     else:
         L.append("systemctl start docker")
-    msg = "; ".join(([f"write /etc/docker/daemon.json"] if stale else []) +
+    msg = "; ".join((["write /etc/docker/daemon.json"] if stale else []) +
                     (["enable and start docker"] if not running else ["restart docker"] if stale else []))
     cmd = script(L)
     if ctx.dry_run:

@@ -31,6 +31,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
+from .aws_hooks import out_of_service_if
 from .commands import Cmd
 from .errors import ConfigError, ConnectError, FabshipError, StepFailed
 from .releases import (Entry, HostState, Layout, append_lines_script, delete_releases, link_shared,
@@ -238,19 +239,14 @@ def deploy_host(ctx, plan: Plan) -> None:
     st: HostState = ctx.data["state"]
     prev = st.current
     since = st.now or int(time.time())
-    ctx.data.update(previous=prev, outcome=None, switched=False, rid=rid)
+    ctx.data.update(previous=prev, outcome=None, switched=False, rid=rid, alb=plan.alb)
     meta: dict = {}
     try:
         check_cancel(ctx)
         meta = prepare_release(ctx, plan, st)
         check_cancel(ctx)
         image = meta.get("image", "")
-        if plan.alb is not None:
-            from .aws_hooks import alb_out_of_service
-
-            with alb_out_of_service(ctx, plan.alb):
-                act = activate(ctx, lay, st, rid, since=since, image=image, previous=prev)
-        else:
+        with out_of_service_if(ctx, plan.alb):
             act = activate(ctx, lay, st, rid, since=since, image=image, previous=prev)
         ctx.data["outcome"] = DEPLOYED
     except BaseException as e:
@@ -611,7 +607,7 @@ def _rollback_switched(ctx) -> None:
     prev = ctx.data["previous"]
     try:
         rollback_host(ctx, prev, reason=f"fleet rollback after the failed deploy of {ctx.data.get('rid', '')}",
-                      restore_env=False)
+                      restore_env=False, alb=ctx.data.get("alb"))
         ctx.data["outcome"] = ROLLED_BACK
         ctx.note = f"rolled back to {prev} (the deploy failed elsewhere)"
         ctx.status = "rolled back"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .commands import Cmd, Raw, Secret, script, sh
-from .errors import ConfigError, StepFailed
+from .commands import Cmd, Secret, script, sh
+from .errors import ConfigError
 
 KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Values systemd and docker read the same way when unquoted.

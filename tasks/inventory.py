@@ -22,7 +22,7 @@ import yaml
 
 from .errors import ConfigError
 from .schema import INVENTORY
-from .schema_types import SchemaError, dotted
+from .schema_types import SchemaError
 
 REPLACE_WHOLE = {("hosts",)}
 DEFAULT_DIR = "inventories"

@@ -136,7 +136,7 @@ def nginx_apply_cmd(files: list[FileSpec], service: str = "nginx", backup_parent
         f"  if systemctl is-active -q {svc}; then",
         f'    if ! out=$(systemctl reload {svc} 2>&1); then',
         *["      " + r for r in restore],
-        f'      echo "$out" >&2; exit 7; fi; echo reloaded',
+        '      echo "$out" >&2; exit 7; fi; echo reloaded',
         f"  else systemctl start {svc} && echo started; fi",
         "fi",
         f"systemctl is-enabled -q {svc} 2>/dev/null || {{ systemctl enable -q {svc} && echo enabled; }}",

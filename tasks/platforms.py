@@ -10,7 +10,7 @@ dnf path is tested at the command level from recorded facts
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .commands import Cmd, Raw, script, sh
 

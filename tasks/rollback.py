@@ -22,9 +22,11 @@ from .runner import print_table
 from .service import activate, check_cancel, gather_state
 
 
-def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = True) -> None:
-    """Activate `target` on ctx's host (lock held by the caller). Records a
+def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = True, alb=None) -> None:
+    """Activate `target` on ctx's host (lock held by the caller), out of its ALB
+    target group meanwhile when `alb` (a checked hooks.alb) is given. Records a
     rollback entry and an audit line. Raises ActivationFailed/StepFailed."""
+    from .aws_hooks import out_of_service_if
     from .deploy import record, release_entry
 
     lay = Layout.from_inventory(ctx.inv)
@@ -39,7 +41,8 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
         if restore_env:
             env_restored = _restore_env(ctx, target) == "changed"
         check_cancel(ctx)
-        act = activate(ctx, lay, st, target, since=since, image=e.image if e else "", previous=cur)
+        with out_of_service_if(ctx, alb):
+            act = activate(ctx, lay, st, target, since=since, image=e.image if e else "", previous=cur)
     except BaseException as err:
         if env_restored and cur:
             _restore_env(ctx, cur)  # the old release keeps its own env
@@ -99,6 +102,11 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     lay = Layout.from_inventory(inv)
     validate_app(inv, lay, "rollback")
     hosts = inv.resolve_hosts(limit)
+    alb = None
+    if inv.get("hooks.alb"):  # checked before connecting, as deploy does
+        from .aws_hooks import preflight
+
+        alb = preflight(inv, hosts)
     run = Run("rollback", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
               accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit, "gate": gate})
     register_env_secrets(run)
@@ -132,7 +140,7 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
                     run.ctx(h).data["target"] = targets[h.name]
                 run.out.line("", "rollback: " + ", ".join(f"{h.name} {run.ctx(h).data['state'].current} -> "
                                                           f"{targets[h.name]}" for h in ready))
-                fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"]), ready)
+                fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"], alb=alb), ready)
     finally:
         fleet.unlock_all()
     print_outcome(run, lay, None)  # the gate ran inside activation (tasks/service.py)

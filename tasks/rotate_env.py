@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .commands import Cmd, Secret, script, sh
+from .commands import Cmd, script, sh
 from .envfile import (
     describe_diff, install_env_file, keep_previous_lines, key_diff, key_hashes_cmd, parse_key_hashes,
     render_dotenv, sha256_hex, value_hashes,

@@ -16,12 +16,12 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .commands import MASK, Cmd, Secret, become, mask_text
+from .commands import Cmd, Secret, become, mask_text
 from .errors import ConnectError, FabshipError, HostKeyError, StepFailed
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"

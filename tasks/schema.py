@@ -58,7 +58,7 @@ def _one_provider(value, path):
     given = [k for k in ("static", "ec2") if value.get(k) is not None]
     if len(given) != 1:
         raise SchemaError(path, "expected exactly one host source: 'static' or 'ec2'"
-                          + (f" (got both)" if len(given) == 2 else " (got none)"))
+                          + (" (got both)" if len(given) == 2 else " (got none)"))
 
 
 HOSTS = Struct({"static": F(STATIC), "ec2": F(EC2)}, validator=_one_provider, fill_default=False)

@@ -8,7 +8,7 @@ human should write; and we need defaults filled and origins tracked.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .commands import Cmd, Raw, script, sh
-from .errors import ConfigError
 from .facts import FileSpec, put_files_lines, stage_lines, tar_payload
-from .templates import render, sha256
+from .templates import render
 
 STEP = "tls"
 LE_SERVER = "https://acme-v02.api.letsencrypt.org/directory"

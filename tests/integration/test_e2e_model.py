@@ -129,5 +129,16 @@ def test_model_server_deploy_behind_an_alb(h8, tmp_path):  # noqa: F811
                   for d in elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
         assert health == {ids[0]: "healthy", ids[1]: "healthy"}
         assert version(f) == "1.0.0"
+        # `fab rollback` takes the host out of the target group around its switch too
+        f.fab("deploy", "--artifact", str(app_copy(tmp_path, APP, "1.0.1")))
+        assert version(f) == "1.0.1"
+        f.fab("rollback")
+        names = [s["name"] for s in f.host_result("rollback")["steps"]]
+        assert "alb deregister" in names and "alb register" in names, names
+        assert names.index("alb deregister") < names.index("alb register"), names
+        health = {d["Target"]["Id"]: d["TargetHealth"]["State"]
+                  for d in elb.describe_target_health(TargetGroupArn=arn)["TargetHealthDescriptions"]}
+        assert health == {ids[0]: "healthy", ids[1]: "healthy"}
+        assert version(f) == "1.0.0"
     finally:
         server.stop()
