@@ -222,11 +222,16 @@ class HostContext:
         if streaming:
             kwargs["out_stream"] = PrefixWriter(self.run_.out, self.host.name)
             kwargs["err_stream"] = PrefixWriter(self.run_.out, self.host.name)
+        t0 = time.monotonic()
         try:
             r = conn.run(text, **kwargs)
-            return RemoteResult(text, r.stdout, r.stderr, r.exited)
         except CommandTimedOut as e:
             return RemoteResult(text, e.result.stdout, e.result.stderr, 124, timed_out=True)
+        if r.exited == -1 and time.monotonic() - t0 >= limit:
+            # invoke's timer closed the channel but its own bookkeeping failed
+            # (the close raised in the timer thread): still a timeout, not "exit -1"
+            return RemoteResult(text, r.stdout, r.stderr, 124, timed_out=True)
+        return RemoteResult(text, r.stdout, r.stderr, r.exited)
 
     @staticmethod
     def _run_with_stdin(conn, text: str, data: bytes, limit: float) -> RemoteResult:
