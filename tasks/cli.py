@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import faulthandler
 import functools
+import os
 import signal
 import sys
+import threading
 
 from invoke import task
 from invoke.exceptions import Exit
@@ -58,6 +60,7 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
                 signal.signal(signal.SIGTERM, _sigterm)
             except ValueError:  # not the main thread (tests calling tasks directly)
                 old = None
+            old_hook, threading.excepthook = threading.excepthook, _thread_failed
             try:
                 return fn(c, *args, **kwargs)
             except FabshipError as e:
@@ -67,6 +70,7 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
             except Terminated:
                 raise Exit("fabship: terminated", code=143) from None
             finally:
+                threading.excepthook = old_hook
                 if old is not None:
                     signal.signal(signal.SIGTERM, old)
 
@@ -76,6 +80,19 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
         return task(**kwargs)(wrapper)
 
     return deco
+
+
+def _thread_failed(args) -> None:
+    """A library's own thread (paramiko, invoke's timeout timer) died: one line,
+    not a traceback in the middle of the run's output. FABSHIP_DEBUG=1 shows it."""
+    if args.exc_type is SystemExit:
+        return
+    if os.environ.get("FABSHIP_DEBUG"):
+        threading.__excepthook__(args)
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    print(f"fabship: background thread {name} failed: {args.exc_type.__name__}: {args.exc_value} "
+          "(FABSHIP_DEBUG=1 shows the traceback)", file=sys.stderr)
 
 
 class Terminated(BaseException):

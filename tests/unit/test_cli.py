@@ -100,3 +100,29 @@ def test_hosts_empty_ec2_match(fab, tmp_path, moto_server, aws_env):
     assert r.returncode != 0
     assert "no instances in us-west-2 match tag:Name=nobody-home" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_dying_library_thread_is_one_line_not_a_traceback(capsys, monkeypatch):
+    """invoke's timeout timer or paramiko's transport thread may raise in its own
+    thread; the user sees one line naming it, not a traceback."""
+    import threading
+
+    from tasks.cli import fabship_task
+
+    monkeypatch.delenv("FABSHIP_DEBUG", raising=False)
+
+    @fabship_task(help={})
+    def demo(c):
+        def boom():
+            raise EOFError("transport closed")
+
+        t = threading.Thread(target=boom, name="Timer-7")
+        t.start()
+        t.join()
+
+    before = threading.excepthook
+    demo.body(None)
+    err = capsys.readouterr().err
+    assert err.strip() == ("fabship: background thread Timer-7 failed: EOFError: transport closed "
+                           "(FABSHIP_DEBUG=1 shows the traceback)"), err
+    assert threading.excepthook is before  # restored after the task
