@@ -126,3 +126,11 @@ def test_a_dying_library_thread_is_one_line_not_a_traceback(capsys, monkeypatch)
     assert err.strip() == ("fabship: background thread Timer-7 failed: EOFError: transport closed "
                            "(FABSHIP_DEBUG=1 shows the traceback)"), err
     assert threading.excepthook is before  # restored after the task
+
+
+def test_hosts_says_which_jump_host(fab, tmp_path):
+    p = tmp_path / "inv.yaml"
+    p.write_text("hosts: {static: {web1: 10.0.1.5}}\nssh: {user: ec2-user}\n")
+    r = fab("hosts", "-i", str(p), "--set", "ssh.jump_host=bastion.example.com:2222")
+    assert r.returncode == 0, r.stderr
+    assert "reached through jump host ec2-user@bastion.example.com:2222" in r.stdout.splitlines()[0], r.stdout
