@@ -209,8 +209,9 @@ class HostContext:
         """The host's newest processes (the stuck command and what it started),
         without kernel threads, on a fresh channel; best effort."""
         try:
-            r = self._run_with_stdin(self.connect(), "ps --ppid 2 -p 2 --deselect -o pid,ppid,etime,args "
-                                                     "--sort=start_time 2>/dev/null | tail -n 25 | cut -c1-160", b"", 15)
+            ps = ("ps --ppid 2 -p 2 --deselect -o pid,ppid,etime,args --sort=start_time 2>/dev/null"
+                  " | tail -n 25 | cut -c1-160")
+            r = self._run_with_stdin(self.connect(), ps, b"", 15)
             return r.stdout.rstrip() or "(ps printed nothing)"
         except Exception as e:  # the connection may be the thing that is stuck
             return f"(could not list processes: {e})"
