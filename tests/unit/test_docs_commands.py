@@ -65,3 +65,11 @@ def test_documented_command_uses_real_options(doc, cmd, help_of):
             base = opt[3:] if opt.startswith("no-") else opt  # --no-gate is --[no-]gate
             assert re.search(rf"--(\[no-\])?({opt}|{base})\b", text), \
                 f"{doc}: `{cmd}`: `fab {task}` has no --{opt}"
+
+
+def test_documented_inventories_exist():
+    placeholders = {"INV", "prod", "NAME", "X"}  # written as examples, not files of this repo
+    for doc, cmd in doc_commands():
+        for name in re.findall(r"(?:-i|--inventory)[ =](\S+)", cmd):
+            if name not in placeholders:
+                assert (REPO / "inventories" / f"{name}.yaml").exists(), f"{doc}: `{cmd}`: no inventories/{name}.yaml"
