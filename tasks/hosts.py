@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .runner import print_table
-from .ssh import parse_jump_host
+from .ssh import describe_jumps, parse_jump_hosts
 
 
 def show_hosts(inv, hosts) -> None:
@@ -11,7 +11,7 @@ def show_hosts(inv, hosts) -> None:
         tags = ", ".join(f"{k}={v}" for k, v in sorted(h.tags.items()))
         rows.append([h.name, h.address, h.user, str(h.port), h.source, ",".join(h.groups), tags])
     title = f"inventory {inv.name} ({' < '.join(inv.files)}): {len(hosts)} host(s)"
-    jump = parse_jump_host(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
-    if jump:
-        title += f", reached through jump host {jump}"
+    hops = parse_jump_hosts(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
+    if hops:
+        title += f", reached through jump host {describe_jumps(hops)}"
     print_table(["NAME", "ADDRESS", "USER", "PORT", "SOURCE", "GROUPS", "TAGS"], rows, title=title)

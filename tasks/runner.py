@@ -369,7 +369,7 @@ class Run:
 
         self.key_file = check_key_file(inv, inv.data["ssh"].get("key_file"))
         self.known_hosts = known_hosts_path(inv)
-        self._jump = None
+        self._jumps: list = []  # open connections to the jump hosts, first hop first
         self._jump_lock = threading.Lock()
 
     def add_secrets(self, values: Iterable) -> None:
@@ -385,22 +385,34 @@ class Run:
                        gateway=self.jump_connection(host))
 
     def jump_connection(self, host):
-        """One connection to `ssh.jump_host` per run, shared by every host's
-        connection (each is a channel through it); host-key checked like any host."""
-        from .ssh import connect, parse_jump_host
+        """The connection to the last hop of `ssh.jump_host`, opened once per run
+        (each hop through the one before) and shared by every host's connection
+        (each is a channel through it); every hop is host-key checked like a host."""
+        from .ssh import connect, parse_jump_hosts
 
         ssh = self.inv.data["ssh"]
-        jump = parse_jump_host(ssh.get("jump_host"), ssh["user"])
-        if jump is None:
+        hops = parse_jump_hosts(ssh.get("jump_host"), ssh["user"])
+        if not hops:
             return None
         with self._jump_lock:
-            if self._jump is None or not self._jump.is_connected:
-                try:
-                    self._jump = connect(jump, ssh, key_file=self.key_file, known_hosts=self.known_hosts,
-                                         accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m))
-                except (ConnectError, HostKeyError) as e:
-                    raise type(e)(f"jump host {jump}: {e}") from None
-            return self._jump
+            if not self._jumps or not all(c.is_connected for c in self._jumps):
+                self._close_jumps()
+                gateway = None
+                for hop in hops:
+                    try:
+                        gateway = connect(hop, ssh, key_file=self.key_file, known_hosts=self.known_hosts,
+                                          accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m),
+                                          gateway=gateway)
+                    except (ConnectError, HostKeyError) as e:
+                        self._close_jumps()
+                        raise type(e)(f"jump host {hop}: {e}") from None
+                    self._jumps.append(gateway)
+            return self._jumps[-1]
+
+    def _close_jumps(self) -> None:
+        for c in reversed(self._jumps):
+            c.close()
+        self._jumps = []
 
     def ctx(self, host) -> HostContext:
         return self.contexts[host.name]
@@ -456,9 +468,7 @@ class Run:
     def close(self) -> None:
         for c in self.contexts.values():
             c.close()
-        if self._jump is not None:
-            self._jump.close()
-            self._jump = None
+        self._close_jumps()
 
     # -- reporting ---------------------------------------------------------------------
     def failed_hosts(self) -> list[str]:

@@ -63,7 +63,8 @@ def _one_provider(value, path):
 
 HOSTS = Struct({"static": F(STATIC), "ec2": F(EC2)}, validator=_one_provider, fill_default=False)
 
-JUMP_HOST = r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+_ONE_JUMP = r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+JUMP_HOST = rf"{_ONE_JUMP}(?:,{_ONE_JUMP})*"
 
 SSH = Struct({
     "user": F(Str(), default="root"),
@@ -72,9 +73,9 @@ SSH = Struct({
     "known_hosts": F(Str(), default="~/.ssh/known_hosts"),
     "connect_timeout": F(Number(min=1), default=10),
     "command_timeout": F(Number(min=1), default=1800),
-    # a bastion for hosts on private addresses, as `ssh -J`: checked against the
-    # same known_hosts and authenticated with the same key (or agent)
-    "jump_host": F(Str(JUMP_HOST, "[user@]host[:port], as for ssh -J")),
+    # bastion(s) for hosts on private addresses, as `ssh -J` (a,b: through a, then b):
+    # checked against the same known_hosts, authenticated with the same key (or agent)
+    "jump_host": F(Str(JUMP_HOST, "[user@]host[:port][,...], as for ssh -J")),
 })
 
 GROUP = Struct({

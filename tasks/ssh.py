@@ -106,16 +106,24 @@ class JumpHost:
         return f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
 
 
-def parse_jump_host(spec: str | None, default_user: str) -> JumpHost | None:
-    if not spec:
-        return None
-    user, _, rest = spec.rpartition("@")
-    if rest.startswith("["):  # [v6]:port
-        addr, _, port = rest[1:].partition("]")
-        port = port.lstrip(":")
-    else:
-        addr, _, port = rest.partition(":")
-    return JumpHost(addr, user or default_user, int(port or 22))
+def parse_jump_hosts(spec: str | None, default_user: str) -> list[JumpHost]:
+    """`ssh.jump_host` as the chain to go through, first hop first ("a,b" as ssh -J)."""
+    hops = []
+    for one in (spec or "").split(","):
+        if not one.strip():
+            continue
+        user, _, rest = one.strip().rpartition("@")
+        if rest.startswith("["):  # [v6]:port
+            addr, _, port = rest[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            addr, _, port = rest.partition(":")
+        hops.append(JumpHost(addr, user or default_user, int(port or 22)))
+    return hops
+
+
+def describe_jumps(hops: list[JumpHost]) -> str:
+    return " -> ".join(str(j) for j in hops)
 
 
 def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_new: bool,

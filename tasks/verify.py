@@ -283,11 +283,11 @@ def ssh_config_text(inv, hosts) -> str:
     """An OpenSSH client config for the inventory's hosts with strict host key
     checking against the inventory's known_hosts (for `pytest --hosts=ssh://NAME
     --ssh-config=FILE`)."""
-    from .ssh import check_key_file, known_hosts_path, parse_jump_host
+    from .ssh import check_key_file, known_hosts_path, parse_jump_hosts
 
     key = check_key_file(inv, inv.data["ssh"].get("key_file"))
     kh = known_hosts_path(inv)
-    jump = parse_jump_host(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
+    hops = parse_jump_hosts(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
     lines = [f"# written by `fab verify --write-ssh-config` for {inv.path}"]
     for h in hosts:
         lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}",
@@ -295,10 +295,10 @@ def ssh_config_text(inv, hosts) -> str:
                   f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
         if key:
             lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
-        if jump:
-            lines.append(f"  ProxyJump {jump.user}@{jump.address}:{jump.port}")
-    if jump:  # the bastion is checked as strictly as the hosts
-        lines += [f"Host {jump.address}", "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}",
+        if hops:
+            lines.append("  ProxyJump " + ",".join(f"{j.user}@{j.address}:{j.port}" for j in hops))
+    for j in hops:  # every bastion is checked as strictly as the hosts
+        lines += [f"Host {j.address}", "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}",
                   "  BatchMode yes", f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
         if key:
             lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]

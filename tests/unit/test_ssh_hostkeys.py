@@ -192,15 +192,39 @@ def test_jump_host_key_is_checked_too(tmp_path, client_key):
 
 
 @pytest.mark.parametrize("spec, want", [
-    ("bastion.example.com", ("bastion.example.com", "ec2-user", 22)),
-    ("admin@10.0.0.5:2222", ("10.0.0.5", "admin", 2222)),
-    ("[fd00::1]:2200", ("fd00::1", "ec2-user", 2200)),
+    ("bastion.example.com", [("bastion.example.com", "ec2-user", 22)]),
+    ("admin@10.0.0.5:2222", [("10.0.0.5", "admin", 2222)]),
+    ("[fd00::1]:2200", [("fd00::1", "ec2-user", 2200)]),
+    ("edge.example.com,ops@10.0.0.5", [("edge.example.com", "ec2-user", 22), ("10.0.0.5", "ops", 22)]),
 ])
-def test_parse_jump_host(spec, want):
-    from tasks.ssh import parse_jump_host
+def test_parse_jump_hosts(spec, want):
+    from tasks.ssh import parse_jump_hosts
 
-    j = parse_jump_host(spec, "ec2-user")
-    assert (j.address, j.user, j.port) == want
+    assert [(j.address, j.user, j.port) for j in parse_jump_hosts(spec, "ec2-user")] == want
+
+
+def test_jump_chain_goes_through_each_hop_in_order(tmp_path, client_key):
+    """ssh -J a,b: the control machine talks to a only; a opens b; b opens the host."""
+    first, second, target = (TinySSHD(client_key[0]) for _ in range(3))
+    kh = tmp_path / "known_hosts"
+    kh.write_text("".join(known_line(s) for s in (first, second, target)))
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(f"hosts: {{static: {{t: {{address: 127.0.0.1, port: {target.port}}}}}}}\n"
+                        f"ssh: {{key_file: {client_key[1]}, known_hosts: {kh}, connect_timeout: 5, "
+                        f"jump_host: '127.0.0.1:{first.port},127.0.0.1:{second.port}'}}\n")
+    inv = load_inventory(str(inv_path))
+    run = Run("test", inv, inv.resolve_hosts())
+    try:
+        run.each(lambda ctx: ctx.run(Cmd("echo", "through-two")))
+        assert run.failed_hosts() == []
+        assert target.commands == ["echo through-two"]
+        assert first.forwarded == [("127.0.0.1", second.port)]
+        assert second.forwarded == [("127.0.0.1", target.port)]
+        assert first.commands == [] and second.commands == []
+    finally:
+        run.close()
+        for s in (first, second, target):
+            s.stop()
 
 
 def test_bad_jump_host_is_a_config_error(tmp_path):

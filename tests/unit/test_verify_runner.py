@@ -210,3 +210,10 @@ def test_ssh_config_carries_the_jump_host(tmp_path, sshd):
     assert bastion_block.splitlines() == ["  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}",
                                           "  BatchMode yes", "  ConnectTimeout 10",
                                           f"  IdentityFile {key_path}", "  IdentitiesOnly yes"]
+
+
+def test_ssh_config_carries_a_jump_chain(tmp_path, sshd):
+    inv = load_inventory(write_inv(tmp_path, sshd), overrides=["ssh.jump_host=edge.example.com,ops@10.0.0.5:2200"])
+    text = V.ssh_config_text(inv, inv.resolve_hosts())
+    assert "  ProxyJump root@edge.example.com:22,ops@10.0.0.5:2200" in text.splitlines()
+    assert "Host edge.example.com" in text.splitlines() and "Host 10.0.0.5" in text.splitlines()
