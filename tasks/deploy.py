@@ -239,7 +239,7 @@ def deploy_host(ctx, plan: Plan) -> None:
     st: HostState = ctx.data["state"]
     prev = st.current
     since = st.now or int(time.time())
-    ctx.data.update(previous=prev, outcome=None, switched=False, rid=rid, alb=plan.alb)
+    ctx.data.update(previous=prev, outcome=None, switched=False, rid=rid)
     meta: dict = {}
     try:
         check_cancel(ctx)
@@ -593,21 +593,21 @@ def fleet_rollback(fleet: Fleet, switched: list[list]) -> None:
                 continue
             run.out.line("", f"fleet rollback: {', '.join(h.name for h in reversed(batch))} back to their "
                              "previous release")
-            fleet.parallel(_rollback_switched, list(reversed(batch)))
+            fleet.parallel(lambda ctx: _rollback_switched(ctx, fleet.plan.alb), list(reversed(batch)))
             if fleet.interrupted:
                 break
     finally:
         fleet.interrupted = fleet.interrupted or interrupted
 
 
-def _rollback_switched(ctx) -> None:
+def _rollback_switched(ctx, alb) -> None:
     from .rollback import rollback_host
 
     ctx.error = None
     prev = ctx.data["previous"]
     try:
         rollback_host(ctx, prev, reason=f"fleet rollback after the failed deploy of {ctx.data.get('rid', '')}",
-                      restore_env=False, alb=ctx.data.get("alb"))
+                      restore_env=False, alb=alb)
         ctx.data["outcome"] = ROLLED_BACK
         ctx.note = f"rolled back to {prev} (the deploy failed elsewhere)"
         ctx.status = "rolled back"

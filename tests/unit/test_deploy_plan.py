@@ -144,7 +144,7 @@ def fleet_run(tmp_path, monkeypatch, *, fail=(), batch=2, max_fail=0, rollback=T
         with lk:
             log["deployed"].append(ctx.host.name)
 
-    def fake_rollback(ctx):
+    def fake_rollback(ctx, alb):
         with lk:
             log["rolled_back"].append(ctx.host.name)
         ctx.data["outcome"] = d.ROLLED_BACK
