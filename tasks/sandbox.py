@@ -400,8 +400,7 @@ def ensure_base_image(log: Out, proxy: Optional[str] = None) -> Path:
     final = images / image_id(stamp)
     if (final / ".fabship-image.json").exists():
         return final
-    with open(images / ".lock", "a") as lockf:
-        fcntl.flock(lockf, fcntl.LOCK_EX)  # another checkout may be building it
+    with _images_lock(images):  # another checkout may be building it
         if (final / ".fabship-image.json").exists():
             return final
         for stale in images.glob(".tmp-*"):  # an interrupted build (we hold the lock)
@@ -439,16 +438,23 @@ def refresh_package_lists(image: Path, proxy: str, log: Out) -> None:
     newest = max((p.stat().st_mtime for p in lists.glob("*_Packages")), default=0.0)
     if time.time() - newest < LISTS_MAX_AGE:
         return
-    with open(image.parent / ".lock", "a") as lockf:
-        fcntl.flock(lockf, fcntl.LOCK_EX)
+    with _images_lock(image.parent):
         p = subprocess.run(["chroot", str(image), "apt-get", "update", "-q", "-o", f"Acquire::http::Proxy={proxy}",
                             "-o", "Acquire::Retries=3", "-o", "Acquire::http::Timeout=30"],
                            capture_output=True, text=True, timeout=300)
     if p.returncode == 0:
         log("package lists refreshed in the base image")
     else:
-        log(f"warning: could not refresh the image's package lists (hosts will run apt-get update): "
-            f"{(p.stderr or p.stdout).strip().splitlines()[-1:] or ''}")
+        last = ((p.stderr or p.stdout).strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        log(f"warning: could not refresh the image's package lists (hosts will run apt-get update): {last}")
+
+
+@contextlib.contextmanager
+def _images_lock(images: Path):
+    """The image cache is shared by checkouts: build or change an image under this lock."""
+    with open(images / ".lock", "a") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        yield
 
 
 def _customise_image(root: Path, stamp: dict) -> None:

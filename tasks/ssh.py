@@ -102,8 +102,14 @@ class JumpHost:
     user: str
     port: int
 
+    @property
+    def target(self) -> str:
+        """user@host:port as ssh's ProxyJump takes it (an IPv6 address in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.user}@{host}:{self.port}"
+
     def __str__(self) -> str:
-        return f"{self.user}@{self.address}" + (f":{self.port}" if self.port != 22 else "")
+        return self.target.removesuffix(":22")
 
 
 def parse_jump_hosts(spec: str | None, default_user: str) -> list[JumpHost]:

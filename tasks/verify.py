@@ -288,20 +288,17 @@ def ssh_config_text(inv, hosts) -> str:
     key = check_key_file(inv, inv.data["ssh"].get("key_file"))
     kh = known_hosts_path(inv)
     hops = parse_jump_hosts(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
+    strict = ["  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}", "  BatchMode yes",
+              f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
+    if key:
+        strict += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
     lines = [f"# written by `fab verify --write-ssh-config` for {inv.path}"]
     for h in hosts:
-        lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}",
-                  "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}", "  BatchMode yes",
-                  f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
-        if key:
-            lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
+        lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}", *strict]
         if hops:
-            lines.append("  ProxyJump " + ",".join(f"{j.user}@{j.address}:{j.port}" for j in hops))
+            lines.append("  ProxyJump " + ",".join(j.target for j in hops))
     for j in hops:  # every bastion is checked as strictly as the hosts
-        lines += [f"Host {j.address}", "  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}",
-                  "  BatchMode yes", f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
-        if key:
-            lines += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
+        lines += [f"Host {j.address}", *strict]
     return "\n".join(lines) + "\n"
 
 

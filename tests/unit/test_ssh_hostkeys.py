@@ -203,6 +203,14 @@ def test_parse_jump_hosts(spec, want):
     assert [(j.address, j.user, j.port) for j in parse_jump_hosts(spec, "ec2-user")] == want
 
 
+def test_jump_host_target_brackets_ipv6():
+    from tasks.ssh import JumpHost
+
+    assert JumpHost("fd00::1", "ops", 2200).target == "ops@[fd00::1]:2200"
+    assert str(JumpHost("bastion.example.com", "ops", 22)) == "ops@bastion.example.com"
+    assert str(JumpHost("10.0.0.5", "ops", 2222)) == "ops@10.0.0.5:2222"
+
+
 def test_jump_chain_goes_through_each_hop_in_order(tmp_path, client_key):
     """ssh -J a,b: the control machine talks to a only; a opens b; b opens the host."""
     first, second, target = (TinySSHD(client_key[0]) for _ in range(3))
