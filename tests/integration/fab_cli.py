@@ -8,6 +8,7 @@ is kept under pytest-timeout's per-test budget for that reason.
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -86,3 +87,38 @@ def _run_once(args, runs_dir, env, limit: float) -> subprocess.CompletedProcess:
                       f"--- stdout (tail)\n{tail(out, 60)}\n"
                       f"--- stderr (tail, thread stacks)\n{tail(err, 250)}") from None
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+class OneHostFab:
+    """`fab TASK -i INV --limit HOST` for tests that work on one sandbox host,
+    with the run records in `tmp/runs` and the host's shell at hand."""
+
+    def __init__(self, fleet, host: str, tmp: Path, inv: Path | None = None):
+        self.fleet, self.host, self.tmp = fleet, host, tmp
+        self.runs = tmp / "runs"
+        self.inv = inv
+
+    def fab(self, task, *args, expect=0, inv=None, timeout=900) -> subprocess.CompletedProcess:
+        r = run_fab(task, "-i", inv or self.inv, "--limit", self.host, *args, runs_dir=self.runs, timeout=timeout)
+        out = r.stdout + r.stderr
+        assert "Traceback" not in out, out[-3000:]
+        if expect is not None:
+            assert r.returncode == expect, f"fab {task} {' '.join(args)} exited {r.returncode}:\n{out[-4000:]}"
+        return r
+
+    def record(self, task) -> dict:
+        recs = sorted(self.runs.glob(f"*-{task}-*.json"), key=lambda p: p.stat().st_mtime)
+        return json.loads(recs[-1].read_text())
+
+    def verify(self, *args, expect=None):
+        """fab verify, and its per-check results from the run record."""
+        r = self.fab("verify", *args, expect=expect)
+        return r, {c["name"]: c for c in self.record("verify")["extra"]["verify"][self.host]}
+
+    def sh(self, cmd, timeout=300):
+        return self.fleet.run(self.host, cmd, timeout=timeout)
+
+    def must(self, cmd, timeout=300) -> str:
+        code, out, err = self.sh(cmd, timeout)
+        assert code == 0, f"on {self.host}: {cmd!r} -> {code}: {(err or out)[-2000:]}"
+        return out

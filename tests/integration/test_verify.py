@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fab_cli import run_fab
+from fab_cli import OneHostFab
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "h7"
@@ -31,11 +31,9 @@ ENV_PATH = f"/etc/{APP}/{APP}.env"
 SECRET = "sandbox-app-secret-0001"  # inventories/sandbox-env/node-app.env (dummy value)
 
 
-class H7:
+class H7(OneHostFab):
     def __init__(self, fleet, tmp: Path):
-        self.fleet, self.tmp = fleet, tmp
-        self.runs = tmp / "runs"
-        self.inv = tmp / "verify-h7.yaml"
+        super().__init__(fleet, HOST, tmp, tmp / "verify-h7.yaml")
         self.inv.write_text(yaml.safe_dump({
             "include": [str(REPO / "inventories" / "sandbox-node.yaml")],
             "swap": {"size": "256M"},
@@ -45,31 +43,6 @@ class H7:
                 {"name": "unknown_path_404", "path": "/no-such-page", "expect_status": 404, "via": "nginx"},
             ]},
         }))
-
-    def fab(self, task, *args, expect=0, timeout=900):
-        r = run_fab(task, "-i", self.inv, "--limit", HOST, *args, runs_dir=self.runs, timeout=timeout)
-        out = r.stdout + r.stderr
-        assert "Traceback" not in out, out[-3000:]
-        if expect is not None:
-            assert r.returncode == expect, f"fab {task} {' '.join(args)} exited {r.returncode}:\n{out[-4000:]}"
-        return r
-
-    def record(self, task):
-        recs = sorted(self.runs.glob(f"*-{task}-*.json"), key=lambda p: p.stat().st_mtime)
-        return json.loads(recs[-1].read_text())
-
-    def verify(self, *args, expect=None):
-        r = self.fab("verify", *args, expect=expect)
-        results = {c["name"]: c for c in self.record("verify")["extra"]["verify"][HOST]}
-        return r, results
-
-    def must(self, cmd, timeout=300):
-        code, out, err = self.fleet.run(HOST, cmd, timeout=timeout)
-        assert code == 0, f"on {HOST}: {cmd!r} -> {code}: {(err or out)[-2000:]}"
-        return out
-
-    def sh(self, cmd, timeout=300):
-        return self.fleet.run(HOST, cmd, timeout=timeout)
 
     def live_port(self) -> int:
         m = re.search(r"server 127\.0\.0\.1:(\d+)", self.must(f"cat /etc/nginx/fabship/{APP}-upstream.conf"))

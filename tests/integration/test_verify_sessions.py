@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fab_cli import run_fab
+from fab_cli import OneHostFab
 from canary_support import PsPoller, with_decoded
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +37,11 @@ def common_checks() -> list[dict]:
     return yaml.safe_load((REPO / "inventories" / "common" / "ota.yaml").read_text())["verify"]["checks"]
 
 
-class Ota:
+class Ota(OneHostFab):
     """fab with an inventory that includes sandbox-ota.yaml, limited to h7."""
 
     def __init__(self, fleet, tmp: Path):
-        self.fleet, self.tmp = fleet, tmp
-        self.runs = tmp / "runs"
+        super().__init__(fleet, HOST, tmp)
         self.inv = self.inventory("ota-h7.yaml")
 
     def inventory(self, name: str, checks: list | None = None) -> Path:
@@ -54,30 +53,6 @@ class Ota:
         p = self.tmp / name
         p.write_text(yaml.safe_dump({"include": [str(REPO / "inventories" / "sandbox-ota.yaml")], "verify": verify}))
         return p
-
-    def fab(self, task, *args, expect=0, inv=None, timeout=900):
-        r = run_fab(task, "-i", inv or self.inv, "--limit", HOST, *args, runs_dir=self.runs, timeout=timeout)
-        out = r.stdout + r.stderr
-        assert "Traceback" not in out, out[-3000:]
-        if expect is not None:
-            assert r.returncode == expect, f"fab {task} {' '.join(args)} exited {r.returncode}:\n{out[-4000:]}"
-        return r
-
-    def record(self, task):
-        recs = sorted(self.runs.glob(f"*-{task}-*.json"), key=lambda p: p.stat().st_mtime)
-        return json.loads(recs[-1].read_text())
-
-    def verify(self, *args, expect=None):
-        r = self.fab("verify", *args, expect=expect)
-        return r, {c["name"]: c for c in self.record("verify")["extra"]["verify"][HOST]}
-
-    def sh(self, cmd, timeout=300):
-        return self.fleet.run(HOST, cmd, timeout=timeout)
-
-    def must(self, cmd, timeout=300):
-        code, out, err = self.sh(cmd, timeout)
-        assert code == 0, f"on {HOST}: {cmd!r} -> {code}: {(err or out)[-2000:]}"
-        return out
 
     def current(self) -> str:
         return self.must(f"readlink /opt/{APP}/current").strip().rsplit("/", 1)[-1]

@@ -15,7 +15,8 @@ import yaml
 
 from tasks import checks as C
 from tasks.errors import ConfigError
-from tasks.inventory import load_inventory
+
+from .test_verify_checks import inv_from
 
 BASE = {
     "hosts": {"static": {"web1": "10.0.0.5"}},
@@ -36,14 +37,7 @@ def inv_of(tmp_path, checks=None, **changes):
     d = yaml.safe_load(yaml.safe_dump(BASE))
     if checks is not None:
         d["verify"]["checks"] = checks
-    for k, v in changes.items():
-        if v is None:
-            d.pop(k, None)
-        else:
-            d[k] = v
-    p = tmp_path / "inv.yaml"
-    p.write_text(yaml.safe_dump(d))
-    return load_inventory(str(p))
+    return inv_from(tmp_path, d, **changes)
 
 
 def spec_of(tmp_path, checks=None, **changes):
