@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import math
 import os
 import socket
 import time
@@ -90,8 +91,9 @@ def release_cmd(lay: Layout, holder_id: str) -> Cmd:
 
 
 def read_cmd(lay: Layout) -> Cmd:
-    return sh("if [ -d {} ]; then echo {}; cat -- {} 2>/dev/null || true; fi",
-              lay.lock_dir, HELD, f"{lay.lock_dir}/holder.json")
+    # -e/-L, not -d: whatever sits at the lock path blocks mkdir, so it is a held lock
+    return sh("if [ -e {} ] || [ -L {} ]; then echo {}; cat -- {} 2>/dev/null || true; fi",
+              lay.lock_dir, lay.lock_dir, HELD, f"{lay.lock_dir}/holder.json")
 
 
 def break_cmd(lay: Layout) -> Cmd:
@@ -99,33 +101,70 @@ def break_cmd(lay: Layout) -> Cmd:
 
 
 # -- judging a holder ---------------------------------------------------------------
+# holder.json is only ever written by fabship, but a half-written file, a hand
+# edit or another version's format must not crash lock handling: every field is
+# read defensively, and `fab unlock --force` does not depend on any of it.
 
 def parse_holder(text: str) -> dict:
     try:
         d = json.loads(text.strip() or "{}")
         return d if isinstance(d, dict) else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return {}
+
+
+def holder_epoch(holder: dict) -> float | None:
+    """The holder's start time (Unix seconds), or None when it is missing or
+    not a plausible finite number (a string, a bool, NaN, before 2000)."""
+    v = holder.get("epoch") if isinstance(holder, dict) else None
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        f = float(v)
+    except (ValueError, OverflowError):
+        return None
+    return f if math.isfinite(f) and f >= 946684800 else None
+
+
+def _field(holder: dict, key: str, default: str = "?") -> str:
+    """One holder field as short one-line text, whatever its JSON type."""
+    v = holder.get(key) if isinstance(holder, dict) else None
+    if v is None or v == "":
+        return default
+    return " ".join(str(v).split())[:80] or default
+
+
+def _pid(holder: dict) -> int:
+    v = holder.get("pid")
+    if isinstance(v, bool):
+        return 0
+    try:
+        pid = int(v or 0)
+    except (TypeError, ValueError, OverflowError):
+        return 0
+    return pid if 0 < pid < 2 ** 22 else 0  # beyond Linux's pid_max: not a pid
 
 
 def stale_reason(holder: dict, *, max_age: float = DEFAULT_MAX_AGE, now: float | None = None,
                  this_host: str | None = None) -> str | None:
     """Why a lock is stale, or None when it looks live."""
     now = time.time() if now is None else now
-    if not holder or not holder.get("epoch"):
+    if not isinstance(holder, dict) or not holder or holder.get("epoch") in (None, "", 0):
         return "the lock has no holder details (a run was killed while taking it)"
     this_host = this_host or socket.gethostname()
-    try:
-        pid = int(holder.get("pid") or 0)
-    except (TypeError, ValueError):
-        pid = 0
+    pid = _pid(holder)
     if holder.get("control_host") == this_host and pid:
         if not _pid_alive(pid):
             return f"its process {pid} on {this_host} is gone"
         start = holder.get("pid_start")
-        if start and _proc_start(pid) and _proc_start(pid) != start:
+        if start and _proc_start(pid) and _proc_start(pid) != str(start):
             return f"its process {pid} on {this_host} is gone (the pid was reused)"
-    age = now - float(holder.get("epoch") or now)
+    epoch = holder_epoch(holder)
+    if epoch is None:
+        if holder.get("control_host") == this_host and pid:
+            return None  # its process is alive here: live, whatever its time says
+        return f"its holder.json has no usable time (epoch {_field(holder, 'epoch')}): its age is unknown"
+    age = now - epoch
     if max_age and age > max_age:
         return f"it is {_ago(age)} old (older than deploy.lock_max_age {int(max_age)}s)"
     return None
@@ -136,13 +175,13 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError):
         return True
     return True
 
 
 def _ago(seconds: float) -> str:
-    s = int(max(0, seconds))
+    s = int(max(0, seconds)) if math.isfinite(seconds) else 0
     if s < 120:
         return f"{s}s"
     if s < 7200:
@@ -151,13 +190,14 @@ def _ago(seconds: float) -> str:
 
 
 def describe(holder: dict, now: float | None = None) -> str:
-    if not holder:
+    if not isinstance(holder, dict) or not holder:
         return "an unknown holder"
     now = time.time() if now is None else now
-    rel = f" of {holder['release']}" if holder.get("release") else ""
-    age = f", {_ago(now - float(holder['epoch']))} ago" if holder.get("epoch") else ""
-    return (f"{holder.get('user', '?')} (pid {holder.get('pid', '?')} on {holder.get('control_host', '?')}): "
-            f"{holder.get('action', '?')}{rel} since {holder.get('time', '?')}{age}")
+    rel = f" of {_field(holder, 'release')}" if holder.get("release") else ""
+    epoch = holder_epoch(holder)
+    age = f", {_ago(now - epoch)} ago" if epoch is not None else ""
+    return (f"{_field(holder, 'user')} (pid {_field(holder, 'pid')} on {_field(holder, 'control_host')}): "
+            f"{_field(holder, 'action')}{rel} since {_field(holder, 'time')}{age}")
 
 
 def max_age_of(ctx) -> float:
@@ -251,19 +291,24 @@ def unlock_host(ctx, force: bool = False) -> None:
         ctx.ok("deploy lock", "not locked")
         ctx.note = "not locked"
         return
-    holder = parse_holder(r.stdout[len(HELD):])
-    reason = stale_reason(holder, max_age=max_age_of(ctx))
+    try:
+        holder = parse_holder(r.stdout[len(HELD):])
+        reason = stale_reason(holder, max_age=max_age_of(ctx))
+        held_by = describe(holder)
+    except Exception as e:  # --force must never depend on reading holder.json
+        holder, held_by = {}, "an unreadable holder"
+        reason = f"its holder.json cannot be read ({type(e).__name__})"
     if not reason and not force:
-        raise StepFailed(f"deploy lock is held by a live run: {describe(holder)}; not breaking it "
+        raise StepFailed(f"deploy lock is held by a live run: {held_by}; not breaking it "
                          f"(use --force if you are sure that run is dead)")
     why = reason or "forced (--force)"
-    ctx.change("break deploy lock", f"was held by {describe(holder)}; {why}", break_cmd(lay))
-    ctx.note = f"broke lock of {holder.get('user', '?')} ({holder.get('action', '?')})"
+    ctx.change("break deploy lock", f"was held by {held_by}; {why}", break_cmd(lay))
+    ctx.note = f"broke lock of {_field(holder, 'user')} ({_field(holder, 'action')})"
     if not ctx.dry_run:
         from .audit import audit
 
-        audit(ctx, "unlock", holder.get("release") or "-", "ok",
-              f"broke lock of {holder.get('user', '?')} pid {holder.get('pid', '?')} ({why})")
+        audit(ctx, "unlock", _field(holder, "release", "-"), "ok",
+              f"broke lock of {_field(holder, 'user')} pid {_field(holder, 'pid')} ({why})")
 
 
 def unlock(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,

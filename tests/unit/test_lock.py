@@ -153,3 +153,88 @@ def test_dry_run_takes_no_lock(tmp_path):
     ctx = LocalCtx(inv, dry_run=True)
     assert acquire(ctx, "deploy") == {}
     assert not os.path.exists(Layout.from_inventory(inv).lock_dir)
+
+
+# -- a holder.json that is not what fabship writes (issue 11) ---------------------------------
+
+ODD_EPOCHS = ["abc", "", [1], {"a": 1}, True, "nan", "inf", "1e400", 10 ** 400, -5, 12.5]
+
+
+@pytest.mark.parametrize("epoch", ODD_EPOCHS, ids=repr)
+def test_odd_epoch_is_judged_not_crashed(epoch):
+    h = dict(make_holder("deploy", "r1"), control_host="elsewhere", epoch=epoch)
+    reason = stale_reason(h)
+    assert reason and ("no usable time" in reason or "no holder details" in reason)
+    text = describe(h)
+    assert "deploy of r1" in text and "\n" not in text
+    if epoch != "":  # alive on this control host: live, whatever its time says
+        assert stale_reason(dict(make_holder("deploy"), epoch=epoch)) is None
+
+
+@pytest.mark.parametrize("pid", ["abc", 10 ** 30, -1, [2], True])
+def test_odd_pid_is_judged_not_crashed(pid):
+    h = dict(make_holder("deploy"), pid=pid, epoch=time.time() - 10)
+    assert stale_reason(h) is None or "gone" in stale_reason(h)
+    assert "pid" in describe(h)
+
+
+def _write_lock(lay, holder_text):
+    os.makedirs(lay.lock_dir, mode=0o700)
+    with open(f"{lay.lock_dir}/holder.json", "w") as f:
+        f.write(holder_text)
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps(dict(make_holder("deploy", "r1"), control_host="elsewhere", epoch="yesterday")),
+    json.dumps(dict(make_holder("deploy", "r1"), epoch=[1, 2], pid="x")),
+    "[1, 2, 3]", "not json at all {", json.dumps({"epoch": {"deep": 1}, "user": ["a"]}),
+], ids=["string-epoch", "list-epoch", "json-list", "garbage", "nested"])
+def test_odd_holder_json_refuses_cleanly_and_unlock_breaks_it(tmp_path, text):
+    inv = load_inv(tmp_path)
+    lay = Layout.from_inventory(inv)
+    _write_lock(lay, text)
+    with pytest.raises(LockError) as ei:
+        acquire(LocalCtx(inv), "deploy")
+    assert "STALE" in str(ei.value) and "\n" not in str(ei.value)
+    assert os.path.isdir(lay.lock_dir)
+    unlock_host(LocalCtx(inv))  # stale: no --force needed
+    assert not os.path.exists(lay.lock_dir)
+    assert "action=unlock" in open(lay.audit_log).read()
+
+
+def test_force_breaks_a_live_lock_with_an_odd_holder(tmp_path):
+    inv = load_inv(tmp_path)
+    lay = Layout.from_inventory(inv)
+    _write_lock(lay, json.dumps(dict(make_holder("deploy", "r1"), epoch="soon")))  # this live process
+    with pytest.raises(StepFailed, match="live run"):
+        unlock_host(LocalCtx(inv))
+    unlock_host(LocalCtx(inv), force=True)
+    assert not os.path.exists(lay.lock_dir)
+
+
+def test_force_does_not_depend_on_parsing(tmp_path, monkeypatch):
+    import tasks.lock as lock
+
+    inv = load_inv(tmp_path)
+    lay = Layout.from_inventory(inv)
+    _write_lock(lay, json.dumps(make_holder("deploy")))
+
+    def boom(*a, **k):
+        raise TypeError("a holder format this version does not know")
+
+    monkeypatch.setattr(lock, "stale_reason", boom)
+    ctx = LocalCtx(inv)
+    unlock_host(ctx, force=True)
+    assert not os.path.exists(lay.lock_dir)
+    assert "cannot be read" in open(lay.audit_log).read()
+
+
+def test_a_file_at_the_lock_path_is_a_held_lock(tmp_path):
+    inv = load_inv(tmp_path)
+    lay = Layout.from_inventory(inv)
+    os.makedirs(lay.state)
+    open(lay.lock_dir, "w").close()  # mkdir fails on it just the same
+    with pytest.raises(LockError, match="STALE"):
+        acquire(LocalCtx(inv), "deploy")
+    unlock_host(LocalCtx(inv))
+    assert not os.path.exists(lay.lock_dir)
