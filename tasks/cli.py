@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 
-from invoke import task
+from invoke import Task, task
 from invoke.exceptions import Exit
 
 from .errors import FabshipError
@@ -24,8 +24,8 @@ HELP = {
     "accept_new_host_keys": "trust on first use: record unknown host keys in the inventory's "
                             "known_hosts (a changed key is still refused)",
     "dry_run": "show per host what would change (diffs, commands, env key names); change nothing",
-    "verbose": "more output: -v shows every remote command and unchanged steps, -vv streams "
-               "command output",
+    "verbose": "more output, a repeatable flag (no value): -v shows every remote command and "
+               "unchanged steps, -vv (or -v -v, --verbose --verbose) streams command output",
     "lock_wait": "if another run holds the deploy lock, wait up to SECONDS for it instead of failing",
     "gate": "run the verification checks at the end as a gate, where the inventory's verify.gate "
             "enables them (default); --no-gate skips them for this run",
@@ -45,6 +45,20 @@ def helps(*names: str, **extra: str) -> dict:
     out = {n: HELP[n] for n in names}
     out.update(extra)
     return out
+
+
+class Count(int):
+    """The kind of a counted flag (-v, -vv): an int that invoke's help does not
+    print as `-v INT`, since a counted flag takes no value (`-v 1` is refused)."""
+
+
+class FabshipTask(Task):
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if opts.get("incrementable"):
+            opts["kind"] = Count
+            opts["default"] = Count(opts.get("default") or 0)
+        return opts
 
 
 def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), name=None, **kw):
@@ -74,7 +88,8 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
                 if old is not None:
                     signal.signal(signal.SIGTERM, old)
 
-        kwargs = dict(help=help, iterable=list(iterable), incrementable=list(incrementable), **kw)
+        kwargs = dict(help=help, iterable=list(iterable), incrementable=list(incrementable),
+                      **{"klass": FabshipTask, **kw})
         if name:
             kwargs["name"] = name
         return task(**kwargs)(wrapper)

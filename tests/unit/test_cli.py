@@ -134,3 +134,40 @@ def test_hosts_says_which_jump_host(fab, tmp_path):
     r = fab("hosts", "-i", str(p), "--set", "ssh.jump_host=bastion.example.com:2222")
     assert r.returncode == 0, r.stderr
     assert "reached through jump host ec2-user@bastion.example.com:2222" in r.stdout.splitlines()[0], r.stdout
+
+
+# -- -v is a counted flag: the help and the parser agree (issue 11) ---------------------------
+
+def test_help_shows_verbose_as_a_flag_without_a_value(fab):
+    for task in ("deploy", "rotate-env", "unlock", "verify"):
+        r = fab("--help", task)
+        assert r.returncode == 0, r.stderr
+        line = next(ln for ln in r.stdout.splitlines() if "--verbose" in ln)
+        assert re.match(r"\s*-v, --verbose\s{2,}", line), line
+        assert "INT" not in line and "repeatable" in r.stdout
+
+
+@pytest.mark.parametrize("args,level", [
+    ([], 0), (["-v"], 1), (["-vv"], 2), (["-v", "-v"], 2), (["--verbose"], 1),
+    (["--verbose", "--verbose"], 2), (["-vvv"], 3), (["-v", "--force"], 1),
+])
+def test_verbose_forms_reach_the_task(fab, monkeypatch, args, level):
+    import tasks.lock
+
+    seen = {}
+    monkeypatch.setattr(tasks.lock, "unlock", lambda *a, **k: seen.update(verbose=a[5], force=k["force"]))
+    r = fab("unlock", "-i", "sandbox", *args)
+    assert r.returncode == 0, r.stderr
+    assert seen["verbose"] == level and isinstance(seen["verbose"], int)
+    assert seen["force"] == ("--force" in args)
+
+
+@pytest.mark.parametrize("args", [["--verbose=2"], ["-v", "1"]])
+def test_verbose_with_a_value_is_refused(fab, monkeypatch, args):
+    import tasks.lock
+
+    called = []
+    monkeypatch.setattr(tasks.lock, "unlock", lambda *a, **k: called.append(a))
+    r = fab("unlock", "-i", "sandbox", *args)
+    assert r.returncode != 0 and not called
+    assert "Traceback" not in r.stderr + r.stdout
