@@ -113,6 +113,7 @@ class HostContext:
         self.details: str = ""
         self.status: str | None = None
         self.note: str = ""
+        self.link_lost: str | None = None  # set by the keepalive watchdog: the host is not retried
 
     # -- options -----------------------------------------------------------------
     @property
@@ -136,6 +137,8 @@ class HostContext:
 
     # -- connection ------------------------------------------------------------------
     def connect(self):
+        if self.link_lost:  # a cleanup step must not wait on a host whose link died
+            raise ConnectError(self.link_lost)
         if self.conn is None:
             self.conn = self.run_.connect(self.host)
         return self.conn
@@ -154,6 +157,8 @@ class HostContext:
             what: str = "") -> RemoteResult:
         """Run one command on the host (as root through sudo when the SSH user
         is not root). Secrets go on stdin, never on the command line."""
+        from paramiko import SSHException
+
         conn = self.connect()
         c = cmd if isinstance(cmd, Cmd) else Cmd(_raw(cmd))
         if root:
@@ -177,8 +182,10 @@ class HostContext:
                             self.say(ln)
                 else:
                     res = self._run_streamed(conn, text, limit, streaming)
-        except (OSError, EOFError) as e:
-            raise ConnectError(f"{self.host.address}: connection lost: {e}") from None
+        except (OSError, EOFError, SSHException) as e:  # SSHException: "SSH session not active"
+            raise ConnectError(self.link_lost or f"{self.host.address}: connection lost: {e}") from None
+        if self.link_lost:  # the watchdog closed the transport under this command
+            raise ConnectError(self.link_lost)
         if res.timed_out and check:
             # Say what the host was doing: the stuck command may still be running there.
             raise StepFailed(f"{label} timed out after {limit:g}s (ssh.command_timeout or the step's limit)",
@@ -382,7 +389,13 @@ class Run:
 
         return connect(host, self.inv.data["ssh"], key_file=self.key_file, known_hosts=self.known_hosts,
                        accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m),
-                       gateway=self.jump_connection(host))
+                       gateway=self.jump_connection(host), on_dead=lambda m: self._link_lost(host, m))
+
+    def _link_lost(self, host, message: str) -> None:
+        ctx = self.contexts.get(host.name)
+        if ctx is not None:
+            ctx.link_lost = message
+        self.out.line(host.name, message)
 
     def jump_connection(self, host):
         """The connection to the last hop of `ssh.jump_host`, opened once per run
@@ -402,12 +415,18 @@ class Run:
                     try:
                         gateway = connect(hop, ssh, key_file=self.key_file, known_hosts=self.known_hosts,
                                           accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m),
-                                          gateway=gateway)
+                                          gateway=gateway, on_dead=lambda m, hop=hop: self._jump_lost(hop, m))
                     except (ConnectError, HostKeyError) as e:
                         self._close_jumps()
                         raise type(e)(f"jump host {hop}: {e}") from None
                     self._jumps.append(gateway)
             return self._jumps[-1]
+
+    def _jump_lost(self, hop, message: str) -> None:
+        """Every host goes through the bastion: all of them lost their link."""
+        for h in self.hosts:
+            self.contexts[h.name].link_lost = f"jump host {hop}: {message}"
+        self.out.line("", f"jump host {hop}: {message}")
 
     def _close_jumps(self) -> None:
         for c in reversed(self._jumps):

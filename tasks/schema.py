@@ -63,6 +63,14 @@ def _one_provider(value, path):
 
 HOSTS = Struct({"static": F(STATIC), "ec2": F(EC2)}, validator=_one_provider, fill_default=False)
 
+def _ssh_link_defaults(ssh: dict) -> None:
+    """Unset link options stay out of the section (tasks/ssh.py LINK_DEFAULTS
+    holds their defaults), so it reads as it did before they existed."""
+    for k in ("forward_agent", "keepalive", "dead_after"):
+        if ssh.get(k) is None:
+            ssh.pop(k, None)
+
+
 _ONE_JUMP = r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 JUMP_HOST = rf"{_ONE_JUMP}(?:,{_ONE_JUMP})*"
 
@@ -76,7 +84,12 @@ SSH = Struct({
     # bastion(s) for hosts on private addresses, as `ssh -J` (a,b: through a, then b):
     # checked against the same known_hosts, authenticated with the same key (or agent)
     "jump_host": F(Str(JUMP_HOST, "[user@]host[:port][,...], as for ssh -J")),
-})
+    # the agent reaches root shells on the hosts only when asked (~/.ssh/config is never read)
+    "forward_agent": F(Bool()),
+    # a keepalive every N seconds (0: none); a link that misses dead_after in a row is failed
+    "keepalive": F(Number(min=0)),
+    "dead_after": F(Int(1)),
+}, validator=lambda value, path: _ssh_link_defaults(value))
 
 GROUP = Struct({
     "hosts": F(List(Str(NAME, "a host name")), default=[]),

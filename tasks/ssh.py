@@ -6,6 +6,19 @@ known_hosts and refuses unknown keys (StrictPolicy) unless the operator opts
 in with --accept-new-host-keys (AcceptNewPolicy, trust on first use, which
 records the key). A *changed* key is always refused: paramiko raises
 BadHostKeyException when a loaded key differs, whatever the policy.
+
+Nothing outside the inventory shapes a connection: fabric would otherwise read
+~/.ssh/config, /etc/ssh/ssh_config and ~/.fabric.yaml, where a ProxyJump builds
+a gateway with AutoAddPolicy (the bastion's key unchecked), a ProxyCommand runs
+a local program, HostName redirects the host and ForwardAgent hands the agent
+to root shells. Bastions come from `ssh.jump_host` (each hop checked like a
+host); the agent is forwarded only with `ssh.forward_agent: true`.
+
+A link that dies without a TCP reset (a cut cable, a dropped VPN) would leave
+reads blocked for the kernel's ~15 minutes of retransmits: every connection
+sends an SSH keepalive each `ssh.keepalive` seconds and is closed when
+`ssh.dead_after` of them in a row go unanswered (Keepalive below), which ends
+the blocked reads.
 """
 from __future__ import annotations
 
@@ -15,11 +28,12 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
-from fabric import Connection
+from fabric import Config, Connection
 
 from .errors import ConfigError, ConnectError, HostKeyError
 
@@ -132,17 +146,35 @@ def describe_jumps(hops: list[JumpHost]) -> str:
     return " -> ".join(str(j) for j in hops)
 
 
+# ssh.forward_agent / keepalive / dead_after when the inventory leaves them out
+LINK_DEFAULTS = {"forward_agent": False, "keepalive": 15, "dead_after": 3}
+
+
+def link_option(ssh: dict, key: str):
+    value = ssh.get(key)
+    return LINK_DEFAULTS[key] if value is None else value
+
+
+def strict_config() -> Config:
+    """A fabric Config that reads no file: no ssh_config (an explicit empty
+    SSHConfig stops fabric loading one), no fabric.yaml (lazy)."""
+    return Config(lazy=True, ssh_config=paramiko.SSHConfig())
+
+
 def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_new: bool,
-            notify=None, gateway: Connection | None = None) -> Connection:
+            notify=None, gateway: Connection | None = None, on_dead=None) -> Connection:
     """Open one connection to `host`; every step of the run reuses it. With a
-    `gateway` (an open connection to the jump host) it goes through that."""
+    `gateway` (an open connection to the jump host) it goes through that.
+    `on_dead(message)` is called when the keepalive watchdog gives up on the link."""
     connect_kwargs = {"allow_agent": True}
     if key_file:
         connect_kwargs.update(key_filename=[key_file], look_for_keys=False)
     conn = Connection(
-        host=host.address, user=host.user, port=host.port,
+        host=host.address, user=host.user, port=host.port, config=strict_config(),
         connect_timeout=ssh["connect_timeout"], connect_kwargs=connect_kwargs,
-        **({"gateway": gateway} if gateway is not None else {}),
+        forward_agent=bool(link_option(ssh, "forward_agent")),
+        # False, not None: None would make fabric look for a gateway in its config
+        gateway=gateway if gateway is not None else False,
     )
     client = conn.client
     if known_hosts.exists():
@@ -177,7 +209,71 @@ def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_
     except (OSError, paramiko.SSHException, EOFError) as e:
         msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise ConnectError(f"{host.address}:{host.port}: cannot connect: {msg}") from None
+    if link_option(ssh, "keepalive"):
+        Keepalive(conn.client.get_transport(), float(link_option(ssh, "keepalive")),
+                  int(link_option(ssh, "dead_after")), f"{host.address}:{host.port}", on_dead).start()
     return conn
+
+
+class Keepalive(threading.Thread):
+    """Send an SSH keepalive (a global request wanting a reply: any server
+    answers one, if only with "failure") every `interval` seconds; when
+    `dead_after` intervals in a row pass without an answer, close the transport,
+    so commands blocked on it return (exit -1) and later ones fail at once."""
+
+    def __init__(self, transport: paramiko.Transport, interval: float, dead_after: int, where: str, on_dead=None):
+        super().__init__(daemon=True, name=f"keepalive-{where}")
+        self.transport, self.interval, self.dead_after = transport, interval, max(1, dead_after)
+        self.where, self.on_dead = where, on_dead
+        self.dead: str | None = None
+
+    def _probe(self, done: threading.Event) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # the transport closed under it: not an answer, the loop sees it
+            return
+        done.set()
+
+    def run(self) -> None:
+        t = self.transport
+        answered: threading.Event | None = None  # the probe in flight
+        missed, since = 0, time.monotonic()
+        while t.is_active():
+            if answered is None or answered.is_set():
+                if answered is not None:
+                    missed, since = 0, time.monotonic()
+                answered = threading.Event()  # one probe in flight at a time
+                threading.Thread(target=self._probe, args=(answered,), daemon=True,
+                                 name=f"keepalive-probe-{self.where}").start()
+            else:
+                missed += 1
+                if missed >= self.dead_after:
+                    return self._give_up(missed, since)
+            deadline = time.monotonic() + self.interval
+            while t.is_active():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if answered.is_set():
+                    if missed:  # a late answer: clear the misses now
+                        break
+                    time.sleep(min(left, 0.5))
+                else:
+                    answered.wait(min(left, 0.5))
+
+    def _give_up(self, missed: int, since: float) -> None:
+        t = self.transport
+        if not t.is_active():  # closed on purpose (end of run, Ctrl-C): not a dead link
+            return
+        self.dead = (f"{self.where}: link lost: no answer to {missed} SSH keepalives in "
+                     f"{time.monotonic() - since:.0f}s (ssh.keepalive={self.interval:g}, "
+                     f"ssh.dead_after={self.dead_after})")
+        if self.on_dead:
+            try:
+                self.on_dead(self.dead)
+            except Exception:
+                pass
+        t.close()
 
 
 def _open(conn: Connection) -> None:

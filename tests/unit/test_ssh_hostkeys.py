@@ -243,3 +243,61 @@ def test_bad_jump_host_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_inventory(str(p))
     assert "ssh.jump_host" in str(e.value) and "as for ssh -J" in str(e.value)
+
+
+# -- the user's ssh_config and fabric config never shape a connection ------------------------
+
+def test_users_ssh_config_proxyjump_and_forwardagent_are_ignored(tmp_path, server, client_key, monkeypatch):
+    """~/.ssh/config's ProxyJump would build a gateway with AutoAddPolicy (the
+    bastion's key unchecked) and ForwardAgent would hand the agent to root shells."""
+    bastion = TinySSHD(client_key[0])
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host *\n  ProxyJump root@127.0.0.1:{bastion.port}\n  ForwardAgent yes\n")
+    (home / ".fabric.yaml").write_text("forward_agent: true\n")
+    monkeypatch.setenv("HOME", str(home))
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_line(server))  # the bastion's key is NOT in it
+    run = make_run(tmp_path, server, client_key, kh)
+    try:
+        ctx = run.ctx(run.hosts[0])
+        assert ctx.run("echo direct").stdout == "direct\n"
+        assert bastion.connections == 0 and bastion.forwarded == []
+        assert ctx.conn.forward_agent is False and not ctx.conn.gateway
+    finally:
+        run.close()
+        bastion.stop()
+
+
+def test_users_ssh_config_hostname_and_proxycommand_are_ignored(tmp_path, server, client_key, monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    marker = tmp_path / "proxycommand-ran"
+    (home / ".ssh" / "config").write_text(
+        f"Host *\n  HostName 127.0.0.2\n  ProxyCommand sh -c 'touch {marker}; exec nc %h %p'\n")
+    monkeypatch.setenv("HOME", str(home))
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_line(server))
+    run = make_run(tmp_path, server, client_key, kh)
+    try:
+        ctx = run.ctx(run.hosts[0])
+        assert ctx.run("echo ok").stdout == "ok\n"
+        assert ctx.conn.host == "127.0.0.1" and not marker.exists()
+    finally:
+        run.close()
+
+
+def test_forward_agent_only_when_the_inventory_asks(tmp_path, server, client_key):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(known_line(server))
+    inv_path = tmp_path / "inv.yaml"
+    inv_path.write_text(
+        f"hosts: {{static: {{local: {{address: 127.0.0.1, port: {server.port}}}}}}}\n"
+        f"ssh: {{key_file: {client_key[1]}, known_hosts: {kh}, forward_agent: true}}\n")
+    inv = load_inventory(str(inv_path))
+    run = Run("test", inv, inv.resolve_hosts())
+    try:
+        assert run.ctx(run.hosts[0]).connect().forward_agent is True
+    finally:
+        run.close()
