@@ -58,7 +58,7 @@ def rollback(c, inventory=None, set=None, limit=None, parallel=10, accept_new_ho
 
 
 @fabship_task(help=helps(*COMMON, last="show only the newest N releases per host (default: all)"))
-def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, last=0):
+def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, last=None):
     """Show each host's releases (id, version, time, who, result) and which one is current."""
     from tasks.rollback import releases as show_releases
 

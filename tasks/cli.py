@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import faulthandler
 import functools
+import math
 import os
+import re
 import signal
 import sys
 import threading
 
-from invoke import Task, task
+from invoke import Argument, Task, task
 from invoke.exceptions import Exit
 
-from .errors import FabshipError
+from .errors import ConfigError, FabshipError
 
 HELP = {
     "inventory": "inventory NAME (inventories/NAME.yaml) or PATH to a YAML file; "
@@ -52,13 +54,102 @@ class Count(int):
     print as `-v INT`, since a counted flag takes no value (`-v 1` is refused)."""
 
 
+class BadNumber(str):
+    """A value given to an INT option that is no whole number: kept as given,
+    so the task refuses it in one line (exit 2) instead of invoke's int() traceback."""
+
+
+class _LenientInt(Argument):
+    def set_value(self, value, cast=True):
+        try:
+            super().set_value(value, cast)
+        except (TypeError, ValueError):
+            self.raw_value, self._value = value, BadNumber(value)
+
+
+# Options whose default is None but whose value is a whole number (help: INT).
+INT_OPTIONS = ("parallel", "last", "lines")
+
+
 class FabshipTask(Task):
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
         if opts.get("incrementable"):
             opts["kind"] = Count
             opts["default"] = Count(opts.get("default") or 0)
+        elif name in INT_OPTIONS and default is None:
+            opts["kind"] = int
         return opts
+
+    def get_arguments(self, *a, **kw):
+        args = super().get_arguments(*a, **kw)
+        for arg in args:
+            if arg.kind is int and not arg.incrementable:
+                arg.__class__ = _LenientInt  # same fields; only set_value differs
+        return args
+
+
+# -- numeric options: checked before the task body runs, so before anything connects ---------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def whole(value, name: str, minimum: int = 1) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        raise ConfigError("command line", _flag(name), f"expected a whole number of at least {minimum}, "
+                                                       f"got {str(value)!r}")
+    return n
+
+
+def amount(value, name: str, minimum: int) -> str:
+    """N hosts or N% of them (rolling batches, failure allowance)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)|(\d+(?:\.\d+)?)%", text)
+    ok = bool(m) and (int(m.group(1)) >= minimum if m.group(1) else
+                      (0 < float(m.group(2)) <= 100 if minimum else float(m.group(2)) <= 100))
+    if not ok:
+        least = "1 or more" if minimum else "0 or more"
+        raise ConfigError("command line", _flag(name), f"expected a count of hosts ({least}) such as 2 or a "
+                                                       f"percent such as 25%, got {text!r}")
+    return text
+
+
+def seconds(value, name: str) -> float:
+    try:
+        v = float(str(value).strip())
+    except ValueError:
+        v = -1.0
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigError("command line", _flag(name), f"expected a number of seconds (0 or more), got "
+                                                       f"{str(value)!r}")
+    return v
+
+
+NUMBERS = {
+    "parallel": lambda v, n: whole(v, n, 1),
+    "last": lambda v, n: whole(v, n, 1),
+    "lines": lambda v, n: whole(v, n, 1),
+    "batch": lambda v, n: amount(v, n, 1),
+    "max_fail": lambda v, n: amount(v, n, 0),
+    "lock_wait": seconds,
+}
+
+
+def check_numbers(kwargs: dict) -> None:
+    """Every numeric option given on the command line is a valid number, or
+    one ConfigError line naming the option (exit 2; nothing ran)."""
+    for name, value in kwargs.items():
+        if value is None or value == "" or isinstance(value, bool):
+            continue
+        if name in NUMBERS:
+            NUMBERS[name](value, name)
+        elif isinstance(value, BadNumber):
+            whole(value, name, 0)
 
 
 def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), name=None, **kw):
@@ -76,6 +167,7 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
                 old = None
             old_hook, threading.excepthook = threading.excepthook, _thread_failed
             try:
+                check_numbers(kwargs)
                 return fn(c, *args, **kwargs)
             except FabshipError as e:
                 raise Exit(f"fabship: {e}", code=e.exit_code) from None
