@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -25,6 +26,9 @@ from .commands import Cmd, Secret, become, mask_text
 from .errors import ConnectError, FabshipError, HostKeyError, StepFailed
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
+
+# The exit code a timed-out command is reported with (as coreutils' timeout).
+_EXIT_124 = re.compile(r"\bexit 124\b")
 
 # A remote command running longer than this says so (and again every as long).
 STILL_RUNNING_EVERY = 60.0
@@ -113,6 +117,7 @@ class HostContext:
         self.details: str = ""
         self.status: str | None = None
         self.note: str = ""
+        self.timed_out: tuple[str, float] | None = None  # (step, limit) of a command that outlived its limit
         self.link_lost: str | None = None  # set by the keepalive watchdog: the host is not retried
 
     # -- options -----------------------------------------------------------------
@@ -186,8 +191,13 @@ class HostContext:
             raise ConnectError(self.link_lost or f"{self.host.address}: connection lost: {e}") from None
         if self.link_lost:  # the watchdog closed the transport under this command
             raise ConnectError(self.link_lost)
+        if res.timed_out:
+            # kept until reported: a caller with check=False that fails the step
+            # itself says "exit 124"; explain_timeout() turns that into the timeout
+            self.timed_out = (label, limit)
         if res.timed_out and check:
             # Say what the host was doing: the stuck command may still be running there.
+            self.timed_out = None
             raise StepFailed(f"{label} timed out after {limit:g}s (ssh.command_timeout or the step's limit)",
                              self.mask(f"{res.tail()}\nprocesses on the host now:\n{self._process_snapshot()}"))
         if check and not res.ok:
@@ -211,6 +221,21 @@ class HostContext:
             yield
         finally:
             done.set()
+
+    def explain_timeout(self, message: str, details: str = "") -> tuple[str, str]:
+        """A step that fails with the `exit 124` of a command that outlived its
+        limit (run with check=False, the caller reporting the exit code) says
+        "timed out after Ns" and shows the host's newest processes, as a
+        checked command does. Anything else is returned as it is."""
+        if not self.timed_out or not _EXIT_124.search(message):
+            return message, details
+        _label, limit = self.timed_out
+        self.timed_out = None
+        message = _EXIT_124.sub(f"timed out after {limit:g}s", message)
+        if "processes on the host now:" not in details:
+            details = (details.rstrip("\n") + "\n" if details.strip() else "") + \
+                f"processes on the host now:\n{self._process_snapshot()}"
+        return message, self.mask(details)
 
     def _process_snapshot(self) -> str:
         """The host's newest processes (the stuck command and what it started),
@@ -286,6 +311,8 @@ class HostContext:
     # -- results ---------------------------------------------------------------------------
     def record(self, name: str, status: str, message: str = "", started: float | None = None) -> StepResult:
         dur = time.monotonic() - started if started else 0.0
+        if status == FAILED and self.timed_out and _EXIT_124.search(message):
+            message = _EXIT_124.sub(f"timed out after {self.timed_out[1]:g}s", message)  # see explain_timeout
         sr = StepResult(name, status, self.mask(message), dur, self.dry_run and status == CHANGED)
         self.steps.append(sr)
         shown = {CHANGED: "would change" if self.dry_run else "changed"}.get(status, status)
@@ -325,6 +352,7 @@ class HostContext:
         return self.record(name, CHANGED, message, t0)
 
     def fail(self, name: str, message: str, details: str = ""):
+        message, details = self.explain_timeout(message, details)
         self.record(name, FAILED, message)
         raise StepFailed(f"{name}: {message}", details)
 
@@ -452,8 +480,9 @@ class Run:
                 c.status = "unreachable"
                 self.out.line(h.name, f"unreachable  {c.error}")
             except StepFailed as e:
-                c.error = self.mask_text(e.message)
-                c.details = self.mask_text(e.details or "")
+                msg, details = c.explain_timeout(e.message, e.details or "")
+                c.error = self.mask_text(msg)
+                c.details = self.mask_text(details)
                 self.out.line(h.name, f"FAILED       {c.error}")
                 if c.details:
                     for ln in c.details.splitlines()[-40:]:
