@@ -102,9 +102,12 @@ class Spec:
     domains: list = field(default_factory=list)
     cert_min_days: int = 14
     cert_issuer: str | None = None
+    cert_ca: str | None = None        # PEM text of the CA the chain must reach (None: the host's store)
+    cert_ca_from: str = ""            # where it came from, for messages
     health: dict = field(default_factory=dict)
     http_checks: list = field(default_factory=list)
     skip: list = field(default_factory=list)
+    mask_keys: list = field(default_factory=list)   # env keys whose values messages mask (KEY=VALUE...)
     ignore_failed_units: list = field(default_factory=list)
     dir_specs: list = field(default_factory=list)
     # docker.secrets_dir / certs_dir (tasks/docker_files.py):
@@ -164,6 +167,7 @@ def build_spec(inv, host) -> Spec:
     s.swap_tolerance = float(v.get("swap_tolerance", 0.05))
     s.cert_min_days = int(v.get("cert_min_days", 14))
     s.cert_issuer = v.get("cert_issuer")
+    s.cert_ca, s.cert_ca_from = _cert_ca(inv)
     s.skip = list(v.get("skip") or [])
     s.ignore_failed_units = list(v.get("ignore_failed_units") or [])
     if inv.get("app.name"):
@@ -202,6 +206,10 @@ def build_spec(inv, host) -> Spec:
     s.server_name = names[0] if names else (s.domains[0] if s.domains else None)
     s.health = dict(d.get("health") or {})
     s.health["headers"] = expand(s.health.get("headers") or {})
+    check_headers(inv, "health.headers", s.health["headers"])
+    c = (d.get("env") or {}).get("contract") or {}
+    s.mask_keys = sorted(set(list(c.get("required") or []) + list(c.get("optional") or [])
+                             + list((c.get("rules") or {}).keys())))
     seen = set()
     sessions: dict[str, tuple[int, str]] = {}   # name -> (steps so far, via)
     for i, c in enumerate(v.get("checks") or []):
@@ -215,6 +223,7 @@ def build_spec(inv, host) -> Spec:
         if via == "https" and not s.tls:
             raise inv.error(f"verify.checks[{i}].via", "'https' needs tls.enabled: true")
         headers = expand(c.get("headers") or {})
+        check_headers(inv, f"verify.checks[{i}].headers", headers)
         refs = _check_refs(inv, i, name, c, headers)
         session, step = c.get("session"), 0
         if session:
@@ -230,6 +239,43 @@ def build_spec(inv, host) -> Spec:
                                        body_contains=c.get("body_contains"), via=via,
                                        session=session, step=step, refs=tuple(refs)))
     return s
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def check_headers(inv, where: str, headers: dict) -> None:
+    """Header names are HTTP tokens and values one line: each header is one line
+    of the 0600 file curl reads (`-H @file`). Errors name the key, never the value."""
+    for k, val in headers.items():
+        if not _TOKEN.fullmatch(str(k)):
+            raise inv.error(where, f"header name {str(k)[:40]!r} is not a valid HTTP header name")
+        if "\n" in str(val) or "\r" in str(val) or "\0" in str(val):
+            raise inv.error(f"{where}.{k}", "the value holds a line break (a header value is one line)")
+
+
+def _cert_ca(inv) -> tuple[str | None, str]:
+    """The CA the served certificate must chain to: verify.cert_ca_file (a local
+    PEM, relative to the inventory file that set it), else the sandbox's ACME
+    issuing root (Pebble's, regenerated per start), else None: the host's
+    system store. Read before connecting; it travels on the facts script's stdin."""
+    from pathlib import Path
+
+    for key in ("verify.cert_ca_file", "sandbox.acme_issuer_root"):
+        val = inv.get(key)
+        if not val:
+            continue
+        p = Path(str(val)).expanduser()
+        if not p.is_absolute():
+            p = Path(inv.file_of(key)).parent / p
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise inv.error(key, f"cannot read {p}: {getattr(e, 'strerror', None) or e}") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise inv.error(key, f"{p} is not a PEM certificate")
+        return text if text.endswith("\n") else text + "\n", f"{key} {p}"
+    return None, "the host's CA store"
 
 
 # -- ${KEY} in HTTP check bodies and headers (values read on the host) ------------------
@@ -307,17 +353,21 @@ http() { t=$(mktemp) || return 99; e=$(mktemp); c=$(curl -sS -o "$t" -w '%{http_
 """.replace("MARK", MARK)
 
 
-def _curl_args(method: str, headers: dict, body: str | None, timeout: float) -> list[str]:
+def _curl_args(method: str, body: str | None, timeout: float) -> list[str]:
     args = ["--max-time", str(timeout)]
     if method == "HEAD":
         args.append("--head")
     elif method != "GET":
         args += ["-X", method]
-    for k, val in (headers or {}).items():
-        args += ["-H", f"{k}: {val}"]
     if body is not None:
         args += ["--data-binary", body]
     return args
+
+
+def _header_arg(slot: str | None) -> str:
+    """curl reads a check's headers from its 0600 file in the private dir (shell
+    text): header values never go on a command line, where `ps` shows them."""
+    return f'-H "@$fw/{slot}" ' if slot else ""
 
 
 def _url_args(spec: Spec, via: str, path: str, port_var: str = "$port", scheme: str = "http") -> str:
@@ -335,10 +385,47 @@ def _url_args(spec: Spec, via: str, path: str, port_var: str = "$port", scheme: 
     return f"\"http://127.0.0.1:{port_var}\"{q(path)}"
 
 
-def _http_snippet(spec: Spec, via: str, method: str, path: str, headers: dict, body, timeout: float,
+def _http_snippet(spec: Spec, via: str, method: str, path: str, hslot: str | None, body, timeout: float,
                   port_var: str = "$port", scheme: str = "http") -> str:
-    args = " ".join(q(a) for a in _curl_args(method, headers, body, timeout))
-    return f"http {args} {_url_args(spec, via, path, port_var, scheme)}"
+    """`http ...` for one probe; `hslot` names its headers file (header_files)."""
+    args = " ".join(q(a) for a in _curl_args(method, body, timeout))
+    return f"http {args} {_header_arg(hslot)}{_url_args(spec, via, path, port_var, scheme)}"
+
+
+# -- files on the facts script's stdin: headers and the CA ---------------------------------
+#
+# Header values may be tokens: they reach the host on the script's stdin, each
+# probe's lines into its own file in the private dir (umask 077, so 0600) that curl
+# reads with `-H @file`; the CA certificate for the chain check travels the same way.
+# Each file is a known number of lines, read with the shell's `read` builtin (which
+# never reads ahead), so one stdin carries them all.
+
+def _plain_headers(c: HttpCheck) -> dict:
+    return {k: v for k, v in c.headers.items() if not env_refs(v)}
+
+
+def stdin_files(spec: Spec) -> list[tuple[str, str]]:
+    """(slot, text) of every file the facts script reads from its stdin, in order."""
+    out = []
+    if spec.health.get("headers"):
+        out.append(("h.health", "".join(f"{k}: {v}\n" for k, v in spec.health["headers"].items())))
+    for i, c in enumerate(spec.http_checks):
+        plain = _plain_headers(c)
+        if plain:
+            out.append((f"h.http.{i}", "".join(f"{k}: {v}\n" for k, v in plain.items())))
+    if spec.cert_ca and spec.tls and spec.domains:
+        out.append(("ca.pem", spec.cert_ca))
+    return out
+
+
+def facts_stdin(spec: Spec) -> bytes | None:
+    """What the facts script expects on its stdin (None: it reads nothing)."""
+    files = stdin_files(spec)
+    return "".join(t for _, t in files).encode() if files else None
+
+
+def _slot(spec: Spec, name: str) -> str | None:
+    return name if any(n == name for n, _ in stdin_files(spec)) else None
 
 
 # -- sessions and ${KEY} values (verify.checks[].session) ---------------------------------
@@ -516,35 +603,51 @@ def _session_dirs(spec: Spec) -> dict:
     return out
 
 
-def _session_setup(spec: Spec) -> list[str]:
+def _private_setup(spec: Spec) -> list[str]:
+    """The private dir (mktemp -d, umask 077, removed on exit) for sessions and
+    for the files on stdin, then those files read into it, then stdin closed."""
     dirs = _session_dirs(spec)
-    if not dirs:
+    files = stdin_files(spec)
+    if not _needs_private(spec):
         return []
-    lines = ["umask 077", "fw=$(mktemp -d) || fw=", "trap 'rm -rf \"$fw\"' EXIT", "trap 'exit 129' HUP INT TERM",
-             "[ -z \"$fw\" ] || mkdir " + " ".join(dict.fromkeys(dirs.values()))]
+    lines = ["umask 077", "fw=$(mktemp -d) || fw=", "trap 'rm -rf \"$fw\"' EXIT", "trap 'exit 129' HUP INT TERM"]
+    if dirs:
+        lines.append("[ -z \"$fw\" ] || mkdir " + " ".join(dict.fromkeys(dirs.values())))
     keys = list(dict.fromkeys(k for c in spec.http_checks for k in c.refs))
     if keys:
         lines += [f"ef={q(spec.env_path or '')}", f"fk={q(' '.join(keys))}", f"ea={q(ENV_AWK.strip())}"]
-    lines.append(_SREQ)
+    if dirs:
+        lines.append(_SREQ)
+    if files:
+        # printf is a builtin: the lines reach the file without any process's argv
+        lines.append('fin() { n=$2; [ -z "$fw" ] || : > "$fw/$1"; while [ "$n" -gt 0 ]; do IFS= read -r fl || fl=; '
+                     '[ -z "$fw" ] || printf \'%s\\n\' "$fl" >> "$fw/$1"; n=$((n - 1)); done; fl=; }')
+        lines += [f"fin {name} {text.count(chr(10))}" for name, text in files]
+        lines.append("exec 0</dev/null")
     return lines
 
 
-def _session_teardown(spec: Spec) -> list[str]:
-    return ['rm -rf "$fw"'] if _session_dirs(spec) else []
+def _needs_private(spec: Spec) -> bool:
+    # sessions, files from stdin, the served chain (cert_chain)
+    return bool(_session_dirs(spec) or stdin_files(spec) or (spec.tls and spec.domains))
+
+
+def _private_teardown(spec: Spec) -> list[str]:
+    return ['rm -rf "$fw"'] if _needs_private(spec) else []
 
 
 def _step_snippet(spec: Spec, i: int, c: HttpCheck, timeout: float) -> str:
     """The `sreq` call of one check with a session or ${KEY} values."""
     d = _session_dirs(spec)[i]
     templated = {k: v for k, v in c.headers.items() if env_refs(v)}
-    plain = {k: v for k, v in c.headers.items() if k not in templated}
     bm = body_mode(c.body, c.headers)
-    args = " ".join(q(a) for a in _curl_args(c.method, plain, None if bm else c.body, timeout))
+    args = " ".join(q(a) for a in _curl_args(c.method, None if bm else c.body, timeout))
     jar = f"-b {d[:-1]}/jar\" -c {d[:-1]}/jar\" " if c.session else ""
     needle = c.body_contains if c.body_contains and "\n" not in c.body_contains else ""
-    hdrs = "\n".join(f"{k}: {v}" for k, v in templated.items())
+    hdrs = "\n".join(f"{k}: {v}" for k, v in templated.items())   # ${KEY} templates only, never values
+    hfile = _header_arg(f"h.http.{i}" if _plain_headers(c) else None)
     return (f"sreq {d} {c.step or 1} {c.expect_status} {q(needle)} {q(bm)} {q(hdrs)} {q(c.body if bm else '')} "
-            f"{args} {jar}{_url_args(spec, c.via, c.path)}")
+            f"{args} {hfile}{jar}{_url_args(spec, c.via, c.path)}")
 
 
 def facts_script(spec: Spec) -> str:
@@ -596,6 +699,8 @@ def facts_script(spec: Spec) -> str:
     else:
         P.append("hport=$port")
     probe("port", "echo $port")
+    # before the probes that read them: the header files and the CA, from stdin
+    P.extend(_private_setup(spec))
     if spec.systemd:
         unit = f"{spec.app}@$port.service" if spec.blue_green else f"{spec.app}.service"
         # UnitFileState from `show` is systemd's cache, stale after `enable --no-reload`
@@ -618,31 +723,36 @@ def facts_script(spec: Spec) -> str:
         d0 = q(spec.domains[0])
         probe("cert", f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -servername {d0} 2>/dev/null"
                       " | openssl x509 -noout -enddate -issuer -subject -ext subjectAltName")
+        # the chain the server sends, verified against the configured CA or the host's store
+        ca = '-CAfile "$fw/ca.pem" -no-CApath ' if _slot(spec, "ca.pem") else ""
+        probe("cert_chain", '[ -n "$fw" ] || { echo "no private temp dir on the host"; exit 99; }; '
+                            f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -servername {d0} -showcerts "
+                            "2>/dev/null | sed -n '/-BEGIN CERT/,/-END CERT/p' > \"$fw/chain.pem\"; "
+                            f"openssl verify {ca}-purpose sslserver -untrusted \"$fw/chain.pem\" \"$fw/chain.pem\"")
         probe("redirect", "curl -sS -o /dev/null --max-time 5 -w '%{http_code} %{redirect_url}' "
                           f"-H {q('Host: ' + spec.domains[0])} http://127.0.0.1/")
     if spec.app and (spec.systemd or spec.docker or spec.health.get("port")):
         h = spec.health
         probe("health", _http_snippet(spec, "app", h.get("method", "GET"), h.get("path", "/health"),
-                                      h.get("headers") or {}, None, h.get("timeout", 5), port_var="$hport",
+                                      _slot(spec, "h.health"), None, h.get("timeout", 5), port_var="$hport",
                                       scheme=h.get("scheme") or "http"))
     if spec.nginx and spec.app:
         h = spec.health
         probe("nginx_proxy", _http_snippet(spec, "https" if spec.tls else "nginx", h.get("method", "GET"),
-                                           h.get("path", "/health"), h.get("headers") or {}, None,
+                                           h.get("path", "/health"), _slot(spec, "h.health"), None,
                                            h.get("timeout", 5)))
     if spec.app and (spec.systemd or spec.docker):
         probe("current", f"readlink -- {q(spec.current)} && test -d {q(spec.current + '/')} && echo isdir")
         probe("release_log", f"tail -n 200 -- {q(spec.release_log)}")
         if spec.blue_green and spec.systemd:
             probe("slot", f"readlink -- {q(spec.state_dir + '/slots/')}\"$port\"")
-    P.extend(_session_setup(spec))
     for i, c in enumerate(spec.http_checks):
         if c.session or c.refs:
             probe(f"http.{i}", _step_snippet(spec, i, c, spec.health.get("timeout", 5)))
         else:
-            probe(f"http.{i}", _http_snippet(spec, c.via, c.method, c.path, c.headers, c.body,
+            probe(f"http.{i}", _http_snippet(spec, c.via, c.method, c.path, _slot(spec, f"h.http.{i}"), c.body,
                                              spec.health.get("timeout", 5)))
-    P.extend(_session_teardown(spec))
+    P.extend(_private_teardown(spec))
     return "\n".join(P) + "\n"
 
 
@@ -1172,11 +1282,29 @@ def check_cert(p: Probe) -> str:
     missing = [d for d in s.domains if not name_covered(d, info.names)]
     if missing:
         problems.append(f"does not cover {', '.join(missing)} (names: {', '.join(info.names) or 'none'})")
+    chain = chain_problem(p)
+    if chain:
+        problems.append(chain)
     if s.cert_issuer and s.cert_issuer.lower() not in info.issuer.lower():
         problems.append(f"issuer is '{info.issuer}', expected '{s.cert_issuer}' (verify.cert_issuer)")
     if problems:
         raise CheckFailed(f"certificate for {d0}: " + "; ".join(problems))
     return f"valid for {d0} until {info.not_after:%Y-%m-%d} ({days:.0f} days), issuer {_cn(info.issuer)}"
+
+
+def chain_problem(p: Probe) -> str:
+    """Why the served chain does not verify (openssl verify against the
+    configured CA or the host's store), or "" when it does. An issuer name
+    alone proves nothing: anyone can self-sign a certificate with any name."""
+    f = p.facts.get("cert_chain")
+    if f is None:
+        return "its chain was not checked (no cert_chain fact)"
+    if f.ok and re.search(r": OK\s*$", f.out.strip()):
+        return ""
+    errors = [ln.strip() for ln in f.out.splitlines() if re.match(r"\s*error \d+ at", ln)]
+    why = errors[-1] if errors else snippet(f.out, 160) or f"openssl verify exit {f.rc}"
+    why = re.sub(r"^error (\d+) at (\d+) depth lookup: ?", r"", why) or why
+    return f"does not chain to a trusted CA ({why}; trust: {p.spec.cert_ca_from})"
 
 
 def _cn(dn: str) -> str:
@@ -1197,14 +1325,19 @@ def check_redirect(p: Probe) -> str:
 
 def _http_result(p: Probe, fact: str, what: str, expect: int, contains: str | None) -> str:
     r = parse_http(p.fact(fact).out)
+    from .envfile import mask_pairs
+
+    # the app's answer may echo env values: in messages KEY=VALUE and friends are
+    # masked here, registered secrets again wherever a message is printed (runner)
+    shown = mask_pairs(r.body, p.spec.mask_keys)
     if r.curl_rc != 0:
         raise CheckFailed(f"{what}: no answer ({r.error or f'curl exit {r.curl_rc}'})")
     if r.status != expect:
         raise CheckFailed(f"{what} answered {r.status}, expected {expect}"
-                          + (f" (body: {snippet(r.body, 100)})" if r.body.strip() else ""))
+                          + (f" (body: {snippet(shown, 100)})" if r.body.strip() else ""))
     if contains and contains not in r.body:
         raise CheckFailed(f"{what} answered {r.status} but the body lacks {contains!r} "
-                          f"(body: {snippet(r.body, 100)})")
+                          f"(body: {snippet(shown, 100)})")
     return f"{r.status}"
 
 
@@ -1266,8 +1399,8 @@ def _http_check(index: int, c: HttpCheck):
             base = "http://127.0.0.1" + (f" (Host: {s.server_name})" if s.server_name else "")
         else:
             base = f"http://127.0.0.1:{p.port}"
-        hdrs = "".join(f" {k}: {v}" for k, v in c.headers.items())
-        what = f"{c.method} {base}{c.path}" + (f" [{hdrs.strip()}]" if hdrs else "")
+        # header names only: values may be tokens
+        what = f"{c.method} {base}{c.path}" + (f" [headers: {', '.join(c.headers)}]" if c.headers else "")
         if c.session or c.refs:
             return what + " -> " + _step_result(p, index, c, what)
         return what + " -> " + _http_result(p, f"http.{index}", what, c.expect_status, c.body_contains)

@@ -17,14 +17,13 @@ Masking, in three layers (the env file itself is never read):
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .checks import MARK, parse_facts, q
 from .commands import Cmd, Secret, mask_text
 
-from .envfile import MASK_MIN, SENSITIVE, secret_looking  # noqa: F401  (one masking rule)
+from .envfile import MASK_MIN, SENSITIVE, mask_pairs, secret_looking  # noqa: F401  (one masking rule)
 
 
 @dataclass
@@ -92,25 +91,6 @@ def sensitive_keys(inv) -> list[str]:
     return sorted(set(keys))
 
 
-_JSON = re.compile(r'("([A-Za-z_][A-Za-z0-9_.-]*)"\s*:\s*)("(?:[^"\\]|\\.)*"|[^\s,}\]]+)')
-_EQ = re.compile(r"\b([A-Za-z_][A-Za-z0-9_.-]*)(\s*=\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)")
-_COLON = re.compile(r"\b([A-Za-z_][A-Za-z0-9_.-]*)(:[ \t]+)(\S[^\n]*)")
-_URL_CRED = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)")
-
-
-def mask_pairs(text: str, keys: list[str]) -> str:
-    """Mask the value in KEY=VALUE, "KEY": "VALUE" and KEY: VALUE (to the end
-    of the line: "Authorization: Bearer x") for the env contract's keys and
-    secret-looking names, and the password in scheme://user:password@host."""
-    def sensitive(k: str) -> bool:
-        return k in keys or bool(SENSITIVE.search(k))
-
-    text = _JSON.sub(lambda m: m.group(1) + '"***"' if sensitive(m.group(2)) else m.group(0), text)
-    text = _EQ.sub(lambda m: m.group(1) + m.group(2) + "***" if sensitive(m.group(1)) else m.group(0), text)
-    text = _COLON.sub(lambda m: m.group(1) + m.group(2) + "***" if sensitive(m.group(1)) else m.group(0), text)
-    return _URL_CRED.sub(lambda m: m.group(1) + "***" + m.group(3), text)
-
-
 def local_env_secrets(inv) -> tuple[list[Secret], str]:
     """Values of a local env source file that look secret (secret_looking),
     to mask wherever they appear. AWS sources are not fetched (diagnose must
@@ -169,7 +149,9 @@ def diagnose(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
 
     def one(ctx):
         secs = sections(ctx.inv, ctx.host, n)
-        res = ctx.run(Cmd("sh", "-c", diagnose_script(secs)), check=False, what="diagnose")
+        # never streamed (-vv): the frames are base64, which the output masking
+        # cannot see into; the report below is decoded first, then masked
+        res = ctx.run(Cmd("sh", "-c", diagnose_script(secs)), check=False, stream=False, what="diagnose")
         facts = parse_facts(res.stdout)
         if not facts:
             ctx.fail("diagnose", f"the diagnose script failed (exit {res.exited})", res.tail())

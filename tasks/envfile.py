@@ -348,3 +348,22 @@ def secret_looking(key: str, value: Secret, rule: dict | None = None) -> bool:
 def mask_worthy(values: Mapping[str, Secret], rules: Mapping | None = None) -> list[Secret]:
     rules = rules or {}
     return [v for k, v in values.items() if isinstance(v, Secret) and secret_looking(k, v, rules.get(k))]
+
+
+_JSON = re.compile(r'("([A-Za-z_][A-Za-z0-9_.-]*)"\s*:\s*)("(?:[^"\\]|\\.)*"|[^\s,}\]]+)')
+_EQ = re.compile(r"\b([A-Za-z_][A-Za-z0-9_.-]*)(\s*=\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)")
+_COLON = re.compile(r"\b([A-Za-z_][A-Za-z0-9_.-]*)(:[ \t]+)(\S[^\n]*)")
+_URL_CRED = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)")
+
+
+def mask_pairs(text: str, keys: list[str]) -> str:
+    """Mask the value in KEY=VALUE, "KEY": "VALUE" and KEY: VALUE (to the end
+    of the line: "Authorization: Bearer x") for the env contract's keys and
+    secret-looking names, and the password in scheme://user:password@host."""
+    def sensitive(k: str) -> bool:
+        return k in keys or bool(SENSITIVE.search(k))
+
+    text = _JSON.sub(lambda m: m.group(1) + '"***"' if sensitive(m.group(2)) else m.group(0), text)
+    text = _EQ.sub(lambda m: m.group(1) + m.group(2) + "***" if sensitive(m.group(1)) else m.group(0), text)
+    text = _COLON.sub(lambda m: m.group(1) + m.group(2) + "***" if sensitive(m.group(1)) else m.group(0), text)
+    return _URL_CRED.sub(lambda m: m.group(1) + "***" + m.group(3), text)

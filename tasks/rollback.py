@@ -56,20 +56,7 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
     entry.version = e.version if e else ""
     record(ctx, lay, entry, f"from={cur or '-'}" + (f"; {reason}" if reason else ""))
     st.log.append(entry)
-    _record_env(ctx, target)
     ctx.note = f"-> {target} (was {cur})"
-
-
-def _record_env(ctx, rid: str) -> None:
-    """The env `rid` now runs with becomes its snapshot, as after a deploy: it is
-    also how rotate-env knows what the running app was started with (a file
-    that differs was installed but not applied). Best effort: the rollback is done."""
-    try:
-        from .rotate_env import snapshot_release_env
-
-        snapshot_release_env(ctx, rid)
-    except Exception as e:
-        ctx.say(f"warning: could not record the env of {rid}: {e}")
 
 
 def _restore_env(ctx, rid: str) -> str:

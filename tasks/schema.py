@@ -290,6 +290,8 @@ VERIFY = Struct({
     "ignore_failed_units": F(List(Str()), default=[]),
     "cert_min_days": F(Int(0), default=14),
     "cert_issuer": F(Str()),
+    # local PEM the served chain must verify against (default: the host's CA store)
+    "cert_ca_file": F(Str()),
     "swap_tolerance": F(Number(min=0), default=0.05),
 })
 

@@ -49,7 +49,10 @@ class FabshipBackend(testinfra.backend.base.BaseBackend):
 
     def run(self, command: str, *args: str, **kwargs: Any) -> testinfra.backend.base.CommandResult:
         cmd = self.get_command(command, *args)
-        r = self.ctx.run(cmd, check=False, timeout=kwargs.get("timeout"), what="verify facts")
+        # never streamed (-vv): probe output is base64-framed, where masking cannot
+        # see a secret; verify_host prints the decoded facts masked instead
+        r = self.ctx.run(cmd, stdin=kwargs.get("stdin"), check=False, timeout=kwargs.get("timeout"),
+                         stream=False, what="verify facts")
         return self.result(r.exited, cmd.encode("utf-8", "replace"), r.stdout, r.stderr)
 
 
@@ -92,10 +95,53 @@ def strict_paramiko_backend(hostspec: str, known_hosts: str, **kwargs):
 
 # -- gathering and evaluating ----------------------------------------------------------
 
+def run_with_stdin(host: testinfra.host.Host, command: str, stdin: bytes | None, timeout: float = 60):
+    """host.run(command) with `stdin` fed to it (the facts script's header files
+    and CA: never on a command line). testinfra's backends have no stdin, so each
+    supported one is driven here: fabship's (ctx.run), strict paramiko (a channel
+    of its client), ssh:// (the ssh command it builds, with input) and local."""
+    import subprocess
+
+    from testinfra.backend.local import LocalBackend
+    from testinfra.backend.paramiko import ParamikoBackend
+    from testinfra.backend.ssh import SshBackend
+
+    b = host.backend
+    if stdin is None:
+        return host.run(command, timeout=timeout)
+    if isinstance(b, FabshipBackend):
+        return b.run(command, timeout=timeout, stdin=stdin)
+    cmd = b.get_command(command)
+    if isinstance(b, ParamikoBackend):
+        chan = b.client.get_transport().open_session()
+        try:
+            chan.settimeout(timeout)
+            chan.exec_command(b.encode(cmd))
+            chan.sendall(stdin)
+            chan.shutdown_write()
+            out = b"".join(chan.makefile("rb"))
+            err = b"".join(chan.makefile_stderr("rb"))
+            return b.result(chan.recv_exit_status(), b.encode(cmd), out, err)
+        finally:
+            chan.close()
+    if isinstance(b, SshBackend) and not b.host.password:
+        argv, args = b._build_ssh_command(cmd)
+        line = b.quote(" ".join(argv), *args)
+    elif isinstance(b, LocalBackend):
+        line = cmd
+    else:
+        raise FabshipError(f"verify: the {b.NAME}:// backend cannot send the facts script its stdin "
+                           "(header values and the CA never go on a command line): use ssh://, paramiko:// "
+                           "or fabship's own connection")
+    p = subprocess.run(line, shell=True, input=stdin, capture_output=True, timeout=timeout)
+    return b.result(p.returncode, b.encode(cmd), p.stdout, p.stderr)
+
+
 def gather(host: testinfra.host.Host, spec: C.Spec, timeout: float = 60) -> dict[str, C.Fact]:
-    """Every fact the checks need, in one round trip (one `sh -c`)."""
+    """Every fact the checks need, in one round trip (one `sh -c`); header
+    values and the CA certificate on its stdin."""
     script = C.facts_script(spec)
-    res = host.run("sh -c %s", script, timeout=timeout)
+    res = run_with_stdin(host, f"sh -c {C.q(script)}", C.facts_stdin(spec), timeout=timeout)
     facts = C.parse_facts(res.stdout)
     if "now" not in facts:
         raise FabshipError(f"verify: the facts script failed on {host.backend.get_hostname()} "
@@ -125,6 +171,16 @@ def verify_host(ctx, stage: str | None = None, only: list | None = None) -> list
     if not selected:
         return []
     facts = gather(testinfra_host(ctx), spec, timeout=max(60.0, float(spec.health.get("timeout", 5)) * 8))
+    if ctx.verbose >= 2:  # what -vv used to stream as base64: decoded, then masked
+        from .envfile import mask_pairs
+
+        for name, f in facts.items():
+            ctx.say(f"fact {name} (exit {f.rc}):")
+            if name == "packages":  # every installed package: only how many
+                ctx.say(f"  ({len(f.out.splitlines())} lines)")
+                continue
+            for ln in ctx.mask(mask_pairs(f.out, spec.mask_keys)).splitlines():
+                ctx.say(f"  {ln}")
     return C.evaluate(selected, C.Probe(spec, facts, stage))
 
 
@@ -233,6 +289,11 @@ def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
     run = open_run("verify", inventory, set=set, limit=limit, parallel=parallel, verbose=verbose,
                    accept_new_host_keys=accept_new_host_keys,
                    options={"stage": stage, "only": only_l, "limit": limit})
+    # a failing check quotes the app's answer, which may echo an env value: mask
+    # them like deploy does (local env source files)
+    from .deploy import register_env_secrets
+
+    register_env_secrets(run)
     # Validate everything before connecting: a bad verify section fails here, once.
     for h in run.hosts:
         _, selected = plan(run.inv, h, stage, only_l)

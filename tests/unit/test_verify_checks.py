@@ -163,6 +163,7 @@ def test_docker_kind_checks_the_container_not_a_unit(tmp_path):
 def test_facts_script_is_one_read_only_script(spec):
     s = C.facts_script(spec)
     body = s.split("probe now", 1)[1]  # after the helpers (whose only rm is of their own mktemp files)
+    body = body.replace("trap 'rm -rf \"$fw\"' EXIT", "").replace('rm -rf "$fw"', "")  # and the private dir's
     for bad in ("rm ", "chmod ", "chown ", "systemctl start", "systemctl restart", "swapon", "swapoff", "mv "):
         assert bad not in body
     for probe in ("now", "virt", "os", "packages", "swaps", "fstab", "user", "dirs", "env", "port", "unit",
@@ -191,16 +192,16 @@ def test_parse_facts_round_trips_any_bytes():
 
 def test_http_probe_commands_exact(spec):
     c0, c1 = spec.http_checks
-    assert C._http_snippet(spec, c0.via, c0.method, c0.path, c0.headers, c0.body, 5) == (
-        "http --max-time 5 -H 'expo-platform: ios' --insecure --resolve web1.example.test:443:127.0.0.1 "
+    assert C._http_snippet(spec, c0.via, c0.method, c0.path, "h.http.0", c0.body, 5) == (
+        "http --max-time 5 -H \"@$fw/h.http.0\" --insecure --resolve web1.example.test:443:127.0.0.1 "
         "https://web1.example.test/api/manifest")
-    assert C._http_snippet(spec, "app", "POST", "/api/login", {}, '{"password":"x"}', 3) == (
+    assert C._http_snippet(spec, "app", "POST", "/api/login", None, '{"password":"x"}', 3) == (
         "http --max-time 3 -X POST --data-binary '{\"password\":\"x\"}' \"http://127.0.0.1:$port\"/api/login")
     # via nginx with TLS on: port 80 only redirects, so through nginx's HTTPS server
-    assert C._http_snippet(spec, "nginx", "HEAD", "/", {}, None, 5) == (
+    assert C._http_snippet(spec, "nginx", "HEAD", "/", None, None, 5) == (
         "http --max-time 5 --head --insecure --resolve web1.example.test:443:127.0.0.1 https://web1.example.test/")
     spec.tls = False
-    assert C._http_snippet(spec, "nginx", "HEAD", "/", {}, None, 5) == (
+    assert C._http_snippet(spec, "nginx", "HEAD", "/", None, None, 5) == (
         "http --max-time 5 --head -H 'Host: web1.example.test' http://127.0.0.1/")
 
 

@@ -145,18 +145,19 @@ def test_session_steps_call_sreq_exactly(tmp_path):
     login, releases = (C._step_snippet(s, i, s.http_checks[i], 5) for i in (1, 2))
     assert login == (
         "sreq \"$fw/s0\" 1 200 '' json '' '{\"password\":\"${ADMIN_PASSWORD}\"}' --max-time 5 -X POST "
-        "-H 'content-type: application/json' -b \"$fw/s0/jar\" -c \"$fw/s0/jar\" "
+        "-H \"@$fw/h.http.1\" -b \"$fw/s0/jar\" -c \"$fw/s0/jar\" "
         "\"http://127.0.0.1:$port\"/api/login")
     assert releases == ("sreq \"$fw/s0\" 2 200 '\"releases\"' '' '' '' --max-time 5 "
                         "-b \"$fw/s0/jar\" -c \"$fw/s0/jar\" \"http://127.0.0.1:$port\"/api/releases")
 
 
-def test_templated_headers_go_to_a_file_and_plain_ones_stay(tmp_path):
+def test_templated_headers_go_to_a_file_and_plain_ones_to_theirs(tmp_path):
     s = spec_of(tmp_path, [{"name": "api", "path": "/api", "via": "nginx",
                             "headers": {"authorization": "Bearer ${API_TOKEN}", "accept": "text/plain"}}])
     assert C._step_snippet(s, 0, s.http_checks[0], 5) == (
         "sreq \"$fw/c0\" 1 200 '' '' 'authorization: Bearer ${API_TOKEN}' '' --max-time 5 "
-        "-H 'accept: text/plain' -H 'Host: web1.example.test' http://127.0.0.1/api")
+        "-H \"@$fw/h.http.0\" -H 'Host: web1.example.test' http://127.0.0.1/api")
+    assert C.stdin_files(s) == [("h.http.0", "accept: text/plain\n")]   # the plain value: on stdin
 
 
 def test_facts_script_sets_up_and_removes_the_private_dir(tmp_path):
@@ -284,13 +285,13 @@ def test_the_login_flow_passes(tmp_path):
                        2: '0 200\n\n{"releases":[1]}'})
     assert {n: st for n, (st, _) in res.items()} == {"http:releases_need_login": "passed", "http:login": "passed",
                                                      "http:releases": "passed"}
-    assert res["http:login"][1] == "POST http://127.0.0.1:3000/api/login [content-type: application/json] -> 200"
+    assert res["http:login"][1] == "POST http://127.0.0.1:3000/api/login [headers: content-type] -> 200"
 
 
 def test_a_failed_step_skips_the_rest_of_its_session(tmp_path):
     s = spec_of(tmp_path)
     res = evaluate(s, {0: '0 401\n\n', 1: '0 401\n\n{"error":"bad password ***"}', 2: "skip 1\n"})
-    assert res["http:login"] == ("failed", "POST http://127.0.0.1:3000/api/login [content-type: application/json] "
+    assert res["http:login"] == ("failed", "POST http://127.0.0.1:3000/api/login [headers: content-type] "
                                            'answered 401, expected 200 (body: {"error":"bad password ***"})')
     assert res["http:releases"] == ("skipped", "session step 1 failed (http:login)")
     assert res["http:releases_need_login"][0] == "passed"
@@ -317,7 +318,7 @@ def test_a_request_that_cannot_be_built_fails_naming_the_key(tmp_path):
     s = spec_of(tmp_path)
     res = evaluate(s, {0: "0 401\n\n", 1: "build 0\n${ADMIN_PASSWORD} is not set in /etc/ota/ota.env \n",
                        2: "skip 1\n"})
-    assert res["http:login"] == ("failed", "POST http://127.0.0.1:3000/api/login [content-type: application/json]: "
+    assert res["http:login"] == ("failed", "POST http://127.0.0.1:3000/api/login [headers: content-type]: "
                                            "cannot build the request: ${ADMIN_PASSWORD} is not set in /etc/ota/ota.env")
     assert res["http:releases"] == ("skipped", "session step 1 failed (http:login)")
 
@@ -393,7 +394,8 @@ def run_http_part(tmp_path, s, port, env_text):
     script = C.facts_script(s)
     part = script[script.index("umask 077"):].replace("ef=/etc/ota/ota.env", f"ef={env}")
     text = C._PRELUDE + f"port={port}\nTMPDIR={tmp_path}\nexport TMPDIR\n" + part
-    r = subprocess.run(["sh", "-c", text], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(["sh", "-c", text], input=(C.facts_stdin(s) or b"").decode(), capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return C.parse_facts(r.stdout), r
 

@@ -40,6 +40,7 @@ GOOD = {
               "LISTEN 0 511 127.0.0.1:3001 0.0.0.0:*\nLISTEN 0 128 [::]:22 [::]:*",
     "cert": "notAfter=Mar  1 12:00:00 2026 GMT\nissuer=CN = Pebble Intermediate CA 12ab34\n"
             "subject=\nX509v3 Subject Alternative Name: \n    DNS:web1.example.test",
+    "cert_chain": "/tmp/tmp.Xy/chain.pem: OK",   # openssl verify of the served chain
     "redirect": "301 https://web1.example.test/",
     "health": "0 200\n\nok",
     "nginx_proxy": "0 200\n\nok",
