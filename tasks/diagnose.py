@@ -120,6 +120,24 @@ def render_report(host, secs: list[Section], facts: dict, keys: list[str], secre
     return "\n".join(out) + "\n"
 
 
+def report_path(out_dir: Path, host_name: str) -> Path:
+    """OUT/HOST.txt, and nowhere else: a host name (an EC2 tag) holding '/' or
+    '..' must not write outside --out."""
+    from .errors import ConfigError
+
+    name = f"{host_name}.txt"
+    if "/" in host_name or "\0" in host_name or host_name.startswith(".") or Path(name).name != name:
+        raise ConfigError("command line", "--out", f"host name {host_name!r} cannot be a file name in {out_dir}")
+    return out_dir / name
+
+
+def write_report(out_dir: Path, host_name: str, text: str) -> None:
+    # O_NOFOLLOW: a symlink planted at OUT/HOST.txt is not followed to another file
+    fd = os.open(report_path(out_dir, host_name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def diagnose(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
              lines=200, out=None) -> None:
     from .cli import finish, open_run
@@ -146,6 +164,9 @@ def diagnose(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
         run.out.line("", f"note: {note}")
     keys = sensitive_keys(run.inv)
     reports: dict[str, str] = {}
+    if out_dir:
+        for h in run.hosts:  # before connecting
+            report_path(out_dir, h.name)
 
     def one(ctx):
         secs = sections(ctx.inv, ctx.host, n)
@@ -165,10 +186,7 @@ def diagnose(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
             continue
         run.out.line("", text.rstrip("\n"))
         if out_dir:
-            p = out_dir / f"{h.name}.txt"
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            write_report(out_dir, h.name, text)
     if out_dir:
         run.out.line("", f"reports written to {out_dir}/HOST.txt")
     finish(run)

@@ -6,6 +6,7 @@ start-up that static inventories should not pay.
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError, DiscoveryError
@@ -22,10 +23,45 @@ def discover(inv: "Inventory") -> list["Host"]:
         hosts = ec2_hosts(inv, spec["ec2"])
     seen: dict = {}
     for h in hosts:
+        check_host(inv, h)
         if h.name in seen:
             raise inv.error("hosts", f"host name '{h.name}' appears twice")
         seen[h.name] = h
     return hosts
+
+
+def check_host(inv: "Inventory", h: "Host") -> None:
+    """A host's name, address and user reach ssh_config, nginx and file names
+    (fab diagnose --out): whatever the source, they are checked like the
+    schema's literal keys."""
+    from .schema import ADDRESS, NAME_RE, USER_NAME
+
+    where = "hosts.static" if inv.data["hosts"].get("static") is not None else "hosts.ec2"
+    for what, value, rule, expected in (
+            ("name", h.name, _NameRule(NAME_RE, ADDRESS.pattern), "a host name (letters, digits, '.', '_', '-')"),
+            ("address", h.address, ADDRESS.pattern, ADDRESS.expected),
+            ("user", h.user, USER_NAME.pattern, USER_NAME.expected)):
+        if not isinstance(value, str) or not rule.fullmatch(value):
+            raise inv.error(where, f"host {_show(h.name)} ({h.source}): {what} {_show(value)} is not {expected}")
+
+
+class _NameRule:
+    """A name is a NAME, or an address (a static list names each host by its address)."""
+
+    def __init__(self, *patterns):
+        self.patterns = patterns
+
+    def fullmatch(self, value):
+        return any(p.fullmatch(value) for p in self.patterns)
+
+
+def _show(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
 def static_hosts(inv: "Inventory", static) -> list["Host"]:
@@ -144,7 +180,7 @@ def ec2_hosts(inv: "Inventory", spec: dict) -> list["Host"]:
     field = ADDRESS_FIELDS[spec["address"]]
     ssh = inv.data["ssh"]
     name_tag = spec["name_tag"]
-    names = [_tags(i).get(name_tag) for i in instances]
+    names = [_ec2_name(_tags(i).get(name_tag), i["InstanceId"], name_tag) for i in instances]
     out = []
     for inst, tag_name in zip(instances, names):
         iid = inst["InstanceId"]
@@ -160,6 +196,20 @@ def ec2_hosts(inv: "Inventory", spec: dict) -> list["Host"]:
                         source=f"ec2 {spec['region']} {iid}", tags=tags, groups=list(spec.get("groups") or [])))
     out.sort(key=lambda h: h.name)
     return out
+
+
+def _ec2_name(tag: str | None, iid: str, name_tag: str) -> str | None:
+    """A Name tag is anyone-with-ec2:CreateTags' text: one that is not a plain
+    host name (a newline, ';', '/', a space) falls back to the instance id."""
+    from .schema import NAME_RE
+
+    if tag is None or tag == "":
+        return None
+    if NAME_RE.fullmatch(tag):
+        return tag
+    warn(f"hosts.ec2: instance {iid}: tag {name_tag}={_show(tag)} is not a host name (letters, digits, "
+         f"'.', '_', '-'); using {iid}")
+    return None
 
 
 def _tags(inst: dict) -> dict:

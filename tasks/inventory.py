@@ -8,7 +8,10 @@ Merge order, lowest first (README "Inventory layers"):
   4. inventories/NAME.local.yaml beside it (git-ignored, for local paths)
   5. command-line options (--set key.path=value, and task flags)
 Mappings merge key by key; lists and scalars are replaced; the `hosts`
-section is replaced as a whole (hosts from two sources never mix silently).
+section of a file is replaced as a whole (hosts from two sources never mix
+silently). `--set` changes the one key it names (`hosts.ec2.max_hosts=2` keeps
+the rest of hosts.ec2); naming the other source (`hosts.static=[...]` over an
+ec2 inventory) switches to it.
 """
 from __future__ import annotations
 
@@ -112,13 +115,14 @@ def resolve_inventory_path(name_or_path: str | None, base: Path | None = None) -
 
 # -- merging with origins --------------------------------------------------------
 
-def merge(base: dict, over: dict, origin: dict, source: str, path: tuple = ()) -> dict:
+def merge(base: dict, over: dict, origin: dict, source: str, path: tuple = (),
+          replace_whole=REPLACE_WHOLE) -> dict:
     """Merge `over` into a copy of `base`, recording which file set each key."""
     out = dict(base)
     for k, v in over.items():
         kp = path + (k,)
-        if (isinstance(v, dict) and isinstance(out.get(k), dict) and kp not in REPLACE_WHOLE):
-            out[k] = merge(out[k], v, origin, source, kp)
+        if (isinstance(v, dict) and isinstance(out.get(k), dict) and kp not in replace_whole):
+            out[k] = merge(out[k], v, origin, source, kp, replace_whole)
         else:
             out[k] = copy.deepcopy(v)
             for key in [o for o in origin if o[:len(kp)] == kp]:
@@ -231,7 +235,32 @@ class Inventory:
         _apply_groups(self, hosts)
         if limit:
             hosts = _limit(self, hosts, limit)
+        check_expanded(self, hosts)
         return hosts
+
+
+def _has_placeholder(value) -> bool:
+    if isinstance(value, str):
+        return "{host}" in value or "{address}" in value
+    if isinstance(value, list):
+        return any(_has_placeholder(v) for v in value)
+    if isinstance(value, dict):
+        return any(_has_placeholder(v) for v in value.values())
+    return False
+
+
+def check_expanded(inv: Inventory, hosts: list[Host]) -> None:
+    """Every value with {host}/{address} meets its key's rules again once a
+    host's name and address are in it (`server_name: "{host}.example.com"`
+    must stay one nginx directive for every host)."""
+    if not _has_placeholder(inv.data):
+        return
+    for h in hosts:
+        try:
+            INVENTORY.check(h.expand(inv.data), ())
+        except SchemaError as e:
+            raise ConfigError(_origin_of(e.path, inv.origin, str(inv.path)), e.key,
+                              f"for host {h.name}, after {{host}}/{{address}} expansion: {e.problem}") from None
 
 
 def _apply_groups(inv: Inventory, hosts: list[Host]) -> None:
@@ -278,12 +307,12 @@ def load_inventory(name_or_path: str | None = None, overrides: list[str] | tuple
     cli_layer: dict = {}
     for expr in overrides or ():
         parts, value = parse_set(expr)
-        cli_layer = merge(cli_layer, _nest(parts, value), {}, "")
+        cli_layer = merge(cli_layer, _nest(parts, value), {}, "", replace_whole=())
     for dotted_key, value in (cli or {}).items():
         if value is not None:
-            cli_layer = merge(cli_layer, _nest(tuple(dotted_key.split(".")), value), {}, "")
+            cli_layer = merge(cli_layer, _nest(tuple(dotted_key.split(".")), value), {}, "", replace_whole=())
     if cli_layer:
-        merged = merge(merged, cli_layer, origin, "command line")
+        merged = merge(_switch_source(merged, cli_layer, origin), cli_layer, origin, "command line", replace_whole=())
     merged.pop("include", None)
     try:
         data = INVENTORY.check(merged, ())
@@ -291,6 +320,20 @@ def load_inventory(name_or_path: str | None = None, overrides: list[str] | tuple
         raise ConfigError(_origin_of(e.path, origin, str(path)), e.key, e.problem) from None
     name = path.stem
     return Inventory(name=name, path=path, data=data, files=files, origin=origin)
+
+
+def _switch_source(merged: dict, cli_layer: dict, origin: dict) -> dict:
+    """`--set hosts.static=...` over an ec2 inventory (or the reverse) means
+    that source instead: `merged` without the other one, so they never mix."""
+    named, have = cli_layer.get("hosts"), merged.get("hosts")
+    if not (isinstance(named, dict) and isinstance(have, dict)):
+        return merged
+    for src, other in (("static", "ec2"), ("ec2", "static")):
+        if src in named and other not in named and have.get(other) is not None:
+            for key in [o for o in origin if o[:2] == ("hosts", other)]:
+                del origin[key]
+            return {**merged, "hosts": {k: v for k, v in have.items() if k != other}}
+    return merged
 
 
 def _load_with_includes(path: Path, stack: tuple) -> tuple[dict, dict]:

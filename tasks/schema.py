@@ -4,20 +4,36 @@ One section per concern. Unknown keys anywhere are errors.
 """
 from __future__ import annotations
 
+import re
+
 from .schema_types import (
     F, Any_, Bool, Enum, Int, List, Map, Mode, Number, OneOfShapes, SchemaError, Size, Str, Struct,
 )
 
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
+NAME_RE = re.compile(NAME)
 ENV_KEY = r"[A-Za-z_][A-Za-z0-9_]*"
 ADDRESS = Str(r"[A-Za-z0-9_.:\-\[\]]+", "a host name or IP address")
 ABS_PATH = Str(r"/.*", "an absolute path (starting with /)")
+
+
+# -- names that reach nginx, ssh_config and file names (checked again after {host}/{address}
+# expansion: tasks/inventory.py check_expanded) ------------------------------------------------
+PLACEHOLDER = r"\{host\}|\{address\}"
+# nginx server_name: names (wildcards, ~regex) separated by single spaces; no ';', quote, '#',
+# brace (but the placeholders) or whitespace inside a name: nothing that ends the directive
+_SERVER_NAME = rf"(?:[^\s;{{}}'\"#]|{PLACEHOLDER})+"
+SERVER_NAMES = Str(rf"{_SERVER_NAME}(?: {_SERVER_NAME})*",
+                   "server names separated by spaces (no ';', quotes, '#', braces or line breaks)")
+DOMAIN = Str(rf"(?:[A-Za-z0-9*._\-]|{PLACEHOLDER})+", "a domain name such as app.example.com")
+# a login name (ssh.user, a host's user): it is written into ssh_config and sudo lines
+USER_NAME = Str(r"[A-Za-z_][A-Za-z0-9_.\-]*\$?", "a user name (letters, digits, '_', '.', '-')")
 
 # -- hosts -------------------------------------------------------------------
 
 STATIC_HOST = Struct({
     "address": F(ADDRESS, required=True),
-    "user": F(Str()),
+    "user": F(USER_NAME),
     "port": F(Int(1, 65535)),
     "tags": F(Map(Str(non_empty=False)), default={}),
     "groups": F(List(Str(NAME, "a group name")), default=[]),
@@ -75,7 +91,7 @@ _ONE_JUMP = r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|
 JUMP_HOST = rf"{_ONE_JUMP}(?:,{_ONE_JUMP})*"
 
 SSH = Struct({
-    "user": F(Str(), default="root"),
+    "user": F(USER_NAME, default="root"),
     "key_file": F(Str()),
     "port": F(Int(1, 65535), default=22),
     "known_hosts": F(Str(), default="~/.ssh/known_hosts"),
@@ -132,7 +148,7 @@ SWAP = Struct({
 
 NGINX = Struct({
     "enabled": F(Bool(), default=True),
-    "server_name": F(Str()),
+    "server_name": F(SERVER_NAMES),
     "client_max_body_size": F(Size(), default="10M"),
     "websocket": F(Bool(), default=True),
     "proxy_read_timeout": F(Int(1), default=60),
@@ -142,7 +158,7 @@ NGINX = Struct({
 TLS = Struct({
     "enabled": F(Bool(), default=False),
     "email": F(Str(r"[^@\s]+@[^@\s]+", "an e-mail address")),
-    "domains": F(List(Str(), single_ok=True), default=[]),
+    "domains": F(List(DOMAIN, single_ok=True), default=[]),
     "method": F(Enum("nginx", "webroot"), default="nginx"),
     "acme_server": F(Str(r"https?://.+", "an ACME directory URL")),
     "acme_ca_file": F(Str()),

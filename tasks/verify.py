@@ -343,24 +343,47 @@ def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
 def ssh_config_text(inv, hosts) -> str:
     """An OpenSSH client config for the inventory's hosts with strict host key
     checking against the inventory's known_hosts (for `pytest --hosts=ssh://NAME
-    --ssh-config=FILE`)."""
-    from .ssh import check_key_file, known_hosts_path, parse_jump_hosts
+    --ssh-config=FILE`). Every value is one ssh_config word: whitespace, a quote,
+    a '#' or a '%' (ssh's token escape) in a name, user or path is refused, so
+    nothing can add a line (a ProxyCommand) to the file."""
+    from .ssh import check_key_file, known_hosts_path, link_option, parse_jump_hosts
 
-    key = check_key_file(inv, inv.data["ssh"].get("key_file"))
+    ssh = inv.data["ssh"]
+    key = check_key_file(inv, ssh.get("key_file"))
     kh = known_hosts_path(inv)
-    hops = parse_jump_hosts(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
-    strict = ["  StrictHostKeyChecking yes", f"  UserKnownHostsFile {kh}", "  BatchMode yes",
-              f"  ConnectTimeout {int(inv.data['ssh']['connect_timeout'])}"]
+    hops = parse_jump_hosts(ssh.get("jump_host"), ssh["user"])
+    word = _ssh_config_word
+    strict = ["  StrictHostKeyChecking yes", f"  UserKnownHostsFile {word(inv, 'ssh.known_hosts', str(kh))}",
+              "  BatchMode yes", f"  ConnectTimeout {int(ssh['connect_timeout'])}"]
+    # ssh -F reads no other config, and OpenSSH forwards no agent by default
+    if link_option(ssh, "forward_agent"):
+        strict.append("  ForwardAgent yes")
+    if ssh.get("keepalive"):  # set in the inventory: OpenSSH gives up on a dead link the same way
+        strict += [f"  ServerAliveInterval {max(1, round(ssh['keepalive']))}",
+                   f"  ServerAliveCountMax {int(link_option(ssh, 'dead_after'))}"]
     if key:
-        strict += [f"  IdentityFile {key}", "  IdentitiesOnly yes"]
+        strict += [f"  IdentityFile {word(inv, 'ssh.key_file', key)}", "  IdentitiesOnly yes"]
+    if any(c in str(inv.path) for c in "\n\r"):  # the comment line must stay one line
+        raise inv.error("inventory", "the inventory's path has a line break")
     lines = [f"# written by `fab verify --write-ssh-config` for {inv.path}"]
     for h in hosts:
-        lines += [f"Host {h.name}", f"  HostName {h.address}", f"  User {h.user}", f"  Port {h.port}", *strict]
+        lines += [f"Host {word(inv, 'hosts', h.name, h)}", f"  HostName {word(inv, 'hosts', h.address, h)}",
+                  f"  User {word(inv, 'hosts', h.user, h)}", f"  Port {int(h.port)}", *strict]
         if hops:
-            lines.append("  ProxyJump " + ",".join(j.target for j in hops))
+            lines.append("  ProxyJump " + ",".join(word(inv, "ssh.jump_host", j.target) for j in hops))
     for j in hops:  # every bastion is checked as strictly as the hosts
-        lines += [f"Host {j.address}", *strict]
+        lines += [f"Host {word(inv, 'ssh.jump_host', j.address)}", *strict]
     return "\n".join(lines) + "\n"
+
+
+def _ssh_config_word(inv, key: str, value: str, host=None) -> str:
+    import re
+
+    if not value or re.search(r"[\s\"'#%\\\x00-\x1f\x7f]", value):
+        who = f"host {host.name!r}: " if host is not None and value != host.name else ""
+        raise inv.error(key, f"{who}{value!r} cannot go into an ssh_config file (whitespace, quotes, "
+                             f"'#', '%', '\\' or control characters)")
+    return value
 
 
 def write_ssh_config(inv, hosts, path: str) -> None:

@@ -132,3 +132,41 @@ def test_filters_default_to_running():
         {"Name": "tag:Env", "Values": ["a", "b"]},
         {"Name": "instance-state-name", "Values": ["running"]},
     ]
+
+
+# -- Name tags are anyone-with-CreateTags' text: never used verbatim when unsafe ----------------
+
+@pytest.mark.parametrize("evil", [
+    "web1\n  ProxyCommand touch /tmp/pwned",   # a new ssh_config line
+    "web1; return 301 http://evil.example",     # nginx directives through server_name "{host}..."
+    "../../etc/cron.d/x",                        # out of fab diagnose --out
+    "web 1",
+])
+def test_unsafe_name_tag_falls_back_to_the_instance_id(ec2, tmp_path, moto_server, capsys, evil):
+    role = f"bad-name-{abs(hash(evil))}"  # one moto server for the session: a role of its own
+    inst = launch(ec2, evil, 1, extra_tags=[("Role", role)])[0]
+    p = tmp_path / "bad.yaml"
+    p.write_text(f"hosts:\n  ec2:\n    region: eu-west-1\n    endpoint_url: {moto_server}\n"
+                 f"    filters: {{'tag:Role': {role}}}\n"
+                 "nginx: {server_name: '{host}.example.com'}\n")
+    inv = load_inventory(str(p))
+    hosts = inv.resolve_hosts()
+    iid = inst["InstanceId"]
+    assert [h.name for h in hosts] == [iid]
+    assert hosts[0].tags["Name"] == evil  # the tag itself is still there, for groups by tag
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: hosts.ec2: instance " + iid) and f"using {iid}" in err[0]
+    assert hosts[0].expand(inv.data["nginx"]["server_name"]) == f"{iid}.example.com"
+    from tasks.verify import ssh_config_text
+
+    text = ssh_config_text(inv, hosts)
+    assert "ProxyCommand" not in text and f"Host {iid}\n" in text
+
+
+def test_safe_name_tag_is_kept_and_duplicates_still_get_the_id(ec2, tmp_path, moto_server, capsys):
+    launch(ec2, "ok-name.web_1", 1, extra_tags=[("Role", "good-name-test")])
+    p = tmp_path / "good.yaml"
+    p.write_text(f"hosts:\n  ec2:\n    region: eu-west-1\n    endpoint_url: {moto_server}\n"
+                 f"    filters: {{'tag:Role': good-name-test}}\n")
+    assert [h.name for h in load_inventory(str(p)).resolve_hosts()] == ["ok-name.web_1"]
+    assert capsys.readouterr().err == ""

@@ -187,3 +187,27 @@ def test_missing_generated_sandbox_inventory_says_how_to_make_it(invdir):
     with pytest.raises(ConfigError, match=r"include\[0\]: sandbox: inventory 'sandbox' not found: it is generated "
                                           r"by `fab sandbox.up`"):
         load_inventory("sandbox-app")
+
+
+def test_set_changes_one_key_of_hosts(invdir):
+    """--set hosts.ec2.max_hosts=2 keeps region and filters (README: --set changes one key)."""
+    write(invdir / "cloud.yaml", "hosts:\n  ec2: {region: eu-west-1, filters: {'tag:Name': web}}\n")
+    inv = load_inventory("cloud", overrides=["hosts.ec2.max_hosts=2"])
+    assert inv.data["hosts"]["ec2"]["region"] == "eu-west-1"
+    assert inv.data["hosts"]["ec2"]["filters"] == {"tag:Name": "web"}
+    assert inv.data["hosts"]["ec2"]["max_hosts"] == 2
+    assert inv.file_of("hosts.ec2.max_hosts") == "command line"
+    assert inv.file_of("hosts.ec2.region") == str(invdir / "cloud.yaml")
+
+
+def test_set_naming_the_other_host_source_switches_to_it(invdir):
+    write(invdir / "cloud.yaml", "hosts:\n  ec2: {region: eu-west-1}\n")
+    inv = load_inventory("cloud", overrides=["hosts.static=[10.0.0.9]"])
+    assert inv.data["hosts"]["ec2"] is None
+    assert [h.address for h in inv.resolve_hosts()] == ["10.0.0.9"]
+
+
+def test_file_still_replaces_an_included_hosts_section(invdir):
+    write(invdir / "base.yaml", "hosts:\n  ec2: {region: eu-west-1}\n")
+    write(invdir / "web.yaml", "include: [base]\nhosts: {static: [10.0.0.1]}\n")
+    assert load_inventory("web").data["hosts"]["ec2"] is None
