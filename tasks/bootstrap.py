@@ -78,9 +78,10 @@ def app_spec(inv) -> AppSpec:
     app = inv.get("app")
     if not app:
         raise ConfigError(inv.path, "app", "required for bootstrap: set app.name and app.kind")
+    from .releases import app_identity
+
     name, kind = app["name"], app["kind"]
-    user = app.get("user") or name
-    group = app.get("group") or name
+    user, group = app_identity(inv)
     root = app.get("root") or f"/opt/{name}"
     port = app.get("port")
     start = app.get("start")
@@ -368,13 +369,43 @@ def layout_cmd(spec: AppSpec, facts, memberships: dict[str, list[str]]) -> tuple
                 continue   # `id -nG` lists the primary group too; a new user gets g as primary
             L.append(sh("id -nG {} | tr ' ' '\\n' | grep -qx {} || usermod -aG {} {}", user, grp, grp, user).render())
             what.append(f"{user} in group {grp}")
-    for path, owner, group, mode in layout_dirs(spec):
+    dirs = layout_dirs(spec)
+    guarded = False
+    for path, owner, group, mode in dirs:
         st = facts.stats.get(path)
         if st is None or not st.is_dir or not st.matches(owner, group, mode):
-            L.append(sh("mkdir -p -- {} && chown -- {} {} && chmod -- {} {}", path, f"{owner}:{group}", path,
-                        mode, path).render())
+            base = app_writable_parent(spec, dirs, path)
+            if base is None:
+                L.append(sh("mkdir -p -- {} && chown -- {} {} && chmod -- {} {}", path, f"{owner}:{group}", path,
+                            mode, path).render())
+            else:
+                # The app user can write `base`: it may have put a link at `path` (shared/uploads -> /etc).
+                # Refuse links by name; mkdir and chmod as the app user; root only chowns with -h (no follow).
+                from .releases import NOLINK, path_chain
+
+                if not guarded:
+                    L.append(NOLINK)
+                    guarded = True
+                L.append(Cmd("nolink", *path_chain(base, path[len(base) + 1:])).render())
+                L.append(sh("runuser -u {} -- mkdir -p -- {}", u, path).render())
+                L.append(sh("chown -h -- {} {}", f"{owner}:{group}", path).render())
+                L.append(sh("runuser -u {} -- chmod -- {} {}", u, mode, path).render() if owner == u else
+                         sh("chmod -- {} {}", mode, path).render())
             what.append(f"{path} {owner}:{group} {mode}" if st is None else f"fix {path} -> {owner}:{group} {mode}")
     return L, what
+
+
+def app_writable_parent(spec: AppSpec, dirs: list, path: str) -> str | None:
+    """The nearest layout dir above `path` when the app user can write it (its
+    owner, or group/world-writable), else None (root-only parents: plain lines)."""
+    above = [d for d in dirs if path.startswith(d[0].rstrip("/") + "/")]
+    if not above:
+        return None
+    p, owner, group, mode = max(above, key=lambda d: len(d[0]))
+    m = int(mode, 8)
+    if owner == spec.user or (group == spec.group and m & 0o020) or m & 0o002:
+        return p.rstrip("/")
+    return None
 
 
 def memberships(spec: AppSpec, host) -> dict[str, list[str]]:
@@ -592,6 +623,9 @@ def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_k
                    accept_new_host_keys=accept_new_host_keys,
                    options={"limit": limit, "env_file": env_file, "gate": gate})
     spec = app_spec(run.inv)
+    from .schema import check_env_mode
+
+    check_env_mode(run.inv)   # verify reads app_spec too: only the tasks that install the file refuse
     env = env_input(run.inv, env_file)
     if env.values:
         from .envfile import mask_worthy

@@ -177,7 +177,10 @@ def build_spec(inv, host) -> Spec:
         a = app_spec(inv)  # bootstrap's own reading of the inventory: verify checks what it promises
         lay = Layout.from_inventory(inv)
         s.bootstrap = a
-        s.app, s.kind, s.user, s.group = a.name, a.kind, a.user, a.group
+        from .releases import app_identity
+
+        s.app, s.kind = a.name, a.kind
+        s.user, s.group = app_identity(inv)   # the one rule bootstrap, deploy and rotate-env use
         s.root, s.config_dir = lay.root, a.config_dir
         s.root_mode, s.config_dir_mode = a.root_mode, a.config_dir_mode
         s.strategy, s.systemd, s.docker = a.strategy, a.has_unit, lay.docker

@@ -102,6 +102,9 @@ def validate_app(inv, lay: Layout, action: str = "deploy") -> None:
             raise inv.error("deploy.ports", "blue/green needs exactly two different ports")
         if lay.port in ports:
             raise inv.error("deploy.ports", f"must not include app.port ({lay.port})")
+    from .schema import check_env_mode
+
+    check_env_mode(inv)   # rollback restores, and deploy snapshots, the env file with that mode
     source = inv.get("deploy.source")
     allowed = {"node": ("git", "artifact"), "python": ("git", "artifact"), "static": ("git", "artifact"),
                "docker": ("image",), "compose": ("compose",)}[lay.kind]
@@ -290,7 +293,21 @@ def _after_failure(ctx, plan: Plan, st: HostState, prev: str | None, meta: dict,
         why = "interrupted" if interrupted else (e.message if isinstance(e, FabshipError) else str(e))
         entry = release_entry(rid, action="deploy", result="interrupted" if interrupted else "failed",
                               previous=prev, meta=meta, src=plan.src, st=st, reason=why[:300])
-        record(ctx, lay, entry, f"previous={prev or '-'}; {why[:200]}")
+        if interrupted:   # get out fast: the next deploy prunes
+            record(ctx, lay, entry, f"previous={prev or '-'}; {why[:200]}")
+            return
+        # Retention counts failed releases too: a loop of failing deploys must not fill
+        # the disk. Older failed/unfinished dirs go now (this one stays for inspection,
+        # never the current or the last good one), with the log line: one round trip.
+        doomed, prune = prune_plan(ctx, lay, st, protect=(rid,))
+        cmds = [record_cmd(ctx, lay, entry, f"previous={prev or '-'}; {why[:200]}"), *prune]
+        r = ctx.run(Cmd("sh", "-c", "rc=0\n" + "\n".join(f"{c.render()} || rc=1" for c in cmds) + "\nexit $rc"),
+                    check=False, timeout=120, what="release log")
+        if not r.ok:
+            ctx.say(f"warning: recording the failed release partly failed: {ctx.mask(r.tail(3))}")
+        elif doomed:
+            st.releases = [x for x in st.releases if x not in doomed]
+            ctx.say(f"pruned {len(doomed)} old release(s): {', '.join(doomed)}")
     except Exception as err:  # cleanup must not hide the real failure
         ctx.say(f"warning: cleanup after the failure: {err}")
 

@@ -8,7 +8,7 @@ one `systemctl show` over all units, one openssl per certificate.
 
 Also here: `put_files_cmd`, the one way fabship writes templated files
 (non-secret) on a host: a tar on stdin, each file moved into place with a
-same-directory rename after owner and mode are set.
+same-directory rename after owner and mode are set and its bytes fsynced.
 """
 from __future__ import annotations
 
@@ -394,6 +394,7 @@ def put_files_lines(files: list[FileSpec], stage: str = "$stage", backup: str | 
             L.append(f'tmp=$(mktemp "$(dirname -- {p})/.fabship.XXXXXX")')
             L.append(f'cat "{stage}/{i}" > "$tmp"')
             L.append(sh('chown -- {} "$tmp" && chmod -- {} "$tmp"', f"{f.owner}:{f.group}", mode).render())
+            L.append('sync -- "$tmp"')   # the bytes are on disk before the name points at them
             L.append(f'mv -f -- "$tmp" {p}')
     return L
 

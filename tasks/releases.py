@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from .commands import Cmd, sh
+from .commands import Cmd, Raw, as_user, sh
 
 ID_RE = re.compile(r"^\d{8}T\d{6}Z-[A-Za-z0-9._-]+$")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -25,6 +25,16 @@ MARK = "@@fabship:"
 
 
 # -- where things live ---------------------------------------------------------
+
+def app_identity(inv) -> tuple[str, str]:
+    """(user, group) the app runs as: app.user defaults to app.name, app.group
+    to app.user. The one rule every app model reads (bootstrap.AppSpec,
+    Layout, rotate_env.EnvTarget, checks.Spec), so bootstrap never makes a
+    group that deploy and rotate-env do not use."""
+    name = inv.get("app.name")
+    user = inv.get("app.user") or name
+    return user, inv.get("app.group") or user
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -53,9 +63,9 @@ class Layout:
         nginx = inv.get("nginx.enabled", True) is not False  # no nginx section: enabled (as bootstrap does)
         root = inv.get("app.root") or f"/opt/{app}"
         config_dir = inv.get("app.config_dir") or f"/etc/{app}"
+        user, group = app_identity(inv)
         return cls(
-            app=app, kind=inv.get("app.kind"), user=inv.get("app.user") or app,
-            group=inv.get("app.group") or inv.get("app.user") or app, root=root.rstrip("/") or "/",
+            app=app, kind=inv.get("app.kind"), user=user, group=group, root=root.rstrip("/") or "/",
             config_dir=config_dir, env_path=inv.get("env.path") or f"{config_dir}/{app}.env",
             strategy=inv.get("deploy.strategy") or "blue_green", port=port, ports=tuple(ports or ()),
             nginx=nginx, keep=inv.get("deploy.keep_releases") or 5,
@@ -288,29 +298,71 @@ def append_lines_script(files: list[str], lines: list[str], ensure_dir: str | No
     return Cmd("sh", "-c", "set -eu\n" + "\n".join(body), "sh", *[ln.replace("\n", " ") for ln in lines])
 
 
+# -- paths the app user can write ------------------------------------------------------
+# releases/<id>, shared/ and .cache belong to the app user, whose code (and its
+# build's dependencies) is less trusted than root. Root never follows a symlink
+# there: work inside them runs as the app user (commands.as_user), and a link
+# where fabship expects a dir or file fails the step with a line naming it.
+
+REFUSED = 41   # exit status of a step that met a planted symlink (or a non-file)
+NOLINK = ("nolink() { for p in \"$@\"; do if [ -L \"$p\" ]; then printf 'fabship: %s is a symlink; refusing to "
+          "follow it (the app user can write where it is)\\n' \"$p\" >&2; exit " + str(REFUSED) + "; fi; done; }")
+
+
+def refusal(text: str) -> str | None:
+    """The `fabship: ...` line a NOLINK check printed, if any."""
+    return next((ln.strip() for ln in (text or "").splitlines() if ln.startswith("fabship: ")), None)
+
+
+def path_chain(base: str, rel: str) -> list[str]:
+    """base/a, base/a/b, base/a/b/c for rel = a/b/c: every component to check."""
+    parts = rel.split("/")
+    return [f"{base}/{'/'.join(parts[:i + 1])}" for i in range(len(parts))]
+
+
+def shared_rel(p: str) -> str:
+    """A shared dir/file entry as a normalised relative path (the schema refuses
+    the rest; this guards command builders called directly)."""
+    from .schema_types import rel_path_problem
+
+    q = str(p).strip("/")
+    problem = rel_path_problem(q)
+    if problem:
+        raise ValueError(f"shared path {p!r}: {problem}")
+    return q
+
+
 def link_shared(lay: Layout, rid: str, shared_dirs: list[str], shared_files: list[str]) -> Cmd | None:
-    """Shared dirs/files live in /opt/APP/shared and are symlinked into the release."""
+    """Shared dirs/files live in /opt/APP/shared and are symlinked into the
+    release. All of it runs as the app user (both trees are its own), so a link
+    it planted can steer nothing but itself; planted links are refused by name."""
     if not shared_dirs and not shared_files:
         return None
-    rel = lay.release_dir(rid)
-    lines = ["set -eu"]
-    owner = f"{lay.user}:{lay.group}"
-    for d in shared_dirs:
-        d = d.strip("/")
-        # 0755 like bootstrap makes it (and verify expects): install -d re-modes an existing dir
-        lines.append(sh("install -d -o {} -g {} -m 0755 -- {}", lay.user, lay.group, f"{lay.shared}/{d}").render())
-        lines.append(sh("rm -rf -- {} && install -d -- \"$(dirname -- {})\" && ln -sfn -- {} {}",
-                        f"{rel}/{d}", f"{rel}/{d}", f"{lay.shared}/{d}", f"{rel}/{d}").render())
-    for f in shared_files:
-        f = f.strip("/")
-        lines.append(sh("install -d -o {} -g {} -m 0750 -- \"$(dirname -- {})\"", lay.user, lay.group,
-                        f"{lay.shared}/{f}").render())
-        lines.append(sh("[ -e {} ] || install -o {} -g {} -m 0640 /dev/null {}", f"{lay.shared}/{f}", lay.user,
-                        lay.group, f"{lay.shared}/{f}").render())
-        lines.append(sh("rm -rf -- {} && install -d -- \"$(dirname -- {})\" && ln -sfn -- {} {}",
-                        f"{rel}/{f}", f"{rel}/{f}", f"{lay.shared}/{f}", f"{rel}/{f}").render())
-    lines.append(sh("chown -h {} -- {}", owner, rel).render())
-    return Cmd("sh", "-c", "\n".join(lines))
+    rel, base = lay.release_dir(rid), lay.shared
+    dirs, files = [shared_rel(d) for d in shared_dirs], [shared_rel(f) for f in shared_files]
+    L = ["set -eu", "umask 022", NOLINK, sh("nolink {} {}", base, rel).render()]
+
+    def link(src: str, dst: str) -> str:
+        return sh("rm -rf -- {} && mkdir -p -- \"$(dirname -- {})\" && ln -sfn -- {} {}", dst, dst, src, dst).render()
+
+    for d in dirs:
+        s = f"{base}/{d}"
+        # every component of the shared path, and the release path's parents (the last one is replaced)
+        L.append(Cmd("nolink", *path_chain(base, d), *path_chain(rel, d)[:-1]).render())
+        # 0755 U:G like bootstrap makes it (and verify expects)
+        L.append(sh("mkdir -p -- {} && chgrp -- {} {} && chmod -- 0755 {}", s, lay.group, s, s).render())
+        L.append(link(s, f"{rel}/{d}"))
+    for f in files:
+        s = f"{base}/{f}"
+        L.append(Cmd("nolink", *path_chain(base, f), *path_chain(rel, f)[:-1]).render())
+        if "/" in f:  # parents below shared/ only: a top-level file never re-modes shared/ itself
+            parent = s.rsplit("/", 1)[0]
+            L.append(sh("[ -d {} ] || mkdir -p -m 0750 -- {}", parent, parent).render())
+        L.append(sh("[ -e {} ] || install -m 0640 -g {} /dev/null {}", s, lay.group, s).render())  # never truncated
+        L.append(sh("[ -f {} ] || {{ printf 'fabship: %s is not a regular file\\n' {} >&2; exit {}; }}",
+                    s, s, str(REFUSED)).render())
+        L.append(link(s, f"{rel}/{f}"))
+    return as_user(lay.user, Cmd(Raw("\n".join(L))))
 
 
 # -- the facts script: one round trip --------------------------------------------------

@@ -57,7 +57,10 @@ class EnvTarget:
 
         if not inv.get("app.name"):
             raise inv.error("app.name", "required: rotate-env installs the env file of this app")
-        lay = Layout.from_inventory(inv)
+        from .schema import check_env_mode
+
+        lay = Layout.from_inventory(inv)   # its group: releases.app_identity, as bootstrap's
+        check_env_mode(inv)   # the mode this target installs: refused before any host is touched
         mode = inv.get("env.mode") or "0600"
         return cls(app=lay.app, kind=lay.kind or "", path=lay.env_path, owner=inv.get("env.owner") or "root",
                    group=inv.get("env.group") or lay.group, mode=mode,

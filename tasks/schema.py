@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 
 from .schema_types import (
-    F, Any_, Bool, Enum, Int, List, Map, Mode, Number, OneOfShapes, SchemaError, Size, Str, Struct,
+    F, Any_, Bool, Enum, Int, List, Map, Mode, Number, OneOfShapes, RelPath, SchemaError, Size, Str, Struct,
+    dotted,
 )
 
 NAME = r"[A-Za-z0-9][A-Za-z0-9_.\-]*"
@@ -134,12 +135,32 @@ APP = Struct({
     "start": F(Str()),
     "root_mode": F(Mode(), default="0755"),
     "config_dir_mode": F(Mode(), default="0750"),
-    "shared_dirs": F(List(Str()), default=[]),
-    "shared_files": F(List(Str()), default=[]),
+    # relative to /opt/APP/shared and to each release (see _shared_paths)
+    "shared_dirs": F(List(RelPath()), default=[]),
+    "shared_files": F(List(RelPath()), default=[]),
     "node_version": F(Str(r"\d+", "a Node.js major version such as 20")),
     "python_version": F(Str(r"3(\.\d+)?", "a Python 3 version such as 3.11")),
     "unit": F(UNIT),
-}, fill_default=False)
+}, fill_default=False, validator=lambda v, p: _shared_paths(v, p))
+
+
+def _shared_paths(app: dict, path: tuple) -> None:
+    """Shared dirs/files are links in the release to /opt/APP/shared/<path>.
+    One inside another (or the same path twice) would make deploy remove the
+    shared data through the first link; `.fabship*` names are fabship's own."""
+    seen: list[tuple[str, tuple]] = []
+    for key in ("shared_dirs", "shared_files"):
+        for i, p in enumerate(app.get(key) or []):
+            where = path + (key, i)
+            if p.split("/")[0].startswith(".fabship"):
+                raise SchemaError(where, f"{p!r}: names starting with .fabship are fabship's own")
+            for other, other_where in seen:
+                if p == other or p.startswith(other + "/") or other.startswith(p + "/"):
+                    what = "the same path as" if p == other else "inside" if p.startswith(other + "/") else \
+                        "the parent of"
+                    raise SchemaError(where, f"{p!r} is {what} {dotted(other_where)} ({other!r}): "
+                                             "each shared path must stand alone")
+            seen.append((p, where))
 
 SWAP = Struct({
     "size": F(Size(), required=True),
@@ -236,6 +257,8 @@ ENV = Struct({
     "owner": F(Str(), default="root"),
     "group": F(Str()),
     "mode": F(Mode(), default="0600"),
+    # env.mode with group bits (e.g. 0640) is refused unless this says it is meant (check_env_mode)
+    "group_readable": F(Bool(), default=False),
     "keep_previous": F(Int(0), default=5),
     "source": F(ENV_SOURCE),
     "contract": F(CONTRACT),
@@ -351,3 +374,21 @@ INVENTORY = Struct({
     "hooks": F(HOOKS),
     "sandbox": F(SANDBOX, default={}),
 })
+
+
+def check_env_mode(inv) -> None:
+    """The env file holds the app's secrets: a mode wider than 0600 is refused
+    before any host is touched (bootstrap, deploy, rollback, rotate-env), unless
+    the inventory means it: group bits need `env.group_readable: true`; world
+    bits are never accepted (verify's env_file_mode fails them too)."""
+    mode = inv.get("env.mode") or "0600"
+    bits = int(mode, 8)
+    if bits & 0o007:
+        raise inv.error("env.mode", f"{mode} lets every user on the host read or write the env file; "
+                                    "use 0600 (or 0640 with env.group_readable: true)")
+    if bits & 0o070 and inv.get("env.group_readable") is not True:
+        from .releases import app_identity
+
+        group = inv.get("env.group") or app_identity(inv)[1]
+        raise inv.error("env.mode", f"{mode} lets group {group} read the env file (its secrets); set "
+                                    "env.group_readable: true if that is meant, or use 0600")

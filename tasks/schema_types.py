@@ -175,6 +175,41 @@ class Mode(Type):
         raise SchemaError(path, f"expected {self.expected}, got {show(value)}")
 
 
+class RelPath(Type):
+    """A normalised path relative to a base directory (app.shared_dirs/files:
+    relative to /opt/APP/shared and to the release): no leading '/', no empty,
+    '.' or '..' part, no trailing '/', no control characters. Root creates,
+    links and removes these paths, so one that climbs out of the base would
+    make it chown or `rm -rf` outside the app root."""
+
+    expected = "a relative path such as public/uploads (no leading '/', no '.', '..' or empty parts)"
+
+    def check(self, value, path):
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise SchemaError(path, f"expected {self.expected}, got {show(value)}")
+        value = str(value)
+        problem = rel_path_problem(value)
+        if problem:
+            raise SchemaError(path, f"expected {self.expected}, got {show(value)}: {problem}")
+        return value
+
+
+def rel_path_problem(value: str) -> str:
+    """Why `value` is not a normalised relative path ('' when it is one)."""
+    if not value.strip():
+        return "it is empty"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "it holds a control character"
+    if value.startswith("/"):
+        return "it is absolute"
+    parts = value.split("/")
+    if ".." in parts:
+        return "it climbs out with '..'"
+    if "." in parts or "" in parts:
+        return "it is not normalised ('.', '//' or a trailing '/')"
+    return ""
+
+
 class List(Type):
     def __init__(self, item: Type, min_items: int = 0, default=MISSING, single_ok=False):
         self.item = item

@@ -78,6 +78,7 @@ def upstream_switch_cmd(lay: Layout, text: str, drain: float = DRAIN_SECONDS) ->
         sh('f={}; new="$f.fabship-new"; bak="$f.fabship-prev"', f).render(),
         'install -d -m 0755 -- "$(dirname -- "$f")"',
         'printf "%s" "$1" > "$new"',
+        'sync -- "$new"',   # fsync before the rename, as for every file fabship installs
         'if [ -f "$f" ]; then cp -p -- "$f" "$bak"; fi',
         'mv -f -- "$new" "$f"',
         'if ! out=$(nginx -t 2>&1); then',

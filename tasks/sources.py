@@ -29,7 +29,7 @@ from pathlib import Path
 
 from .commands import Cmd, Raw, as_user, sh
 from .errors import ConfigError, StepFailed
-from .releases import HostState, Layout, safe_part
+from .releases import NOLINK, HostState, Layout, safe_part
 from .templates import render
 
 URL_RE = re.compile(r"^(https?|ssh|git|file)://|^[A-Za-z0-9._-]+@[A-Za-z0-9._-]+:")
@@ -287,8 +287,17 @@ def plan_compose(inv, tag: str | None) -> Source:
 # -- command builders (pure) -------------------------------------------------------------------
 
 def make_release_dir_cmd(lay: Layout, rid: str) -> Cmd:
-    return sh("install -d -m 0755 -- {} && install -d -o {} -g {} -m 0755 -- {}",
-              lay.releases, lay.user, lay.group, lay.release_dir(rid))
+    """releases/ is the app user's: root makes it only when it is missing; the
+    release dir itself is made by the app user with a plain mkdir, which fails
+    on anything already there (a link planted under a predictable id included)."""
+    rel = lay.release_dir(rid)
+    return Cmd("sh", "-c", "\n".join([
+        "set -eu", NOLINK,
+        sh("nolink {} {}", lay.releases, rel).render(),
+        sh("[ -d {} ] || install -d -o {} -g {} -m 0755 -- {}", lay.releases, lay.user, lay.group,
+           lay.releases).render(),
+        as_user(lay.user, sh("mkdir -m 0755 -- {} && chgrp -- {} {}", rel, lay.group, rel)).render(),
+    ]))
 
 
 def git_init_cmd(lay: Layout) -> Cmd:
@@ -320,22 +329,31 @@ def git_fetch_bundle_cmd(lay: Layout, bundle: str, commit: str) -> Cmd:
 
 
 def git_checkout_cmd(lay: Layout, rid: str, commit: str) -> Cmd:
+    """Root reads its own cache; the app user extracts into its own release dir
+    (a tree that may hold symlinks is never chowned or written through by root)."""
     d = lay.release_dir(rid)
     return Cmd("sh", "-c", "\n".join([
-        "set -eu",
-        sh("git --git-dir={} archive --format=tar {} | tar -x -C {}", lay.repo, commit, d).render(),
-        sh("chown -R {} -- {}", f"{lay.user}:{lay.group}", d).render(),
+        "set -eu", NOLINK, sh("nolink {}", d).render(),
+        'a=$(mktemp); trap \'rm -f -- "$a"\' EXIT',   # a file, not a pipe: a failed archive fails the step
+        sh('git --git-dir={} archive --format=tar -o "$a" {}', lay.repo, commit).render(),
+        as_user(lay.user, sh("tar -x -C {}", d)).render() + ' < "$a"',
     ]))
 
 
 def artifact_extract_cmd(lay: Layout, rid: str, tmp: str, strip: int) -> Cmd:
+    """Root opens the upload (private to the SSH user); the app user extracts it
+    from stdin into its own release dir. tar cannot sniff compression on a
+    stream, so the magic bytes pick the flag."""
     d = lay.release_dir(rid)
+    tar = Cmd("runuser", "-u", lay.user, "--", "tar", "-x", Raw("$z"), "--no-same-owner", "-f", "-", "-C", d,
+              *([f"--strip-components={int(strip)}"] if strip else []))
     return Cmd("sh", "-c", "\n".join([
         "set -eu",
         sh("trap 'rm -f -- {}' EXIT", tmp).render(),
-        sh("tar -x --no-same-owner -f {} -C {}" + (f" --strip-components={int(strip)}" if strip else ""),
-           tmp, d).render(),
-        sh("chown -R {} -- {}", f"{lay.user}:{lay.group}", d).render(),
+        NOLINK, sh("nolink {}", d).render(),
+        sh("case \"$(head -c 6 -- {} | od -An -tx1 | tr -d ' \\n')\" in", tmp).render()
+        + " 1f8b*) z=-z;; fd377a585a00) z=-J;; 425a68*) z=-j;; *) z=;; esac",
+        tar.render() + sh(" < {}", tmp).render(),
     ]))
 
 
@@ -353,7 +371,7 @@ def build_cmd(lay: Layout, rid: str, commands: list[str]) -> Cmd:
     inner = as_user(lay.user, Cmd(Raw("\n".join(body))))
     pidfile = f"{lay.state}/build.pid"
     return Cmd("sh", "-c", "\n".join([
-        "set -eu",
+        "set -eu", NOLINK, sh("nolink {} {}", lay.cache, d).render(),
         sh("install -d -o {} -g {} -m 0750 -- {}", lay.user, lay.group, lay.cache).render(),
         "exec 2>&1; rc=0",
         sh("setsid --wait sh -c 'echo $$ > \"$1\"; shift; exec \"$@\"' sh {} ", pidfile).render()
@@ -369,15 +387,35 @@ def kill_build_cmd(lay: Layout) -> Cmd:
 
 
 def release_meta_cmd(lay: Layout, rid: str, text: str) -> Cmd:
-    """.fabship-release.json into the release dir: what this release is."""
-    return write_file_cmd(f"{lay.release_dir(rid)}/.fabship-release.json", text)
+    """.fabship-release.json into the release dir: what this release is. Written
+    by the app user: the dir is its own, so a root-owned file there would be no
+    harder to replace, and root writing after the build could be steered by a
+    link the build planted (releases.jsonl, root-only, is the record)."""
+    return user_file_cmd(lay, f"{lay.release_dir(rid)}/.fabship-release.json", text=text)
 
 
-def write_file_cmd(path: str, text: str, mode: str = "0644") -> Cmd:
-    """A small non-secret file whose bytes are an argument (visible with -v,
-    one round trip), written beside and renamed into place."""
-    return Cmd("sh", "-c", 'set -eu; t="$1.fabship-tmp"; printf "%s" "$2" > "$t"; chmod "$3" "$t"; mv -f "$t" "$1"',
-               "sh", path, text, mode)
+# the app user writes PATH ($1, mode $2) from $3 or stdin: temp name beside it, fsync, rename
+_USER_PUT = "\n".join([
+    "set -eu", "umask 022", NOLINK, 'f="$1"; t="$1.fabship-tmp"', 'nolink "$f" "$t"', 'rm -f -- "$t"',
+    'if [ "$#" -ge 3 ]; then printf "%s" "$3" > "$t"; else cat > "$t"; fi',
+    'chmod -- "$2" "$t"', 'sync -- "$t"', 'mv -f -- "$t" "$f"',
+])
+
+
+def user_file_cmd(lay: Layout, path: str, *, text: str | None = None, from_file: str | None = None,
+                  mode: str = "0644") -> Cmd:
+    """A non-secret file in a dir the app user owns (release metadata, compose
+    files), written as the app user: bytes from `text` (an argument: visible
+    with -v) or from `from_file` (a root-readable upload, opened by root, fed
+    on stdin and removed)."""
+    put = Cmd("runuser", "-u", lay.user, "--", "sh", "-c", _USER_PUT, "sh", path, mode,
+              *([text] if text is not None else []))
+    if from_file is None:
+        return put
+    return Cmd("sh", "-c", "\n".join([
+        "set -eu", sh("trap 'rm -f -- {}' EXIT", from_file).render(),
+        put.render() + sh(" < {}", from_file).render(),
+    ]))
 
 
 def _q(s: str) -> str:
@@ -469,8 +507,8 @@ def _prepare_compose(ctx, src: Source, lay: Layout, st: HostState, rid: str) -> 
     else:
         up = upload(ctx, src.compose_file, "compose file")
         ctx.change("compose files", f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})",
-                   sh("install -m 0644 -- {} {} && rm -f -- {}", up, f"{d}/docker-compose.yml", up),
-                   write_file_cmd(f"{d}/compose.env", compose_env_text(src, proj)))
+                   user_file_cmd(lay, f"{d}/docker-compose.yml", from_file=up),
+                   user_file_cmd(lay, f"{d}/compose.env", text=compose_env_text(src, proj)))
     ctx.change("pull images", f"project {proj}",
                Cmd(Raw(sh("cd {} && ", d).render()), *compose_base(st.compose_cmd, lay, rid, proj), "pull",
                    "--quiet"), timeout=900)
