@@ -113,7 +113,26 @@ def diagnose(c, inventory=None, set=None, limit=None, parallel=10, accept_new_ho
     run_diagnose(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, lines=lines, out=out)
 
 
-ns = Collection(hosts, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose)
+@fabship_task(help=helps("inventory", "set", "verbose", "gate",
+                         dry_run="print the plan (what would be created or changed, with the API calls); "
+                                 "call nothing that writes",
+                         destroy="delete what this inventory's provision section manages (only resources "
+                                 "tagged with its project/env), in reverse dependency order; needs --yes",
+                         yes="confirm --destroy",
+                         delete_bucket="with --destroy: delete the S3 bucket and its objects (default: a "
+                                       "bucket that holds objects is kept)",
+                         then_bootstrap="once the host answers and its key is recorded, run fab bootstrap on it",
+                         env_file="with --then-bootstrap: as for fab bootstrap"))
+def provision(c, inventory=None, set=None, verbose=0, dry_run=False, destroy=False, yes=False,
+              delete_bucket=False, then_bootstrap=False, gate=True, env_file=None):
+    """Create the host's AWS resources (S3, IAM, security group, key pair, EC2, EIP, Route53) idempotently."""
+    from tasks.provision.flow import provision as run_provision
+
+    run_provision(inventory, set or (), verbose, dry_run, destroy=destroy, yes=yes, delete_bucket=delete_bucket,
+                  then_bootstrap=then_bootstrap, gate=gate, env_file=env_file)
+
+
+ns = Collection(hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose)
 try:
     from tasks.sandbox import ns as sandbox_ns
 

@@ -353,6 +353,8 @@ HOOKS = Struct({"alb": F(ALB)}, fill_default=False)
 
 SANDBOX = Map(Any_())
 
+from .provision.schema import PROVISION  # noqa: E402  (fab provision: its own subpackage)
+
 INVENTORY = Struct({
     "include": F(List(Str(), single_ok=True), default=[]),
     "description": F(Str(non_empty=False)),
@@ -372,6 +374,7 @@ INVENTORY = Struct({
     "health": F(HEALTH),
     "verify": F(VERIFY),
     "hooks": F(HOOKS),
+    "provision": F(PROVISION),
     "sandbox": F(SANDBOX, default={}),
 })
 
