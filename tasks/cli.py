@@ -133,18 +133,21 @@ def seconds(value, name: str) -> float:
 NUMBERS = {
     "parallel": lambda v, n: whole(v, n, 1),
     "last": lambda v, n: whole(v, n, 1),
-    "lines": lambda v, n: whole(v, n, 1),
     "batch": lambda v, n: amount(v, n, 1),
     "max_fail": lambda v, n: amount(v, n, 0),
     "lock_wait": seconds,
 }
 
 
+# Checked by their task itself, before it connects (its own wording): diagnose --lines.
+SELF_CHECKED = ("lines",)
+
+
 def check_numbers(kwargs: dict) -> None:
     """Every numeric option given on the command line is a valid number, or
     one ConfigError line naming the option (exit 2; nothing ran)."""
     for name, value in kwargs.items():
-        if value is None or value == "" or isinstance(value, bool):
+        if value is None or value == "" or isinstance(value, bool) or name in SELF_CHECKED:
             continue
         if name in NUMBERS:
             NUMBERS[name](value, name)

@@ -634,24 +634,86 @@ def _rollback_switched(ctx, alb) -> None:
         raise
 
 
-def print_outcome(run, lay: Layout, rid: str | None) -> None:
-    """The summary table, then exactly which host runs which release."""
+def print_outcome(run, lay: Layout, rid: str | None, action: str = "deploy") -> None:
+    """The summary table, then exactly which host serves which release and
+    what this run did there (deploy: rid is the new release; rollback: None)."""
     run.summary()
     lines = ["releases now serving:"]
+    serving = {}
     for h in run.hosts:
         c = run.ctx(h)
         st = c.data.get("state")
-        cur = st.current if st is not None else None
-        outcome = c.data.get("outcome") or (UNREACHABLE if c.status == "unreachable" else
-                                           NOT_STARTED if not c.data.get("state") or c.status == "skipped"
-                                           else FAILED if c.error else UNCHANGED)
+        cur = st.current if st is not None else _read_serving(c, lay)
+        serving[h.name] = cur
         if run.dry_run:  # in-memory state moved on; the host did not
             cur = c.data.get("previous", cur)
             lines.append(f"  {h.name} -> {cur or '(none)'} (dry run: would deploy {rid})" if rid else
                          f"  {h.name} -> {cur or '(none)'} (dry run)")
             continue
-        lines.append(f"  {h.name} -> {cur or '(nothing deployed)' if st is not None else 'unknown'}"
-                     f"  [{outcome}]")
+        lines.append("  " + outcome_line(c, cur, rid, action))
     run.out.line("", "\n".join(lines))
-    run.extra["serving"] = {h.name: (run.ctx(h).data.get("state").current if run.ctx(h).data.get("state") else None)
-                            for h in run.hosts}
+    run.extra["serving"] = serving
+
+
+def _read_serving(ctx, lay: Layout) -> str | None:
+    """A host refused before its facts were read (its lock was held, or another
+    host's was): what it serves is one readlink away. None when unknown."""
+    if ctx.status == "unreachable" or ctx.conn is None or ctx.dry_run:
+        return None
+    from .commands import sh
+
+    try:
+        r = ctx.run(sh("readlink -- {} 2>/dev/null || echo -", lay.current), check=False, timeout=15,
+                    what="read current release")
+    except Exception:  # the summary must not fail the run
+        return None
+    link = r.stdout.strip().rstrip("/").rsplit("/", 1)[-1] if r.ok else ""
+    if link in ("", "-"):
+        return "" if r.ok else None  # "": nothing deployed
+    return link
+
+
+def outcome_line(ctx, serving: str | None, rid: str | None, action: str = "deploy") -> str:
+    """`HOST -> SERVING  [what happened]`: SERVING is the release the host serves
+    now; the bracket says what this run did, naming the release it concerned
+    (a failed deploy of C on a host still serving B reads `B  [still serving;
+    deploy of C failed]`, never as if B had failed)."""
+    c = ctx
+    data = c.data
+    prev = data.get("previous")
+    target = rid if action == "deploy" else data.get("target")
+    what = f"{action} of {target}" if action == "deploy" and target else \
+        (f"rollback to {target}" if target else action)
+    outcome = data.get("outcome")
+    if c.status == "unreachable":
+        return f"{c.host.name} -> unknown  [unreachable]"
+    shown = serving if serving else ("(nothing deployed)" if serving == "" else "unknown")
+    if outcome == DEPLOYED:
+        return f"{c.host.name} -> {shown}  [deployed]" + (f" (was {prev})" if prev else " (first release)")
+    if outcome == ROLLED_BACK:
+        if action == "rollback":
+            return f"{c.host.name} -> {shown}  [rolled back from {prev or '?'}]"
+        return f"{c.host.name} -> {shown}  [rolled back] (the deploy of {target or '?'} was undone)"
+    if outcome in (FAILED, INTERRUPTED):
+        word = "interrupted" if outcome == INTERRUPTED else "failed"
+        if data.get("switched") and target:  # the switch happened and was not undone
+            why = c.note if c.note and "FAILED" in c.note else "it is not healthy"
+            return f"{c.host.name} -> {target}  [{what} {word} after the switch: {why}]"
+        if serving:
+            return f"{c.host.name} -> {shown}  [still serving; {what} {word}]"
+        return f"{c.host.name} -> {shown}  [{what} {word}]"
+    # never started here: refused before any change
+    if data.get("lock_refused"):
+        why = f"its deploy lock is held by {data['lock_refused']}"
+    elif c.error:
+        why = c.error if len(c.error) <= 120 else c.error[:117] + "..."
+    else:
+        why = c.note or "nothing to do"
+    not_done = "not deployed" if action == "deploy" else "not rolled back"
+    for prefix in (f"{not_done}: ", f"{not_done} ", "cannot roll back: "):
+        why = why.removeprefix(prefix)
+    if why.startswith("(") and why.endswith(")"):
+        why = why[1:-1]
+    if serving:
+        return f"{c.host.name} -> {shown}  [still serving; {not_done}: {why}]"
+    return f"{c.host.name} -> {shown}  [{not_done}: {why}]"

@@ -207,6 +207,7 @@ def max_age_of(ctx) -> float:
 def lock_error(ctx, holder: dict, waited: float = 0) -> LockError:
     lay = Layout.from_inventory(ctx.inv)
     reason = stale_reason(holder, max_age=max_age_of(ctx))
+    ctx.data["lock_refused"] = describe(holder)  # for the closing summary: why nothing ran here
     where = f"{ctx.host.name}: {lay.lock_dir}"
     if reason:
         return LockError(f"{where}: STALE deploy lock held by {describe(holder)}; {reason}. Check that no run "

@@ -50,13 +50,28 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
                               reason=(getattr(err, "message", "") or str(err))[:300])
         entry.version = e.version if e else ""
         record(ctx, lay, entry, f"from={cur or '-'}; {entry.extra.get('reason', '')[:200]}")
+        ctx.data["outcome"] = "failed"  # the closing summary (deploy.print_outcome)
         raise
     entry = release_entry(target, action="rollback", result="ok", previous=cur, meta={"image": e.image if e else ""},
                           port=str(act.port or ""), reason=reason)
     entry.version = e.version if e else ""
     record(ctx, lay, entry, f"from={cur or '-'}" + (f"; {reason}" if reason else ""))
     st.log.append(entry)
+    ctx.data["outcome"] = "rolled back"
+    _record_env(ctx, target)
     ctx.note = f"-> {target} (was {cur})"
+
+
+def _record_env(ctx, rid: str) -> None:
+    """The env `rid` now runs with becomes its snapshot, as after a deploy: it is
+    also how rotate-env knows what the running app was started with (a file
+    that differs was installed but not applied). Best effort: the rollback is done."""
+    try:
+        from .rotate_env import snapshot_release_env
+
+        snapshot_release_env(ctx, rid)
+    except Exception as e:
+        ctx.say(f"warning: could not record the env of {rid}: {e}")
 
 
 def _restore_env(ctx, rid: str) -> str:
@@ -143,7 +158,7 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
                 fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"], alb=alb), ready)
     finally:
         fleet.unlock_all()
-    print_outcome(run, lay, None)  # the gate ran inside activation (tasks/service.py)
+    print_outcome(run, lay, None, action="rollback")  # the gate ran inside activation (tasks/service.py)
     if fleet.interrupted:
         run.finish()
         raise fleet.interrupted

@@ -87,6 +87,14 @@ def facts_cmd(t: EnvTarget) -> Cmd:
         key_hashes_cmd(t.path).render() + " || true",
         f"echo {MARK}current",
         sh("readlink -- {} 2>/dev/null || true", t.current).render(),
+        # What the running app was started with: the current release's env
+        # snapshot, written whenever fabship started it healthy (deploy,
+        # rollback, rotate-env). A file that differs was installed but not applied.
+        f"echo {MARK}applied",
+        sh("rid=$(readlink -- {} 2>/dev/null || true); rid=${{rid%/}}; rid=${{rid##*/}}; d={}", t.current,
+           t.snapshots).render(),
+        'case "$rid" in ""|.*|*[!A-Za-z0-9._-]*) ;; *) [ -f "$d/$rid.env" ] && [ ! -L "$d/$rid.env" ] && '
+        'sha256sum < "$d/$rid.env" | cut -d" " -f1;; esac',
         f"echo {MARK}end",
     ]))
 
@@ -100,6 +108,13 @@ class EnvFacts:
     mode: str = ""
     hashes: dict = field(default_factory=dict)
     current: str | None = None
+    applied: str | None = None   # sha256 of the env the running release was started with (None: unknown)
+
+    @property
+    def pending(self) -> bool:
+        """The env file was installed but the app was not restarted with it
+        (a rotate-env killed between its install and its restart)."""
+        return bool(self.exists and self.applied and self.sha and self.applied != self.sha)
 
     def perms_ok(self, t: EnvTarget) -> bool:
         return (self.owner, self.group, self.mode) == (t.owner, t.group, t.mode.lstrip("0") or "0")
@@ -125,6 +140,9 @@ def parse_facts(text: str) -> EnvFacts:
     link = "\n".join(sec.get("current", [])).strip()
     if link:
         f.current = link.rstrip("/").rsplit("/", 1)[-1]
+    applied = "".join(sec.get("applied", [])).strip()
+    if len(applied) == 64 and all(ch in "0123456789abcdef" for ch in applied):
+        f.applied = applied
     return f
 
 
@@ -309,26 +327,48 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
         diff = diff_text(facts.hashes, p.hashes, p.show_hashes) if facts.exists else \
             f"new file; added {', '.join(p.values)}"
         same_bytes = facts.sha == p.sha
+        # installed but not applied: the app must restart even when the new file is the same
+        pending = facts.pending and bool(facts.current) and _is_release(facts.current)
         ctx.say(f"env keys: {diff}" + (" (file unchanged)" if same_bytes else ""))
-        if same_bytes and facts.perms_ok(t):
+        if pending:
+            ctx.say(f"the env file {t.path} (sha256 {facts.sha[:12]}) was installed but never applied: the app "
+                    f"still runs sha256 {facts.applied[:12]} (an earlier run stopped before its restart); "
+                    "restarting with it")
+        if same_bytes and facts.perms_ok(t) and not pending:
             ctx.ok("env file", f"{t.path} up to date (sha256 {p.sha[:12]})")
             ctx.note = "unchanged"
             audit(ctx, "rotate-env", facts.current, "unchanged", f"env sha256 {p.sha[:12]}")
             return
+        if not ctx.dry_run and facts.exists and facts.current and _is_release(facts.current) \
+                and not facts.applied:
+            # No record of what the app runs yet (released before snapshots): record
+            # the file it runs with now, so a run killed after the install below is
+            # detected as installed-but-not-applied by the next one.
+            ctx.run(snapshot_cmd(t, facts.current), what="env snapshot")
+            facts.applied = facts.sha
         ctx.note = diff
-        inst = install_env_file(ctx, p.content, t.path, t.owner, t.group, t.mode, keep_previous=t.keep,
-                                step="env file")
+        inst = None
+        if not same_bytes or not facts.perms_ok(t):
+            inst = install_env_file(ctx, p.content, t.path, t.owner, t.group, t.mode, keep_previous=t.keep,
+                                    step="env file")
+        else:
+            ctx.ok("env file", f"{t.path} up to date (sha256 {p.sha[:12]}), not applied yet")
         if ctx.dry_run:
-            if not same_bytes:
+            if not same_bytes or pending:
                 ctx.change("restart", "restart the app with the new env and health-check it "
                                       "(on failure: restore the previous env file and restart)")
             return
-        if not inst.changed or same_bytes:
+        if (inst is None or not inst.changed or same_bytes) and not pending:
             # same bytes (only owner/mode were fixed): the app needs no restart
             ctx.skipped("restart", "env values unchanged")
             audit(ctx, "rotate-env", facts.current, "ok", f"env sha256 {p.sha[:12]} (owner/mode fixed)")
             return
-        detail = f"env sha256 {(inst.old_sha or '-')[:12]} -> {p.sha[:12]}; {diff}"
+        old_sha = inst.old_sha if inst is not None else facts.sha
+        detail = f"env sha256 {(old_sha or '-')[:12]} -> {p.sha[:12]}; {diff}"
+        if pending:
+            detail = (f"env sha256 {facts.applied[:12]} (running) -> {p.sha[:12]}; applied the env file an "
+                      f"interrupted run installed (sha256 {facts.sha[:12]})" +
+                      ("" if same_bytes else f", then the new one; {diff}"))
         if not facts.current:
             ctx.skipped("restart", f"nothing deployed yet ({t.current} is missing): the new env applies "
                                    "at the first deploy")
@@ -338,8 +378,12 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
             restart(ctx)
         except StepFailed as e:
             reason = e.message
-            ctx.say(f"restart with the new env failed: {reason}; restoring the previous env file")
-            _restore(ctx, t, inst.old_sha)
+            if pending:  # back to what the app ran with, not to the never-applied file
+                ctx.say(f"restart with the new env failed: {reason}; restoring the env file the app ran with")
+                _restore_applied(ctx, t, facts.current)
+            else:
+                ctx.say(f"restart with the new env failed: {reason}; restoring the previous env file")
+                _restore(ctx, t, old_sha)
             if getattr(e, "old_serving", False):
                 # blue/green: the old instance (old env) never stopped serving; the
                 # restored file is what it runs with, so a restart would change nothing
@@ -357,7 +401,7 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
             ctx.run(snapshot_cmd(t, facts.current), what="env snapshot")
             ctx.debug(f"env recorded for release {facts.current} ({t.snapshot(facts.current)})")
         audit(ctx, "rotate-env", facts.current, "ok", detail)
-        ctx.note = diff
+        ctx.note = ("applied the pending env file; " if pending else "") + diff
 
 
 def _is_release(rid: str) -> bool:
@@ -371,6 +415,15 @@ def _restore(ctx, t: EnvTarget, old_sha: str | None) -> None:
     if not r.ok:
         ctx.fail("restore env file", f"could not restore {t.path}: {ctx.mask(r.tail(3))}")
     ctx.changed("restore env file", f"{t.path} restored (sha256 {(old_sha or 'none')[:12]})")
+
+
+def _restore_applied(ctx, t: EnvTarget, rid: str) -> None:
+    """Put back the env the running release was started with (its snapshot)."""
+    r = ctx.run(release_env_restore_cmd(t, rid), check=False, what="restore the applied env file")
+    if not r.ok or r.stdout.strip().split()[:1] == ["missing"]:
+        ctx.fail("restore env file", f"could not restore {t.path} from {t.snapshot(rid)}: "
+                                     f"{ctx.mask(r.tail(3)) or 'no snapshot'}")
+    ctx.changed("restore env file", f"{t.path} restored to the env release {rid} ran with")
 
 
 def restart(ctx) -> None:

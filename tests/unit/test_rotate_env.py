@@ -12,6 +12,8 @@ import yaml
 from tasks.commands import Secret
 from tasks.env_contract import EnvContractError
 from tasks.envfile import install_cmd, sha256_hex
+from tasks.errors import StepFailed
+from tasks.releases import Layout
 from tasks.rotate_env import (
     EnvTarget, diff_text, facts_cmd, parse_facts, plan, release_env_restore_cmd, restore_previous_cmd,
     snapshot_cmd, snapshot_delete_cmd,
@@ -232,3 +234,110 @@ def test_cli_help_explains_options(fab):
     assert r.returncode == 0
     for opt in ("--env-file", "--show-hashes", "--dry-run", "--lock-wait", "--limit", "--inventory"):
         assert opt in r.stdout
+
+
+# -- installed but not applied (issue 11): a run killed between install and restart -----------
+
+def _pending_setup(tmp_path, snapshot=True):
+    from .localctx import load_inv
+
+    inv = load_inv(tmp_path, {"env": {"path": str(tmp_path / "etc" / "demo.env"), "owner": "root",
+                                      "group": "root", "keep_previous": 3}})
+    t = EnvTarget.from_inventory(inv)
+    os.makedirs(tmp_path / "opt" / "releases" / RID)
+    os.symlink(f"releases/{RID}", t.current)
+    os.makedirs(os.path.dirname(t.path))
+    _install(t, "APP_SECRET=first-secret-0123456789\n")        # what the app was started with
+    if snapshot:
+        assert run(snapshot_cmd(t, RID)).returncode == 0       # deploy records it
+    return inv, t
+
+
+def _rendered(inv, tmp_path, text):
+    """The bytes rotate-env installs for this dotenv text."""
+    src = tmp_path / "rendered.env"
+    src.write_text(text)
+    src.chmod(0o600)
+    return plan(inv, str(src)).content.decode()
+
+
+def _rotate(inv, tmp_path, text, monkeypatch, restarts, fail=()):
+    import tasks.rotate_env as re_mod
+    from tasks.rotate_env import plan, rotate_host
+
+    from .localctx import LocalCtx
+
+    def fake_restart(ctx):
+        restarts.append(open(re_mod.EnvTarget.from_inventory(inv).path).read())
+        if len(restarts) in fail:
+            from tasks.service import ActivationFailed
+
+            raise ActivationFailed("demo.service failed its health check after the restart", "", old_serving=False)
+
+    monkeypatch.setattr(re_mod, "restart", fake_restart)
+    src = tmp_path / f"src-{len(os.listdir(tmp_path))}.env"
+    src.write_text(text)
+    src.chmod(0o600)
+    ctx = LocalCtx(inv, task="rotate-env")
+    rotate_host(ctx, plan(inv, str(src)))
+    return ctx
+
+
+def test_installed_but_not_applied_is_applied_by_an_identical_rerun(tmp_path, monkeypatch):
+    inv, t = _pending_setup(tmp_path)
+    text = "APP_SECRET=second-secret-0123456789\n"
+    new = _rendered(inv, tmp_path, text)
+    _install(t, new)  # a rotate-env that was SIGKILLed right after its install: no restart
+    restarts = []
+    ctx = _rotate(inv, tmp_path, text, monkeypatch, restarts)
+    assert restarts == [new], "the identical re-run must restart the app with the installed file"
+    assert any("installed but never applied" in s for s in ctx.said)
+    assert open(t.snapshot(RID)).read() == new  # now recorded as applied
+    log = open(Layout.from_inventory(inv).audit_log).read().splitlines()[-1]
+    assert "action=rotate-env" in log and "result=ok" in log and "interrupted run installed" in log
+    # and once applied, an identical run changes nothing
+    ctx = _rotate(inv, tmp_path, text, monkeypatch, restarts)
+    assert restarts == [new] and ctx.note == "unchanged"
+
+
+def test_pending_file_and_failed_restart_restore_what_the_app_runs(tmp_path, monkeypatch):
+    inv, t = _pending_setup(tmp_path)
+    first = open(t.path).read()
+    _install(t, "APP_SECRET=never-applied-0123456789\n")
+    restarts = []
+    with pytest.raises(StepFailed, match="rotate-env failed"):
+        _rotate(inv, tmp_path, "APP_SECRET=third-secret-0123456789\n", monkeypatch, restarts, fail=(1,))
+    assert open(t.path).read() == first  # the env the running app was started with, not the pending one
+    assert restarts[-1] == first
+
+
+def test_without_a_record_the_first_rotation_records_one_before_installing(tmp_path, monkeypatch):
+    inv, t = _pending_setup(tmp_path, snapshot=False)
+    first = open(t.path).read()
+    restarts = []
+
+    import tasks.rotate_env as re_mod
+
+    def killed(ctx):  # the run dies between the install and the restart
+        raise KeyboardInterrupt
+
+    src = tmp_path / "k.env"
+    src.write_text("APP_SECRET=second-secret-0123456789\n")
+    src.chmod(0o600)
+    monkeypatch.setattr(re_mod, "restart", killed)
+    from .localctx import LocalCtx
+
+    with pytest.raises(KeyboardInterrupt):
+        re_mod.rotate_host(LocalCtx(inv, task="rotate-env"), re_mod.plan(inv, str(src)))
+    assert open(t.snapshot(RID)).read() == first
+    _rotate(inv, tmp_path, "APP_SECRET=second-secret-0123456789\n", monkeypatch, restarts)
+    assert restarts == [_rendered(inv, tmp_path, "APP_SECRET=second-secret-0123456789\n")]
+
+
+def test_facts_report_the_applied_env(tmp_path):
+    inv, t = _pending_setup(tmp_path)
+    f = parse_facts(run(facts_cmd(t)).stdout.decode())
+    assert f.applied == f.sha and not f.pending
+    _install(t, "APP_SECRET=other-0123456789abcdef\n")
+    f = parse_facts(run(facts_cmd(t)).stdout.decode())
+    assert f.applied != f.sha and f.pending
