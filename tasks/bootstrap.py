@@ -144,7 +144,7 @@ class EnvInput:
 def env_input(inv, env_file: str | None) -> EnvInput:
     """The env values to install (before connecting). No source at all is fine for
     bootstrap: an empty env file is created if none exists, so units can start."""
-    from .envfile import render_dotenv
+    from .envfile import docker_literal, render_dotenv
 
     if env_file or inv.get("env.source"):
         from .env_sources import load_env_source
@@ -156,7 +156,7 @@ def env_input(inv, env_file: str | None) -> EnvInput:
             enforce(inv, src.values, src.label)
         except ImportError:  # contract checks are optional
             pass
-        return EnvInput(src.values, src.label, render_dotenv(src.values))
+        return EnvInput(src.values, src.label, render_dotenv(src.values, docker_literal(inv), src.label))
     return EnvInput(None, "", render_dotenv({}))
 
 
@@ -489,7 +489,7 @@ def step_docker(ctx, spec, facts, compose: bool) -> None:
 
 
 def step_env(ctx, spec, facts, env: EnvInput) -> None:
-    from .envfile import describe_diff, install_env_file, key_diff, sha256_hex, value_hashes
+    from .envfile import describe_diff, docker_literal, install_env_file, key_diff, sha256_hex, value_hashes
 
     want = sha256_hex(env.content)
     st = facts.stats.get(spec.env_path)
@@ -511,7 +511,8 @@ def step_env(ctx, spec, facts, env: EnvInput) -> None:
         keys = ""
         if env.values is not None:
             old = facts.env_keys or {}
-            keys = describe_diff(*key_diff(old, value_hashes(env.values))) if st is not None else \
+            new = value_hashes(env.values, docker_literal(ctx.inv))
+            keys = describe_diff(*key_diff(old, new)) if st is not None else \
                 "keys " + ", ".join(env.values) if env.values else "no keys"
         what = (f"{spec.env_path}: {keys}" if env.values is not None else
                 f"create empty {spec.env_path} (no env source given)")

@@ -446,7 +446,8 @@ def _slot(spec: Spec, name: str) -> str | None:
 # POSIX awk (mawk, gawk; run with LC_ALL=C so it works on bytes). ARGV[1] is the env
 # file, read the way systemd's EnvironmentFile= reads it (comments, export, single
 # quotes literal, double quotes with \" \\ \` \$ escapes, may span lines; last one
-# wins). ENVIRON["M"] says what to print:
+# wins), or with `lit` set (app.kind docker) the way docker's --env-file does
+# (KEY=VALUE, the value as it is). ENVIRON["M"] says what to print:
 #   json|form|raw  ENVIRON["T"] with each ${KEY} replaced (JSON-string-escaped, URL-
 #                  encoded, as is; $${ is a literal ${), then "x" so $(...) keeps
 #                  trailing newlines
@@ -498,6 +499,12 @@ function render(t, m,   o, i, k, val) {
 }
 BEGIN { for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i }
 part == 2 { b = (FNR > 1 ? b "\n" : "") $0; next }
+lit {
+  line = $0; sub(/\r$/, "", line); sub(/^[ \t]+/, "", line)
+  if (line == "" || line ~ /^#/) next
+  e = index(line, "="); if (e == 0) next
+  v[substr(line, 1, e - 1)] = substr(line, e + 1); next
+}
 {
   line = $0; sub(/\r$/, "", line)
   if (q != "") { rest = line; if (!cont) val = val "\n"; cont = 0 }
@@ -618,7 +625,9 @@ def _private_setup(spec: Spec) -> list[str]:
         lines.append("[ -z \"$fw\" ] || mkdir " + " ".join(dict.fromkeys(dirs.values())))
     keys = list(dict.fromkeys(k for c in spec.http_checks for k in c.refs))
     if keys:
-        lines += [f"ef={q(spec.env_path or '')}", f"fk={q(' '.join(keys))}", f"ea={q(ENV_AWK.strip())}"]
+        # app.kind docker: docker's --env-file format (tasks/envfile.py docker_literal), every value as it is
+        awk = ("BEGIN { lit = 1 }\n" if spec.kind == "docker" else "") + ENV_AWK.strip()
+        lines += [f"ef={q(spec.env_path or '')}", f"fk={q(' '.join(keys))}", f"ea={q(awk)}"]
     if dirs:
         lines.append(_SREQ)
     if files:

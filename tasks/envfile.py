@@ -1,12 +1,14 @@
 """Env files: parse a local dotenv file into Secrets, render the host's env
 file, and install it with mode 0600 from the first byte.
 
-The host file is read by systemd (`EnvironmentFile=`) and by `docker run
---env-file`. Docker takes values literally (no quotes, no escapes), systemd
-understands quotes and backslashes. So a value is written unquoted whenever
-both readers agree on it (the common case: tokens, URLs, numbers), and in
-double quotes with systemd escapes only when it must be (leading/trailing
-spaces, backslashes, quotes, newlines).
+The host file is read by systemd (`EnvironmentFile=`) or, for app.kind
+docker, by `docker run --env-file`. Docker takes values literally (no quotes,
+no escapes, one line), systemd understands quotes and backslashes. So for
+systemd a value is written unquoted whenever both readers agree on it (the
+common case: tokens, URLs, numbers), and in double quotes with systemd escapes
+only when it must be (leading/trailing spaces, backslashes, quotes, newlines);
+for docker every value is written as it is (`literal`), and one docker cannot
+carry (a line break) is refused naming its key.
 
 Values never leave this module in clear text except on the stdin of the one
 remote script that writes the file; changes are reported by sha256 prefix and
@@ -138,16 +140,49 @@ def quote_value(value: str) -> str:
     return f'"{esc}"'
 
 
-def render_dotenv(values: Mapping[str, Secret | str]) -> bytes:
-    """The env file's bytes (from templates/env/app.env.j2), keys in the given order."""
+def docker_literal(inv) -> bool:
+    """Whether the host's env file is read by `docker run --env-file` (kind
+    docker), which takes every value literally: no quotes, no escapes, one line.
+    systemd never reads that file, so it is written in docker's format."""
+    return inv.get("app.kind") == "docker"
+
+
+def literal_problem(value: str) -> str | None:
+    """Why docker's --env-file cannot carry `value` as it is (None: it can)."""
+    if "\n" in value or "\r" in value:
+        return "holds a line break, which docker's --env-file cannot carry (one line per KEY=VALUE)"
+    if "\0" in value:
+        return "holds a NUL byte"
+    return None
+
+
+def check_literal(values: Mapping[str, Secret | str], source: str) -> None:
+    """ConfigError naming the first key docker cannot take literally (never its value)."""
+    for k, v in values.items():
+        why = literal_problem(v.reveal() if isinstance(v, Secret) else str(v))
+        if why:
+            raise ConfigError(source, k, f"the value {why} (app.kind docker)")
+
+
+def render_value(value: str, literal: bool = False) -> str:
+    """The text after `KEY=`: as it is for docker (literal), else quote_value."""
+    return value if literal else quote_value(value)
+
+
+def render_dotenv(values: Mapping[str, Secret | str], literal: bool = False, source: str = "env") -> bytes:
+    """The env file's bytes (from templates/env/app.env.j2), keys in the given order.
+    `literal` (docker_literal): docker's --env-file format, every value as it is;
+    a value it cannot carry is a ConfigError naming the key (check_literal)."""
     from .templates import render
 
+    if literal:
+        check_literal(values, source)
     lines = []
     for k, v in values.items():
         if not KEY_RE.fullmatch(k):
             raise ValueError(f"invalid variable name {k!r}")
         raw = v.reveal() if isinstance(v, Secret) else str(v)
-        lines.append((k, quote_value(raw)))
+        lines.append((k, render_value(raw, literal)))
     return render("env/app.env.j2", lines=lines).encode()
 
 
@@ -159,14 +194,14 @@ def sha256_hex(data: bytes | str | Secret) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def value_hashes(values: Mapping[str, Secret | str]) -> dict[str, str]:
+def value_hashes(values: Mapping[str, Secret | str], literal: bool = False) -> dict[str, str]:
     """{KEY: short sha256 of the rendered value}: comparable with the output of
     `key_hashes_cmd` on the host, so changed keys can be named without ever
     reading values back."""
     out = {}
     for k, v in values.items():
         raw = v.reveal() if isinstance(v, Secret) else str(v)
-        out[k] = sha256_hex(quote_value(raw))[:HASH_LEN]
+        out[k] = sha256_hex(render_value(raw, literal))[:HASH_LEN]
     return out
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .commands import Cmd, script, sh
 from .envfile import (
     describe_diff, install_env_file, keep_previous_lines, key_diff, key_hashes_cmd, parse_key_hashes,
-    render_dotenv, sha256_hex, value_hashes,
+    docker_literal, render_dotenv, sha256_hex, value_hashes,
 )
 from .errors import ConfigError, StepFailed
 
@@ -294,7 +294,7 @@ def plan(inv, env_file: str | None = None, show_hashes: bool = False) -> Plan:
     dr = differ_check(inv, ev.values)
     if dr.errors:
         raise EnvContractError(ev.label, dr.errors, inv.file_of("env.contract"))
-    content = render_dotenv(ev.values)
+    content = render_dotenv(ev.values, docker_literal(inv), ev.label)
     warnings = list(dr.warnings)
     if ev.key in ("--env-file", "env.source.file"):
         import os
@@ -304,7 +304,8 @@ def plan(inv, env_file: str | None = None, show_hashes: bool = False) -> Plan:
         if mode & 0o077:
             warnings.append(f"{ev.label} is readable by other users (mode {mode:04o}); chmod 600 it")
     return Plan(target=target, values=ev.values, content=content, sha=sha256_hex(content),
-                hashes=value_hashes(ev.values), source=ev.label, warnings=warnings, show_hashes=show_hashes)
+                hashes=value_hashes(ev.values, docker_literal(inv)), source=ev.label, warnings=warnings,
+                show_hashes=show_hashes)
 
 
 def diff_text(old: dict, new: dict, show_hashes: bool = False) -> str:

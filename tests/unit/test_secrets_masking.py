@@ -178,3 +178,92 @@ def test_verify_and_diagnose_never_stream_their_framed_output(monkeypatch, tmp_p
     assert calls[-1]["stream"] is False
     src = open(diagnose.__file__).read()
     assert 'check=False, stream=False, what="diagnose"' in src
+
+
+# -- docker's --env-file takes values literally -------------------------------------------------
+
+ODD = {"QUOTED": '"starts and ends with quotes"', "BACKSLASH": "a\\b\\\\c", "SPACES": "  padded  ",
+       "SINGLE": "'single'", "HASH": "x #not a comment", "DOLLAR": "$HOME ${X}", "PLAIN": "tok-123"}
+
+
+def docker_env_file_parse(text: str) -> dict:
+    """docker/cli opts/file.go parseKeyValueFile: left-trim the line, skip empty and
+    '#' lines, split at the first '=', the value passed through untouched."""
+    out = {}
+    for line in text.split("\n"):
+        line = line.rstrip("\r").lstrip()
+        if not line or line.startswith("#"):
+            continue
+        k, _, v = line.partition("=")
+        out[k] = v
+    return out
+
+
+def test_docker_kinds_get_an_env_file_docker_reads_back_exactly():
+    from tasks.commands import Secret
+    from tasks.envfile import render_dotenv
+
+    vals = {k: Secret(v) for k, v in ODD.items()}
+    literal = render_dotenv(vals, literal=True).decode()
+    assert docker_env_file_parse(literal) == ODD
+    # the systemd format (node/python kinds) would reach a container changed
+    assert docker_env_file_parse(render_dotenv(vals).decode()) != ODD
+
+
+def test_a_value_docker_cannot_carry_is_refused_naming_the_key_only():
+    from tasks.commands import Secret
+    from tasks.envfile import render_dotenv
+
+    with pytest.raises(ConfigError) as e:
+        render_dotenv({"OK": Secret("x"), "PEM": Secret("line1\nCANARY-line2")}, literal=True, source="prod.env")
+    msg = str(e.value)
+    assert "PEM" in msg and "prod.env" in msg and "CANARY" not in msg and "\n" not in msg
+
+
+def test_value_hashes_match_the_literal_file_on_the_host(tmp_path):
+    from tasks.commands import Secret
+    from tasks.envfile import key_hashes_cmd, parse_key_hashes, render_dotenv, value_hashes
+
+    vals = {k: Secret(v) for k, v in ODD.items()}
+    f = tmp_path / "app.env"
+    f.write_bytes(render_dotenv(vals, literal=True))
+    r = subprocess.run(["sh", "-c", key_hashes_cmd(str(f)).render()], capture_output=True, text=True)
+    assert parse_key_hashes(r.stdout) == value_hashes(vals, literal=True)
+
+
+def test_bootstrap_and_rotate_env_write_docker_format_for_kind_docker(tmp_path):
+    from tasks import rotate_env
+
+    src = tmp_path / "prod.env"
+    src.write_text("APP_SECRET='\"quoted-and-long-enough\"'\nPAD='  padded  '\n")
+    src.chmod(0o600)
+    d = {"hosts": {"static": {"web1": "10.0.0.5"}}, "app": {"name": "shop", "kind": "docker", "port": 3000},
+         "docker": {"image": "shop"}, "deploy": {"source": "image", "strategy": "restart"},
+         "nginx": {"enabled": False}, "env": {"source": {"type": "file", "file": str(src)}}}
+    inv = inv_from(tmp_path, d)
+    p = rotate_env.plan(inv)
+    assert docker_env_file_parse(p.content.decode()) == {"APP_SECRET": '"quoted-and-long-enough"', "PAD": "  padded  "}
+    from tasks.bootstrap import env_input
+
+    assert env_input(inv, None).content == p.content
+    src.write_text("APP_SECRET=\"two\nlines-CANARY\"\n")
+    with pytest.raises(ConfigError) as e:
+        rotate_env.plan(inv)
+    assert "APP_SECRET" in str(e.value) and "CANARY" not in str(e.value)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("awk"), reason="no awk")
+def test_verify_reads_a_docker_env_file_literally(tmp_path):
+    """${KEY} in verify checks: the awk reader in docker mode gets the value as docker does."""
+    s = spec_with(tmp_path, app={"name": "shop", "kind": "docker", "port": 3000}, docker={"image": "shop"},
+                  deploy={"source": "image", "strategy": "restart"},
+                  env={"contract": {"required": ["ADMIN_PASSWORD"]}},
+                  verify={"checks": [{"name": "t", "path": "/t", "headers": {"X-P": "${ADMIN_PASSWORD}"}}]})
+    setup = "\n".join(C._private_setup(s))
+    assert "BEGIN { lit = 1 }" in setup
+    f = tmp_path / "app.env"
+    f.write_text('ADMIN_PASSWORD="q" \\\\ x \n')
+    awk_prog = "BEGIN { lit = 1 }\n" + C.ENV_AWK.strip()
+    r = subprocess.run(["awk", awk_prog, str(f)], capture_output=True, text=True,
+                       env={"M": "header", "T": "${ADMIN_PASSWORD}", "LC_ALL": "C", "PATH": "/usr/bin:/bin"})
+    assert r.stdout == '"q" \\\\ x '
