@@ -167,3 +167,15 @@ def test_known_hosts_written_only_on_match(tmp_path):
     keys2 = hostkeys.parse_console(hostkeys.console_block([other]))
     with pytest.raises(Exception, match="ssh-keygen -R"):
         hostkeys.record_if_matching(kh, "192.0.2.5", *other, keys2, "i-2")
+
+
+def test_permission_denied_names_the_resource_and_the_action():
+    from botocore.exceptions import ClientError
+
+    from tasks.provision.flow import api_failure
+
+    e = ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "You are not authorized to perform "
+                               "this operation. Encoded authorization failure message: AbC123"}}, "RunInstances")
+    line = api_failure("ec2 instance fitters-log-dev-ota", e, "ec2:RunInstances")
+    assert line == ("ec2 instance fitters-log-dev-ota: permission denied for ec2:RunInstances (UnauthorizedOperation: "
+                    "You are not authorized to perform this operation.); grant it to these credentials")
