@@ -424,7 +424,12 @@ def step_layout(ctx, spec, facts) -> None:
     if not lines:
         ctx.ok("layout", f"user {spec.user}, {spec.root}, {spec.config_dir} in place")
         return
-    ctx.change("layout", "; ".join(what) or "user and groups", script(lines))
+    from .releases import refused_step
+
+    try:
+        ctx.change("layout", "; ".join(what) or "user and groups", script(lines))
+    except StepFailed as e:
+        raise refused_step(e) from None   # a planted link: the one line naming it
 
 
 def step_runtime(ctx, spec, p, facts) -> None:

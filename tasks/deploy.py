@@ -35,7 +35,7 @@ from .aws_hooks import out_of_service_if
 from .commands import Cmd
 from .errors import ConfigError, ConnectError, FabshipError, StepFailed
 from .releases import (Entry, HostState, Layout, append_lines_script, delete_releases, link_shared,
-                       release_id, releases_to_delete)
+                       refused_step, release_id, releases_to_delete)
 from .service import (Cancelled, activate, check_cancel, check_installed, ensure_connection, gather_state)
 from .sources import Source, build_cmd, kill_build_cmd, plan_source, release_meta_cmd
 from .templates import render
@@ -227,11 +227,14 @@ def prepare_release(ctx, plan: Plan, st: HostState) -> dict:
         run_build(ctx, plan)
         check_cancel(ctx)
     ls = link_shared(lay, rid, plan.shared_dirs, plan.shared_files)
-    if ls is not None:
-        ctx.change("shared", f"{len(plan.shared_dirs)} dir(s), {len(plan.shared_files)} file(s) linked", ls)
     info = {"id": rid, "version": plan.src.version, "source": plan.src.kind, **{k: v for k, v in meta.items() if v}}
-    if not ctx.dry_run:
-        ctx.run(release_meta_cmd(lay, rid, render("deploy/release.json.j2", release=info)), what="release meta")
+    try:
+        if ls is not None:
+            ctx.change("shared", f"{len(plan.shared_dirs)} dir(s), {len(plan.shared_files)} file(s) linked", ls)
+        if not ctx.dry_run:
+            ctx.run(release_meta_cmd(lay, rid, render("deploy/release.json.j2", release=info)), what="release meta")
+    except StepFailed as e:
+        raise refused_step(e) from None   # a link the app user planted: the one line naming it
     return meta
 
 

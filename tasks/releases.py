@@ -314,6 +314,14 @@ def refusal(text: str) -> str | None:
     return next((ln.strip() for ln in (text or "").splitlines() if ln.startswith("fabship: ")), None)
 
 
+def refused_step(e):
+    """A StepFailed whose output holds a NOLINK refusal, re-said as that one line."""
+    from .errors import StepFailed
+
+    line = refusal(getattr(e, "details", "") or "")
+    return StepFailed(f"{e.message.split(' failed', 1)[0]}: {line[len('fabship: '):]}", e.details) if line else e
+
+
 def path_chain(base: str, rel: str) -> list[str]:
     """base/a, base/a/b, base/a/b/c for rel = a/b/c: every component to check."""
     parts = rel.split("/")
