@@ -7,5 +7,5 @@ Layers, each testable alone:
   flow.py       ordered resources, dry-run plan, apply with the report, destroy, wait for the host
   hostkeys.py   cloud-init's host key block in the console output vs the key the host presents
 
-boto3 is imported lazily (through tasks.discovery.ec2_client), as for EC2 discovery.
+boto3 is imported lazily (through tasks.config.discovery.ec2_client), as for EC2 discovery.
 """

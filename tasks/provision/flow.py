@@ -6,15 +6,23 @@ output vouches for it. `--destroy` deletes the managed resources in reverse
 order after --yes."""
 from __future__ import annotations
 
-import sys
 import time
 
-from ..errors import ConfigError, FabshipError
+from ..core.errors import ConfigError, FabshipError
 from .resources import (
-    Bucket, Change, ElasticIp, Instance, Later, Network, ProvisionError, Resource, State, client_error,
-    resolve, resources_for,
+    Bucket,
+    Change,
+    ElasticIp,
+    Instance,
+    Network,
+    ProvisionError,
+    Resource,
+    State,
+    client_error,
+    resolve,
+    resources_for,
 )
-from .spec import Spec, build_spec, tag_dict
+from .spec import Spec, build_spec
 
 DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "UnauthorizedAccess",
           "InvalidClientTokenId", "AuthFailure", "403")
@@ -30,7 +38,7 @@ class Clients:
 
     def get(self, service: str):
         if service not in self._c:
-            from ..discovery import ec2_client
+            from ..config.discovery import ec2_client
 
             self._c[service] = ec2_client(self.spec.client, service, where="provision")
         return self._c[service]
@@ -66,7 +74,6 @@ def api_failure(label: str, e: Exception, api: str | None = None) -> str:
 
 
 def _aws(label: str, fn, api: str | None = None):
-    import botocore.exceptions as bx
 
     try:
         return fn()
@@ -90,7 +97,7 @@ class Report:
                           rid if isinstance(rid, str) else "-", status, note])
 
     def table(self, title: str) -> None:
-        from ..runner import print_table
+        from ..core.runner import print_table
 
         print_table(["RESOURCE", "NAME", "ID", "RESULT", "NOTE"], self.rows, title=title)
 
@@ -103,7 +110,7 @@ class Report:
 
 def provision(inventory=None, set=(), verbose=0, dry_run=False, destroy=False, yes=False, delete_bucket=False,
               then_bootstrap=False, gate=True, env_file=None, parallel=10) -> None:
-    from ..inventory import load_inventory
+    from ..config.inventory import load_inventory
 
     inv = load_inventory(inventory, overrides=list(set or ()))
     spec = build_spec(inv)
@@ -166,10 +173,7 @@ def provision(inventory=None, set=(), verbose=0, dry_run=False, destroy=False, y
     host = then_a_host(inv, spec, clients, known, report)
     report.table(title)
     say(f"provision: {report.counts()}; host {host.name} ({host.address}) is ready for fab bootstrap")
-    if then_bootstrap:
-        from ..bootstrap import bootstrap
-
-        bootstrap(inventory, set or (), host.name, parallel, False, verbose, False, gate, env_file)
+    return host  # the task chains `--then-bootstrap` (tasks/cli/namespace.py): provision sits below cli
 
 
 def _apply(r: Resource, changes: list[Change], known: dict, report: Report, clients) -> None:
@@ -233,8 +237,8 @@ def _wait_running(clients, spec: Spec, known: dict, r: Resource) -> None:
 def then_a_host(inv, spec: Spec, clients, known: dict, report: Report):
     """Wait for SSH, trust the host key only on the console's word, and find the
     instance through the inventory's own EC2 discovery."""
-    from ..discovery import ADDRESS_FIELDS
-    from ..ssh import known_hosts_name
+    from ..config.discovery import ADDRESS_FIELDS
+    from ..core.ssh import known_hosts_name
     from . import hostkeys
 
     iid = known["instance_id"]
@@ -320,7 +324,7 @@ def run_destroy(inv, spec: Spec, clients, res: list[Resource], *, dry_run: bool,
 
 def _forget_host_keys(spec: Spec, addresses: list[str]) -> int:
     """A terminated instance's key must not vouch for the next machine at its address."""
-    from ..ssh import known_hosts_name
+    from ..core.ssh import known_hosts_name
 
     p = spec.known_hosts
     if not p or not p.exists() or not addresses:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import HostKeyError
+from ..core.errors import HostKeyError
 
 STANDIN_ENV = "FABSHIP_STANDIN_CONSOLE_DIR"
 

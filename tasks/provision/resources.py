@@ -19,7 +19,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..errors import FabshipError
+from ..core.errors import FabshipError
 from .spec import Spec, tag_dict
 
 

@@ -8,7 +8,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 # Every resource fabship creates carries these three tags; only resources that
 # carry all three with this inventory's values are changed or destroyed.
@@ -47,7 +47,7 @@ class Spec:
     env: str
     resource: str
     region: str
-    client: dict                   # region/profile/endpoint_url for tasks.discovery.ec2_client
+    client: dict                   # region/profile/endpoint_url for tasks.config.discovery.ec2_client
     extra_tags: dict
     vpc: Ref | None = None
     subnet: Ref | None = None
@@ -166,7 +166,7 @@ def build_spec(inv) -> Spec:
         if zone.get("id"):
             zone["id"] = zone["id"].rsplit("/", 1)[-1]
         spec.dns = {"zone": zone, "record": record, "ttl": d["ttl"]}
-    from ..ssh import known_hosts_path
+    from ..core.ssh import known_hosts_path
 
     spec.known_hosts = known_hosts_path(inv)
     return spec

@@ -47,7 +47,7 @@ B64 = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
 
 def with_decoded(text: str) -> str:
     """The text plus every base64-looking token decoded: -vv streams probe
-    output base64-framed (tasks/checks.py), which a plain grep would miss."""
+    output base64-framed (tasks/verify/checks.py), which a plain grep would miss."""
     extra = []
     for tok in B64.findall(text):
         try:

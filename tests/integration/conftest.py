@@ -1,4 +1,4 @@
-"""Integration tier: tests on real sandbox hosts (tasks/sandbox.py).
+"""Integration tier: tests on real sandbox hosts (tasks/sandbox/fleet.py).
 
 Every test in this directory is marked `integration` (deselect the tier with
 `-m "not integration"`). The session fixture `sandbox_fleet` brings a
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import sandbox
-from tasks.errors import FabshipError
+from tasks.sandbox import fleet as sandbox
+from tasks.core.errors import FabshipError
 
 HERE = Path(__file__).resolve().parent
 MARKER = "integration: runs on real sandbox hosts (root, systemd-nspawn)"

@@ -17,7 +17,7 @@ from test_deploy_support import (
     fab, fab_popen, lock_exists, make_repo, must, out, served_version, wait_for, write_inventory,
 )
 
-from tasks import sandbox
+from tasks.sandbox import fleet as sandbox
 
 HOSTS = ["h4", "h5"]
 LIMIT = ",".join(HOSTS)

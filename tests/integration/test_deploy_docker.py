@@ -1,5 +1,5 @@
 """Docker deploys on real hosts (images from the sandbox registry, built by
-tasks/images.py): image blue/green behind nginx on h4, image restart without
+tasks/sandbox/images.py): image blue/green behind nginx on h4, image restart without
 nginx on h3, compose on h5. Each: deploy A, then B, then a broken image
 (its health says DOWN) -> B keeps serving with docker logs in the report;
 rollback -> A; the release log records the image and the previous image."""
@@ -16,7 +16,7 @@ BROKEN = "3.0.0-broken"
 
 @pytest.fixture(scope="module")
 def images(sandbox_fleet):
-    from tasks.images import push_samples
+    from tasks.sandbox.images import push_samples
 
     reg = (sandbox_fleet.services.get("registry") or {}).get("registry") or f"{sandbox_fleet.bridge_ip}:5000"
     for t in TAGS:

@@ -24,7 +24,7 @@ def container_env(fleet) -> dict:
 
 @pytest.fixture
 def images(sandbox_fleet):
-    from tasks.images import push_samples
+    from tasks.sandbox.images import push_samples
 
     reg = (sandbox_fleet.services.get("registry") or {}).get("registry") or f"{sandbox_fleet.bridge_ip}:5000"
     push_samples(reg, "1.0.0")

@@ -198,7 +198,7 @@ def registry(fleet) -> str:
 
 
 def push_samples(fleet, tag: str, broken: bool = False) -> None:
-    argv = [sys.executable, "-m", "tasks.images", "push-samples", "--registry", registry(fleet), "--tag", tag]
+    argv = [sys.executable, "-m", "tasks.sandbox.images", "push-samples", "--registry", registry(fleet), "--tag", tag]
     if broken:
         argv.append("--broken")
     r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)

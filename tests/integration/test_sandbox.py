@@ -20,8 +20,8 @@ import paramiko
 import pytest
 import yaml
 
-from tasks import sandbox
-from tasks.errors import FabshipError
+from tasks.sandbox import fleet as sandbox
+from tasks.core.errors import FabshipError
 
 
 # Wait for the dpkg lock instead of failing: another session may be installing

@@ -58,7 +58,7 @@ def served(fleet) -> str:
 
 def test_deploy_and_rollback_summaries_name_what_serves(rot_app, tmp_path):
     fleet = rot_app
-    # the rest of the layout bootstrap makes (tasks/bootstrap.py layout_dirs) that rot_app leaves out
+    # the rest of the layout bootstrap makes (tasks/cli/bootstrap.py layout_dirs) that rot_app leaves out
     on_host(fleet, f"install -d -o {APP} -g {APP} -m 0755 /opt/{APP}/releases /opt/{APP}/shared && "
                 f"install -d -o root -g {APP} -m 0750 /opt/{APP}/.fabship")
     inv = write_inventory(tmp_path)

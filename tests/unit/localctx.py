@@ -7,9 +7,9 @@ import subprocess
 import threading
 from types import SimpleNamespace
 
-from tasks.commands import Cmd, Secret, mask_text
-from tasks.errors import StepFailed
-from tasks.runner import RemoteResult
+from tasks.core.commands import Cmd, Secret, mask_text
+from tasks.core.errors import StepFailed
+from tasks.core.runner import RemoteResult
 
 
 class LocalCtx:
@@ -82,7 +82,7 @@ def load_inv(tmp_path, extra: dict | None = None, name="app"):
     """An inventory whose app root lives in tmp_path (no hosts are contacted)."""
     import yaml
 
-    from tasks.inventory import load_inventory
+    from tasks.config.inventory import load_inventory
 
     data = {
         "hosts": {"static": {"h1": "10.255.255.1", "h2": "10.255.255.2", "h3": "10.255.255.3",

@@ -18,15 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from tasks.bootstrap import app_spec, layout_cmd
-from tasks.checks import build_spec
-from tasks.deploy import Plan, _after_failure, plan_deploy
-from tasks.errors import ConfigError, StepFailed
-from tasks.facts import FileSpec, parse_facts, put_files_lines
-from tasks.releases import REFUSED, Entry, HostState, Layout, app_identity, link_shared, refusal
-from tasks.rotate_env import EnvTarget
-from tasks.service import upstream_switch_cmd
-from tasks.sources import Source, make_release_dir_cmd, release_meta_cmd, user_file_cmd
+from tasks.cli.bootstrap import layout_cmd
+from tasks.config.app import app_spec
+from tasks.verify.checks import build_spec
+from tasks.cli.deploy import Plan, _after_failure, plan_deploy
+from tasks.core.errors import ConfigError, StepFailed
+from tasks.facts.script import FileSpec, parse_facts, put_files_lines
+from tasks.release.releases import REFUSED, link_shared, refusal
+from tasks.facts.releases import Entry, HostState
+from tasks.config.app import Layout, app_identity
+from tasks.release.envsnap import EnvTarget
+from tasks.release.activation import upstream_switch_cmd
+from tasks.release.sources import Source, make_release_dir_cmd, release_meta_cmd, user_file_cmd
 
 from .localctx import LocalCtx, load_inv
 

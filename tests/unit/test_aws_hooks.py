@@ -1,4 +1,4 @@
-"""tasks/aws_hooks.py against moto's real HTTP server (ELBv2 + EC2): a host
+"""tasks/release/alb.py against moto's real HTTP server (ELBv2 + EC2): a host
 leaves its ALB target group around its deploy and comes back healthy.
 
 moto models no draining and no ALB health checks (a deregistered target is
@@ -12,11 +12,11 @@ import boto3
 import pytest
 import yaml
 
-from tasks import aws_hooks
-from tasks.aws_hooks import AlbTarget, alb_config, alb_out_of_service, preflight
-from tasks.errors import ConfigError, FabshipError, StepFailed
-from tasks.inventory import load_inventory
-from tasks.runner import Run
+from tasks.release import alb as aws_hooks
+from tasks.release.alb import AlbTarget, alb_config, alb_out_of_service, preflight
+from tasks.core.errors import ConfigError, FabshipError, StepFailed
+from tasks.config.inventory import load_inventory
+from tasks.core.runner import Run
 
 REGION = "eu-west-1"
 

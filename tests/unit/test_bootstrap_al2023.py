@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import runner
-from tasks.bootstrap import bootstrap
+from tasks.core import runner
+from tasks.cli.bootstrap import bootstrap
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "facts-al2023.txt").read_text()
 
@@ -193,7 +193,7 @@ def test_al2023_dry_run_runs_only_facts(al2023, capsys):
 
 
 def test_al2023_node_default_and_unsupported(tmp_path):
-    from tasks import platforms as plat
+    from tasks.config import platforms as plat
 
     p = plat.detect(FIXTURE.split("@@ virt")[0])
     assert p.family == "dnf" and p.default_user == "ec2-user" and p.certbot_via_pip

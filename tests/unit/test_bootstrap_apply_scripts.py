@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.facts import FileSpec, tar_payload
-from tasks.nginx import NGINX_TEST_FAILED, nginx_apply_cmd
-from tasks.units import UnitFile, units_cmd
+from tasks.facts.script import FileSpec, tar_payload
+from tasks.resources.nginx import NGINX_TEST_FAILED, nginx_apply_cmd
+from tasks.resources.units import UnitFile, units_cmd
 
 ME = f"{os.getuid()}"
 

@@ -1,4 +1,4 @@
-"""Docker secrets and certificates (tasks/docker_files.py): the inventory
+"""Docker secrets and certificates (tasks/resources/docker_files.py): the inventory
 (relative paths, one-line errors before connecting), the plan from facts, the
 exact remote script, running that script locally (modes from the first byte,
 several files on one stdin, idempotent), deploy's mounts and verify's checks."""
@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import checks as C
-from tasks import docker_files as D
-from tasks.bootstrap import app_spec, facts_request
-from tasks.commands import Secret
-from tasks.errors import ConfigError
-from tasks.facts import FactsRequest, Stat, facts_cmd, parse_facts
-from tasks.inventory import Host, load_inventory
+from tasks.verify import checks as C
+from tasks.resources import docker_files as D
+from tasks.cli.bootstrap import facts_request
+from tasks.config.app import app_spec
+from tasks.core.commands import Secret
+from tasks.core.errors import ConfigError
+from tasks.facts.script import FactsRequest, Stat, facts_cmd, parse_facts
+from tasks.config.inventory import load_inventory
+from tasks.config.hosts import Host
 
 PASSWORD = b"s3cr3t-db-password-value\n"
 CA = b"-----BEGIN CERTIFICATE-----\nMIIBdummy\n-----END CERTIFICATE-----\n"
@@ -261,7 +263,7 @@ def test_apply_script_is_exact_and_carries_no_secret(inv):
     assert payload == D.sha256_hex(PASSWORD).encode() + b"\n" + PASSWORD
     for leak in (PASSWORD.decode().strip(), D.sha256_hex(PASSWORD)):
         assert leak not in text                                   # neither the value nor its hash on a command line
-    from tasks.envfile import install_cmd
+    from tasks.resources.envfile import install_cmd
 
     inner = install_cmd("/opt/svc/secrets/db-password", "root", "root", "0400", None, keep_previous=0,
                         size=len(PASSWORD))
@@ -401,8 +403,8 @@ def test_mounts_present_check(inv, tmp_path):
 
 
 def test_docker_run_gets_the_mounts(inv):
-    from tasks.releases import Layout
-    from tasks.service import docker_run_cmd
+    from tasks.config.app import Layout
+    from tasks.release.activation import docker_run_cmd
 
     lay = Layout.from_inventory(inv)
     cmd = docker_run_cmd(lay, "svc-r1", "r1", "reg/svc:1", 8080, 8080, bind="",

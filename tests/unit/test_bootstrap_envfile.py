@@ -1,4 +1,4 @@
-"""tasks/envfile.py: dotenv parsing, rendering, key diffs and the install script
+"""tasks/resources/envfile.py: dotenv parsing, rendering, key diffs and the install script
 (run locally with sh in a temp dir: the same script that runs on hosts)."""
 import grp
 import os
@@ -8,12 +8,10 @@ import subprocess
 
 import pytest
 
-from tasks.commands import Secret
-from tasks.envfile import (
-    install_cmd, key_diff, key_hashes_cmd, parse_dotenv, parse_key_hashes, quote_value, render_dotenv,
-    sha256_hex, value_hashes,
-)
-from tasks.errors import ConfigError
+from tasks.core.commands import Secret
+from tasks.resources.envfile import install_cmd
+from tasks.core.dotenv import key_diff, key_hashes_cmd, parse_dotenv, parse_key_hashes, quote_value, render_dotenv, sha256_hex, value_hashes
+from tasks.core.errors import ConfigError
 
 
 def reveal(d):

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from tasks import platforms as plat
-from tasks.bootstrap import AppSpec, PlanError, app_spec, layout_cmd, memberships, plan_host, wanted_packages
-from tasks.errors import ConfigError
-from tasks.facts import Stat, facts_cmd, FactsRequest, parse_facts
-from tasks.inventory import Host
-from tasks.nginx import nginx_size, render_site, render_upstream
-from tasks.swap import plan_swap, swap_script
-from tasks.tls import TlsSpec, cert_state, certbot_cmd
-from tasks.units import render_app_unit
+from tasks.config import platforms as plat
+from tasks.cli.bootstrap import PlanError, layout_cmd, memberships, plan_host
+from tasks.resources.packages import wanted_packages
+from tasks.config.app import AppSpec, app_spec
+from tasks.core.errors import ConfigError
+from tasks.facts.script import Stat, facts_cmd, FactsRequest, parse_facts
+from tasks.config.hosts import Host
+from tasks.resources.nginx import nginx_size, render_site, render_upstream
+from tasks.resources.swap import plan_swap, swap_script
+from tasks.resources.tls import TlsSpec, cert_state, certbot_cmd
+from tasks.resources.units import render_app_unit
 
 FIX = Path(__file__).parent / "fixtures"
 DEBIAN = (FIX / "facts-debian12.txt").read_text()
@@ -391,7 +393,7 @@ def test_linked_swap_path_is_judged_by_its_target(tmp_path):
     new file is built beside the target so the link survives."""
     import subprocess
 
-    from tasks.facts import FactsRequest, facts_cmd
+    from tasks.facts.script import FactsRequest, facts_cmd
 
     target_dir = tmp_path / "plain"
     target_dir.mkdir()

@@ -60,8 +60,8 @@ def test_unreadable_key_file_is_refused_before_connecting(fab, tmp_path):
     r = fab("deploy", "--inventory", str(p))
     # deploy may not be implemented yet; either way the inventory/key check comes first or
     # the task refuses clearly. `hosts` does not read keys; run a connecting task through open_run:
-    from tasks.cli import open_run
-    from tasks.errors import ConfigError
+    from tasks.cli.base import open_run
+    from tasks.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"ssh.key_file: cannot read .*missing-key"):
         open_run("test", str(p))
@@ -107,7 +107,7 @@ def test_a_dying_library_thread_is_one_line_not_a_traceback(capsys, monkeypatch)
     thread; the user sees one line naming it, not a traceback."""
     import threading
 
-    from tasks.cli import fabship_task
+    from tasks.cli.base import fabship_task
 
     monkeypatch.delenv("FABSHIP_DEBUG", raising=False)
 
@@ -152,10 +152,10 @@ def test_help_shows_verbose_as_a_flag_without_a_value(fab):
     (["--verbose", "--verbose"], 2), (["-vvv"], 3), (["-v", "--force"], 1),
 ])
 def test_verbose_forms_reach_the_task(fab, monkeypatch, args, level):
-    import tasks.lock
+    import tasks.cli.unlock
 
     seen = {}
-    monkeypatch.setattr(tasks.lock, "unlock", lambda *a, **k: seen.update(verbose=a[5], force=k["force"]))
+    monkeypatch.setattr(tasks.cli.unlock, "unlock", lambda *a, **k: seen.update(verbose=a[5], force=k["force"]))
     r = fab("unlock", "-i", "sandbox", *args)
     assert r.returncode == 0, r.stderr
     assert seen["verbose"] == level and isinstance(seen["verbose"], int)
@@ -164,10 +164,10 @@ def test_verbose_forms_reach_the_task(fab, monkeypatch, args, level):
 
 @pytest.mark.parametrize("args", [["--verbose=2"], ["-v", "1"]])
 def test_verbose_with_a_value_is_refused(fab, monkeypatch, args):
-    import tasks.lock
+    import tasks.cli.unlock
 
     called = []
-    monkeypatch.setattr(tasks.lock, "unlock", lambda *a, **k: called.append(a))
+    monkeypatch.setattr(tasks.cli.unlock, "unlock", lambda *a, **k: called.append(a))
     r = fab("unlock", "-i", "sandbox", *args)
     assert r.returncode != 0 and not called
     assert "Traceback" not in r.stderr + r.stdout

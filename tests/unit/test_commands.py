@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from tasks.commands import MASK, Cmd, Raw, Secret, and_then, as_user, become, mask_text, script, sh
+from tasks.core.commands import MASK, Cmd, Raw, Secret, and_then, as_user, become, mask_text, script, sh
 
 
 def test_parts_are_quoted():

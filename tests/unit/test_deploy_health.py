@@ -1,4 +1,4 @@
-"""tasks/health.py: the on-host curl loop, run locally against a real HTTP
+"""tasks/release/health.py: the on-host curl loop, run locally against a real HTTP
 server on loopback: statuses, body match, retries, early stop when the
 process died, headers kept off the command line."""
 import threading
@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tasks.health import HealthSpec, check_health, health_cmd, headers_stdin, parse_health
+from tasks.release.health import HealthSpec, check_health, health_cmd, headers_stdin, parse_health
 
 from .localctx import LocalCtx, load_inv
 

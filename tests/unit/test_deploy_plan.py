@@ -1,4 +1,4 @@
-"""tasks/deploy.py without hosts: option parsing, validation before any
+"""tasks/cli/deploy.py without hosts: option parsing, validation before any
 connection (via the real `fab deploy` CLI: one line, no traceback, exit 2),
 exact activation commands, and the fleet logic (batches, max-fail, fleet
 rollback in reverse order) with the per-host work replaced."""
@@ -8,10 +8,10 @@ import threading
 import pytest
 import yaml
 
-from tasks.deploy import Fleet, Plan, batches_of, parse_amount, run_fleet
-from tasks.errors import ConfigError
-from tasks.releases import Layout
-from tasks.service import docker_run_cmd, start_instance_cmd, stop_instance_cmd, upstream_switch_cmd
+from tasks.cli.deploy import Fleet, Plan, batches_of, parse_amount, run_fleet
+from tasks.core.errors import ConfigError
+from tasks.config.app import Layout
+from tasks.release.activation import docker_run_cmd, start_instance_cmd, stop_instance_cmd, upstream_switch_cmd
 
 from .localctx import load_inv
 
@@ -109,13 +109,13 @@ class FakeCtxState:
 
 
 def fleet_run(tmp_path, monkeypatch, *, fail=(), batch=2, max_fail=0, rollback=True, interrupt_at=None):
-    import tasks.deploy as d
-    from tasks.runner import Run
+    import tasks.cli.deploy as d
+    from tasks.core.runner import Run
 
     inv = load_inv(tmp_path)
     hosts = inv.resolve_hosts(None)
     run = Run("deploy", inv, hosts, parallel=5)
-    from tasks.sources import Source
+    from tasks.release.sources import Source
 
     plan = Plan(lay=Layout.from_inventory(inv), src=Source("artifact", "v1"), rid="20250101T000001Z-v1", batch=batch, max_fail=max_fail,
                 rollback_fleet=rollback, lock_wait=0)

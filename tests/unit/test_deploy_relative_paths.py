@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.errors import ConfigError
-from tasks.inventory import load_inventory
-from tasks.sources import local_path, plan_source
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import load_inventory
+from tasks.release.sources import local_path, plan_source
 
 
 def write(path: Path, data: dict) -> Path:

@@ -1,4 +1,4 @@
-"""tasks/releases.py: ids, the release log, keep-N, rollback targets, exact
+"""tasks/release/releases.py: ids, the release log, keep-N, rollback targets, exact
 command builders, and the switch/shared/log scripts run locally."""
 import json
 import os
@@ -7,10 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tasks.releases import (
-    Entry, Layout, append_lines_script, delete_releases, is_release_id, link_shared, parse_log, parse_state,
-    point_slot, release_id, releases_to_delete, rollback_target, state_script, switch_current, switch_symlink,
-)
+from tasks.release.releases import append_lines_script, delete_releases, link_shared, point_slot, release_id, releases_to_delete, rollback_target, switch_current, switch_symlink
+from tasks.facts.releases import Entry, is_release_id, parse_log, parse_state, state_script
+from tasks.config.app import Layout
 
 LAY = Layout(app="web", kind="node", user="web", group="web", root="/opt/web", config_dir="/etc/web",
              env_path="/etc/web/web.env", strategy="blue_green", port=3000, ports=(3001, 3002), nginx=True)
@@ -199,8 +198,8 @@ def test_state_script_runs_locally_on_an_empty_root(tmp_path):
 
 
 def test_releases_table_rows():
-    from tasks.releases import HostState
-    from tasks.rollback import release_rows
+    from tasks.facts.releases import HostState
+    from tasks.cli.rollback import release_rows
 
     st = HostState(current=R[2], releases=[R[1], R[2], R[3]],
                    log=[ok(R[0], version="v0"), ok(R[1], version="v1"), ok(R[2], version="v2", commit="c" * 40),

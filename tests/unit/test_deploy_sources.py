@@ -1,4 +1,4 @@
-"""tasks/sources.py: planning on the control machine (validation before any
+"""tasks/release/sources.py: planning on the control machine (validation before any
 connection) and the host-side git/artifact scripts run locally."""
 import io
 import os
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import ConfigError
-from tasks.releases import Layout
-from tasks.sources import (
+from tasks.core.errors import ConfigError
+from tasks.config.app import Layout
+from tasks.release.sources import (
     artifact_extract_cmd, git_checkout_cmd, git_fetch_bundle_cmd, git_fetch_url_cmd, image_ref, make_bundle,
     plan_source, tar_directory,
 )

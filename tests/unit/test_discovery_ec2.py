@@ -4,9 +4,9 @@ import textwrap
 import boto3
 import pytest
 
-from tasks import discovery
-from tasks.errors import DiscoveryError
-from tasks.inventory import load_inventory
+from tasks.config import discovery
+from tasks.core.errors import DiscoveryError
+from tasks.config.inventory import load_inventory
 
 
 @pytest.fixture
@@ -157,7 +157,7 @@ def test_unsafe_name_tag_falls_back_to_the_instance_id(ec2, tmp_path, moto_serve
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: hosts.ec2: instance " + iid) and f"using {iid}" in err[0]
     assert hosts[0].expand(inv.data["nginx"]["server_name"]) == f"{iid}.example.com"
-    from tasks.verify import ssh_config_text
+    from tasks.verify.gate import ssh_config_text
 
     text = ssh_config_text(inv, hosts)
     assert "ProxyCommand" not in text and f"Host {iid}\n" in text

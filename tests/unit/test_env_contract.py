@@ -1,15 +1,15 @@
-"""tasks/env_contract.py: per-key rules, required/unknown keys, differ_from.
+"""tasks/config/env_contract.py: per-key rules, required/unknown keys, differ_from.
 Messages name the key and the rule, never the value."""
 
 import pytest
 import yaml
 
-from tasks.commands import Secret
-from tasks.env_contract import (
+from tasks.core.commands import Secret
+from tasks.config.env_contract import (
     EnvContractError, check_contract, differ_check, enforce, problems, rule_problem,
 )
-from tasks.errors import ConfigError
-from tasks.inventory import load_inventory
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import load_inventory
 
 MARK = "Zq9canaryVALUE"
 

@@ -1,4 +1,4 @@
-"""tasks/env_sources.py against moto's real HTTP server (Secrets Manager, SSM):
+"""tasks/config/env_sources.py against moto's real HTTP server (Secrets Manager, SSM):
 values arrive as Secrets, errors are one line naming the source and the key."""
 import json
 
@@ -6,10 +6,10 @@ import boto3
 import pytest
 import yaml
 
-from tasks.commands import Secret
-from tasks.env_sources import EnvSourceError, load_env_source, parse_secret_text
-from tasks.errors import ConfigError, FabshipError
-from tasks.inventory import load_inventory
+from tasks.core.commands import Secret
+from tasks.config.env_sources import EnvSourceError, load_env_source, parse_secret_text
+from tasks.core.errors import ConfigError, FabshipError
+from tasks.config.inventory import load_inventory
 
 MARK = "Kx7canaryQ"
 REGION = "eu-west-1"

@@ -1,4 +1,4 @@
-"""tasks.images: sample rootfs, image config/manifest/digest consistency, the
+"""tasks.sandbox.images: sample rootfs, image config/manifest/digest consistency, the
 static server's behaviour, docker-load archives, and a real push to a loopback
 docker-registry when that binary is installed."""
 import gzip
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks import images
-from tasks.errors import FabshipError
+from tasks.sandbox import images
+from tasks.core.errors import FabshipError
 
 pytestmark = pytest.mark.skipif(not shutil.which("gcc"), reason="gcc not installed (needed for the static server)")
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

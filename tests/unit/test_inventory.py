@@ -2,8 +2,8 @@ import textwrap
 
 import pytest
 
-from tasks.errors import ConfigError
-from tasks.inventory import load_inventory
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import load_inventory
 
 
 def write(path, text):
@@ -175,7 +175,7 @@ def test_group_naming_unknown_host(invdir):
 
 
 def test_host_expand():
-    from tasks.inventory import Host
+    from tasks.config.hosts import Host
 
     h = Host("h1", "10.0.0.1", "root", 22, "static")
     assert h.expand("{host}.sandbox.test") == "h1.sandbox.test"

@@ -8,9 +8,9 @@ import time
 import paramiko
 import pytest
 
-from tasks.errors import ConnectError
-from tasks.inventory import load_inventory
-from tasks.runner import Run
+from tasks.core.errors import ConnectError
+from tasks.config.inventory import load_inventory
+from tasks.core.runner import Run
 from tests.unit.sshd import TinySSHD
 
 
@@ -161,11 +161,11 @@ def test_closing_the_run_is_not_a_dead_link(tmp_path, relay, server, client_key)
 
 
 def test_schema_defaults_and_bad_values(tmp_path):
-    from tasks.errors import ConfigError
+    from tasks.core.errors import ConfigError
 
     p = tmp_path / "inv.yaml"
     p.write_text("hosts: {static: [a]}\n")
-    from tasks.ssh import link_option
+    from tasks.core.ssh import link_option
 
     ssh = load_inventory(str(p)).data["ssh"]
     assert [link_option(ssh, k) for k in ("keepalive", "dead_after", "forward_agent")] == [15, 3, False]

@@ -1,4 +1,4 @@
-"""tasks/lock.py: the mkdir lock scripts run locally (the same scripts hosts
+"""tasks/release/lock.py: the mkdir lock scripts run locally (the same scripts hosts
 run), holder details, staleness, waiting, and release on every exit."""
 import json
 import os
@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from tasks.errors import LockError, StepFailed
-from tasks.lock import (
+from tasks.core.errors import LockError, StepFailed
+from tasks.release.lock import (
     ACQUIRED, HELD, acquire, acquire_cmd, deploy_lock, describe, make_holder, parse_holder, release, release_cmd,
     stale_reason, unlock_host,
 )
-from tasks.releases import Layout
+from tasks.config.app import Layout
 
 from .localctx import LocalCtx, load_inv
 
@@ -213,7 +213,7 @@ def test_force_breaks_a_live_lock_with_an_odd_holder(tmp_path):
 
 
 def test_force_does_not_depend_on_parsing(tmp_path, monkeypatch):
-    import tasks.lock as lock
+    import tasks.release.lock as lock
 
     inv = load_inv(tmp_path)
     lay = Layout.from_inventory(inv)

@@ -4,8 +4,9 @@ import os
 
 import pytest
 
-from tasks.errors import ConfigError
-from tasks.inventory import Host, check_expanded, load_inventory
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import check_expanded, load_inventory
+from tasks.config.hosts import Host
 
 
 def inv_file(tmp_path, text, name="inv.yaml"):
@@ -82,7 +83,7 @@ def test_ssh_user_is_a_user_name(tmp_path):
 
 
 def test_discovered_host_is_checked_whatever_its_source(tmp_path, monkeypatch):
-    from tasks import discovery
+    from tasks.config import discovery
 
     inv = load_inventory(inv_file(tmp_path, "hosts: {static: [a]}\n"))
     bad = Host(name="a", address="10.0.0.1\n  ProxyCommand x", user="root", port=22, source="static (test)")
@@ -95,7 +96,7 @@ def test_discovered_host_is_checked_whatever_its_source(tmp_path, monkeypatch):
 # -- the ssh_config writer ----------------------------------------------------------------------
 
 def test_ssh_config_refuses_whitespace_in_any_value(tmp_path):
-    from tasks.verify import ssh_config_text
+    from tasks.verify.gate import ssh_config_text
 
     kh = tmp_path / "dir with space" / "known_hosts"
     inv = load_inventory(inv_file(tmp_path, f"hosts: {{static: [10.0.0.1]}}\nssh: {{known_hosts: '{kh}'}}\n"))
@@ -109,7 +110,7 @@ def test_ssh_config_refuses_whitespace_in_any_value(tmp_path):
 
 
 def test_ssh_config_forward_agent_and_keepalive_follow_the_inventory(tmp_path):
-    from tasks.verify import ssh_config_text
+    from tasks.verify.gate import ssh_config_text
 
     inv = load_inventory(inv_file(tmp_path, "hosts: {static: [10.0.0.1]}\n"
                                             "ssh: {forward_agent: true, keepalive: 20, dead_after: 4}\n"))
@@ -123,7 +124,7 @@ def test_ssh_config_forward_agent_and_keepalive_follow_the_inventory(tmp_path):
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", ".."])
 def test_diagnose_report_path_stays_in_out(tmp_path, name):
-    from tasks.diagnose import report_path
+    from tasks.cli.diagnose import report_path
 
     with pytest.raises(ConfigError, match="--out"):
         report_path(tmp_path, name)
@@ -131,7 +132,7 @@ def test_diagnose_report_path_stays_in_out(tmp_path, name):
 
 
 def test_diagnose_report_does_not_follow_a_planted_symlink(tmp_path):
-    from tasks.diagnose import write_report
+    from tasks.cli.diagnose import write_report
 
     target = tmp_path / "elsewhere"
     target.write_text("keep")

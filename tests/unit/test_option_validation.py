@@ -17,8 +17,8 @@ BAD = [
 @pytest.fixture
 def no_connect(monkeypatch):
     """Fail the test if anything tries to open a host connection."""
-    import tasks.runner
-    import tasks.ssh
+    import tasks.core.runner
+    import tasks.core.ssh
 
     calls = []
 
@@ -26,8 +26,8 @@ def no_connect(monkeypatch):
         calls.append(a)
         raise AssertionError("connected although an option was bad")
 
-    monkeypatch.setattr(tasks.ssh, "connect", refuse)
-    monkeypatch.setattr(tasks.runner.Run, "connect", refuse)
+    monkeypatch.setattr(tasks.core.ssh, "connect", refuse)
+    monkeypatch.setattr(tasks.core.runner.Run, "connect", refuse)
     return calls
 
 
@@ -60,8 +60,8 @@ def test_good_numbers_pass_to_the_task(fab, tmp_path, task, args):
 
 def test_sandbox_count_is_not_a_traceback(fab):
     # an INT option of a task outside this list still never shows int()'s traceback
-    from tasks.cli import BadNumber, check_numbers
-    from tasks.errors import ConfigError
+    from tasks.cli.base import BadNumber, check_numbers
+    from tasks.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--count: expected a whole number"):
         check_numbers({"count": BadNumber("lots")})

@@ -6,8 +6,8 @@ import textwrap
 
 import pytest
 
-from tasks.errors import ConfigError
-from tasks.inventory import load_inventory
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import load_inventory
 from tasks.provision import hostkeys
 from tasks.provision.resources import (
     DnsRecord, Later, ProvisionError, SecurityGroup, State, resolve, resources_for, s3_policy,

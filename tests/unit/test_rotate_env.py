@@ -1,4 +1,4 @@
-"""tasks/rotate_env.py without hosts: planning (validation before any
+"""tasks/cli/rotate_env.py without hosts: planning (validation before any
 connection), key diffs, and the host scripts run locally with sh in a temp
 dir (the same scripts that run on hosts)."""
 import hashlib
@@ -9,15 +9,14 @@ import subprocess
 import pytest
 import yaml
 
-from tasks.commands import Secret
-from tasks.env_contract import EnvContractError
-from tasks.envfile import install_cmd, sha256_hex
-from tasks.errors import StepFailed
-from tasks.releases import Layout
-from tasks.rotate_env import (
-    EnvTarget, diff_text, facts_cmd, parse_facts, plan, release_env_restore_cmd, restore_previous_cmd,
-    snapshot_cmd, snapshot_delete_cmd,
-)
+from tasks.core.commands import Secret
+from tasks.config.env_contract import EnvContractError
+from tasks.resources.envfile import install_cmd
+from tasks.core.dotenv import sha256_hex
+from tasks.core.errors import StepFailed
+from tasks.config.app import Layout
+from tasks.cli.rotate_env import diff_text, facts_cmd, parse_facts, plan, restore_previous_cmd
+from tasks.release.envsnap import EnvTarget, release_env_restore_cmd, snapshot_cmd, snapshot_delete_cmd
 
 MARK = "Pq4canaryRotate"
 RID = "20250101T000000Z-v1"
@@ -34,7 +33,7 @@ def inv_file(tmp_path, env: dict, name="app"):
 
 
 def load(p):
-    from tasks.inventory import load_inventory
+    from tasks.config.inventory import load_inventory
 
     return load_inventory(str(p))
 
@@ -209,7 +208,7 @@ def test_commands_carry_no_values(tmp_path):
     t = target(tmp_path)
     for c in (facts_cmd(t), restore_previous_cmd(t, "a" * 64), snapshot_cmd(t, RID), release_env_restore_cmd(t, RID)):
         assert MARK not in c.render()
-    from tasks.commands import Cmd
+    from tasks.core.commands import Cmd
     with pytest.raises(ValueError):
         Cmd("echo", Secret(MARK))
 
@@ -262,15 +261,15 @@ def _rendered(inv, tmp_path, text):
 
 
 def _rotate(inv, tmp_path, text, monkeypatch, restarts, fail=()):
-    import tasks.rotate_env as re_mod
-    from tasks.rotate_env import plan, rotate_host
+    import tasks.cli.rotate_env as re_mod
+    from tasks.cli.rotate_env import plan, rotate_host
 
     from .localctx import LocalCtx
 
     def fake_restart(ctx):
         restarts.append(open(re_mod.EnvTarget.from_inventory(inv).path).read())
         if len(restarts) in fail:
-            from tasks.service import ActivationFailed
+            from tasks.release.activation import ActivationFailed
 
             raise ActivationFailed("demo.service failed its health check after the restart", "", old_serving=False)
 
@@ -316,7 +315,7 @@ def test_without_a_record_the_first_rotation_records_one_before_installing(tmp_p
     first = open(t.path).read()
     restarts = []
 
-    import tasks.rotate_env as re_mod
+    import tasks.cli.rotate_env as re_mod
 
     def killed(ctx):  # the run dies between the install and the restart
         raise KeyboardInterrupt

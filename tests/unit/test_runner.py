@@ -6,10 +6,10 @@ import json
 import paramiko
 import pytest
 
-from tasks.commands import Cmd, Secret
-from tasks.errors import StepFailed
-from tasks.inventory import load_inventory
-from tasks.runner import Output, Run
+from tasks.core.commands import Cmd, Secret
+from tasks.core.errors import StepFailed
+from tasks.config.inventory import load_inventory
+from tasks.core.runner import Output, Run
 from tests.unit.sshd import TinySSHD
 
 
@@ -110,7 +110,7 @@ def test_unreachable_host_counts_as_failed(tmp_path, monkeypatch):
 
 
 def test_long_command_says_it_is_still_running(fleet, monkeypatch):
-    import tasks.runner as runner
+    import tasks.core.runner as runner
 
     inv, _ = fleet
     monkeypatch.setattr(runner, "STILL_RUNNING_EVERY", 0.2)

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks import sandbox, sandbox_services as svc
-from tasks.errors import FabshipError
+from tasks.sandbox import fleet as sandbox
+from tasks.sandbox import services as svc
+from tasks.core.errors import FabshipError
 
 KEY = Path("/repo/.fabship/sandbox/id_ed25519")
 KNOWN = Path("/repo/.fabship/sandbox/known_hosts")
@@ -82,7 +83,9 @@ def test_cli_flags_reach_sandbox_up(monkeypatch):
     calls = []
     monkeypatch.setattr(sandbox, "sandbox_up", lambda *a, **k: calls.append((a, k)))
     ns = Collection()
-    ns.add_collection(sandbox.ns)
+    from tasks.sandbox import tasks as sandbox_tasks
+
+    ns.add_collection(sandbox_tasks.ns)
     prog = Program(namespace=ns)
     prog.run(["fab", "sandbox.up"], exit=False)
     prog.run(["fab", "sandbox.up", "--count", "5", "--docker", "--no-registry", "--no-moto"],

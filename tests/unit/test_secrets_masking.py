@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks import checks as C
-from tasks.errors import ConfigError
+from tasks.verify import checks as C
+from tasks.core.errors import ConfigError
 
 from .test_verify_checks import BASE, inv_from
 
@@ -162,7 +162,8 @@ def test_a_missing_ca_file_is_a_config_error(tmp_path):
 # -- -vv never streams framed output ------------------------------------------------------------
 
 def test_verify_and_diagnose_never_stream_their_framed_output(monkeypatch, tmp_path):
-    from tasks import diagnose, verify
+    from tasks.cli import diagnose
+    from tasks.verify import gate as verify
 
     calls = []
 
@@ -200,8 +201,8 @@ def docker_env_file_parse(text: str) -> dict:
 
 
 def test_docker_kinds_get_an_env_file_docker_reads_back_exactly():
-    from tasks.commands import Secret
-    from tasks.envfile import render_dotenv
+    from tasks.core.commands import Secret
+    from tasks.core.dotenv import render_dotenv
 
     vals = {k: Secret(v) for k, v in ODD.items()}
     literal = render_dotenv(vals, literal=True).decode()
@@ -211,8 +212,8 @@ def test_docker_kinds_get_an_env_file_docker_reads_back_exactly():
 
 
 def test_a_value_docker_cannot_carry_is_refused_naming_the_key_only():
-    from tasks.commands import Secret
-    from tasks.envfile import render_dotenv
+    from tasks.core.commands import Secret
+    from tasks.core.dotenv import render_dotenv
 
     with pytest.raises(ConfigError) as e:
         render_dotenv({"OK": Secret("x"), "PEM": Secret("line1\nCANARY-line2")}, literal=True, source="prod.env")
@@ -221,8 +222,8 @@ def test_a_value_docker_cannot_carry_is_refused_naming_the_key_only():
 
 
 def test_value_hashes_match_the_literal_file_on_the_host(tmp_path):
-    from tasks.commands import Secret
-    from tasks.envfile import key_hashes_cmd, parse_key_hashes, render_dotenv, value_hashes
+    from tasks.core.commands import Secret
+    from tasks.core.dotenv import key_hashes_cmd, parse_key_hashes, render_dotenv, value_hashes
 
     vals = {k: Secret(v) for k, v in ODD.items()}
     f = tmp_path / "app.env"
@@ -232,7 +233,7 @@ def test_value_hashes_match_the_literal_file_on_the_host(tmp_path):
 
 
 def test_bootstrap_and_rotate_env_write_docker_format_for_kind_docker(tmp_path):
-    from tasks import rotate_env
+    from tasks.cli import rotate_env
 
     src = tmp_path / "prod.env"
     src.write_text("APP_SECRET='\"quoted-and-long-enough\"'\nPAD='  padded  '\n")
@@ -243,7 +244,7 @@ def test_bootstrap_and_rotate_env_write_docker_format_for_kind_docker(tmp_path):
     inv = inv_from(tmp_path, d)
     p = rotate_env.plan(inv)
     assert docker_env_file_parse(p.content.decode()) == {"APP_SECRET": '"quoted-and-long-enough"', "PAD": "  padded  "}
-    from tasks.bootstrap import env_input
+    from tasks.cli.bootstrap import env_input
 
     assert env_input(inv, None).content == p.content
     src.write_text("APP_SECRET=\"two\nlines-CANARY\"\n")

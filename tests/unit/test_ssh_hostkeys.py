@@ -2,10 +2,10 @@
 import paramiko
 import pytest
 
-from tasks.commands import Cmd
-from tasks.errors import HostKeyError
-from tasks.inventory import load_inventory
-from tasks.runner import Run
+from tasks.core.commands import Cmd
+from tasks.core.errors import HostKeyError
+from tasks.config.inventory import load_inventory
+from tasks.core.runner import Run
 from tests.unit.sshd import TinySSHD
 
 
@@ -88,7 +88,7 @@ def test_accept_new_records_the_key(tmp_path, server, client_key):
 
 
 def test_secret_goes_on_stdin_not_command_line(tmp_path, server, client_key):
-    from tasks.commands import Cmd, Secret
+    from tasks.core.commands import Cmd, Secret
 
     kh = tmp_path / "known_hosts"
     kh.write_text(known_line(server))
@@ -101,7 +101,7 @@ def test_secret_goes_on_stdin_not_command_line(tmp_path, server, client_key):
 
 
 def test_stdin_is_binary_safe_and_utf8(tmp_path, server, client_key):
-    from tasks.commands import Cmd
+    from tasks.core.commands import Cmd
 
     kh = tmp_path / "known_hosts"
     kh.write_text(known_line(server))
@@ -198,13 +198,13 @@ def test_jump_host_key_is_checked_too(tmp_path, client_key):
     ("edge.example.com,ops@10.0.0.5", [("edge.example.com", "ec2-user", 22), ("10.0.0.5", "ops", 22)]),
 ])
 def test_parse_jump_hosts(spec, want):
-    from tasks.ssh import parse_jump_hosts
+    from tasks.core.ssh import parse_jump_hosts
 
     assert [(j.address, j.user, j.port) for j in parse_jump_hosts(spec, "ec2-user")] == want
 
 
 def test_jump_host_target_brackets_ipv6():
-    from tasks.ssh import JumpHost
+    from tasks.core.ssh import JumpHost
 
     assert JumpHost("fd00::1", "ops", 2200).target == "ops@[fd00::1]:2200"
     assert str(JumpHost("bastion.example.com", "ops", 22)) == "ops@bastion.example.com"
@@ -236,7 +236,7 @@ def test_jump_chain_goes_through_each_hop_in_order(tmp_path, client_key):
 
 
 def test_bad_jump_host_is_a_config_error(tmp_path):
-    from tasks.errors import ConfigError
+    from tasks.core.errors import ConfigError
 
     p = tmp_path / "inv.yaml"
     p.write_text("hosts: {static: [a]}\nssh: {jump_host: 'ec2 user@bastion'}\n")

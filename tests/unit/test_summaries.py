@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tasks.deploy import outcome_line
+from tasks.cli.deploy import outcome_line
 
 A, B, C = "20250101T000000Z-v1", "20250102T000000Z-v2", "20250103T000000Z-v3"
 
@@ -47,8 +47,8 @@ def test_outcome_line(c, serving, rid, action, line):
 
 
 def test_lock_refusal_names_the_holder_for_the_summary(tmp_path):
-    from tasks.errors import LockError
-    from tasks.lock import acquire
+    from tasks.core.errors import LockError
+    from tasks.release.lock import acquire
 
     from .localctx import LocalCtx, load_inv
 

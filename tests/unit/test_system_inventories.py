@@ -12,10 +12,10 @@ import boto3
 import pytest
 import yaml
 
-from tasks.env_contract import check_contract, problems
-from tasks.envfile import parse_dotenv
-from tasks.errors import ConfigError
-from tasks.inventory import load_inventory, resolve_inventory_path
+from tasks.config.env_contract import check_contract, problems
+from tasks.core.dotenv import parse_dotenv
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import load_inventory, resolve_inventory_path
 
 REPO = Path(__file__).resolve().parents[2]
 INV = REPO / "inventories"
@@ -187,7 +187,7 @@ def test_sandbox_env_files_hold_no_real_secrets():
 def test_ota_contract_refuses_a_short_session_secret(inv_dir):
     inv = load_inventory(str(inv_dir / "sandbox-ota.yaml"))
     vals = _values(INV / "sandbox-env" / "ota.env")
-    from tasks.commands import Secret
+    from tasks.core.commands import Secret
 
     vals["ADMIN_SESSION_SECRET"] = Secret("abc123")
     vals["S3_ENDPOINT"] = Secret("")  # may be empty (instance role)
@@ -273,9 +273,9 @@ def test_tasks_accept_them_before_connecting(inv_dir, name):
     """The same planning each task does before it connects: bootstrap's app
     spec, deploy's source (local artifacts and compose files exist), verify's
     check list."""
-    sources = pytest.importorskip("tasks.sources")
-    bootstrap = pytest.importorskip("tasks.bootstrap")
-    checks = pytest.importorskip("tasks.checks")
+    sources = pytest.importorskip("tasks.release.sources")
+    bootstrap = pytest.importorskip("tasks.cli.bootstrap")
+    checks = pytest.importorskip("tasks.verify.checks")
     inv = load_inventory(str(inv_dir / f"{name}.yaml"))
     bootstrap.app_spec(inv)
     src = sources.plan_source(inv, tag="1.0.0" if inv.get("deploy.source") in ("image", "compose") else None)
@@ -286,7 +286,7 @@ def test_tasks_accept_them_before_connecting(inv_dir, name):
         assert src.image.endswith(":1.0.0")
         if name.startswith("sandbox-"):
             assert src.image == "10.231.0.1:5000/fabship/docker-service:1.0.0"
-    from tasks.inventory import Host
+    from tasks.config.hosts import Host
 
     host = Host(name="h8", address="10.231.0.18", user="root", port=22, source="test")
     spec = checks.build_spec(inv, host)

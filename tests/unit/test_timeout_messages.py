@@ -3,8 +3,8 @@ host's newest processes, also where the caller ran the command with
 check=False and reports the exit code itself (issue 11: it said `exit 124`)."""
 import json
 
-from tasks.commands import Cmd
-from tasks.errors import StepFailed
+from tasks.core.commands import Cmd
+from tasks.core.errors import StepFailed
 from tests.unit.test_runner import fleet, make  # noqa: F401  (the in-process SSH servers)
 
 

@@ -2,8 +2,8 @@
 nonces by default; Let's Encrypt has hiccups), never for a failed validation."""
 import subprocess
 
-from tasks import tls
-from tasks.commands import Cmd
+from tasks.resources import tls
+from tasks.core.commands import Cmd
 
 
 def fake_certbot(tmp_path, outcomes):

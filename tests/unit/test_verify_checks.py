@@ -7,9 +7,9 @@ import subprocess
 import pytest
 import yaml
 
-from tasks import checks as C
-from tasks.errors import ConfigError
-from tasks.inventory import load_inventory
+from tasks.verify import checks as C
+from tasks.core.errors import ConfigError
+from tasks.config.inventory import load_inventory
 
 BASE = {
     "hosts": {"static": {"web1": "10.0.0.5"}},
@@ -207,7 +207,8 @@ def test_http_probe_commands_exact(spec):
 
 def test_expectations_are_bootstraps_own(spec, inv):
     """verify reads the inventory through bootstrap's functions: same dirs, same packages."""
-    from tasks import bootstrap, platforms
+    from tasks.cli import bootstrap
+    from tasks.config import platforms
 
     assert spec.dirs() == [tuple(x) for x in bootstrap.layout_dirs(bootstrap.app_spec(inv))]
     deb = 'ID=debian\nVERSION_ID="12"\n'

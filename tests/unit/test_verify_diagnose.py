@@ -5,10 +5,10 @@ import subprocess
 import pytest
 import yaml
 
-from tasks import diagnose as D
-from tasks.checks import parse_facts
-from tasks.commands import Secret
-from tasks.inventory import load_inventory
+from tasks.cli import diagnose as D
+from tasks.verify.checks import parse_facts
+from tasks.core.commands import Secret
+from tasks.config.inventory import load_inventory
 
 from .test_verify_runner import sshd, write_inv  # noqa: F401  (fixture)
 

@@ -8,11 +8,11 @@ import paramiko
 import pytest
 import testinfra.host
 
-from tasks import checks as C
-from tasks import verify as V
-from tasks.errors import ConfigError, HostKeyError
-from tasks.inventory import load_inventory
-from tasks.runner import Output, Run
+from tasks.verify import checks as C
+from tasks.verify import gate as V
+from tasks.core.errors import ConfigError, HostKeyError
+from tasks.config.inventory import load_inventory
+from tasks.core.runner import Output, Run
 from tests.unit.sshd import TinySSHD
 
 
@@ -186,16 +186,16 @@ def test_pytest_suite_runs_the_same_checks(tmp_path, sshd):
     inv = write_inv(tmp_path, sshd, "packages: [curl, no-such-package-fabship]\n")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-                        os.path.join(root, "tasks", "verify_suite"), f"--fabship-inventory={inv}"],
+                        os.path.join(root, "tasks", "verify", "suite"), f"--fabship-inventory={inv}"],
                        cwd=root, capture_output=True, text=True, timeout=120)
     out = r.stdout
     assert r.returncode == 1, out + r.stderr
-    assert "FAILED tasks/verify_suite/test_host.py::test_check[local-packages]" in out
+    assert "FAILED tasks/verify/suite/test_host.py::test_check[local-packages]" in out
     assert "packages: packages not installed: no-such-package-fabship" in out
     assert "SKIPPED" in out and "cannot list systemd units" in out
     # the installed form: the plugin by name, the suite by package (from any directory)
     r2 = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                         "-p", "tasks.verify_suite.plugin", "--pyargs", "tasks.verify_suite",
+                         "-p", "tasks.verify.suite.plugin", "--pyargs", "tasks.verify.suite",
                          f"--fabship-inventory={inv}"], cwd=str(tmp_path), capture_output=True, text=True,
                         timeout=120, env={**os.environ, "PYTHONPATH": root})
     assert r2.returncode == 1 and "1 failed, 1 skipped" in r2.stdout, r2.stdout + r2.stderr

@@ -13,8 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from tasks import checks as C
-from tasks.errors import ConfigError
+from tasks.verify import checks as C
+from tasks.core.errors import ConfigError
 
 from .test_verify_checks import inv_from
 

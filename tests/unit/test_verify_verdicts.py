@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tasks import checks as C
+from tasks.verify import checks as C
 
 from .test_verify_checks import BASE, inv_from
 

@@ -1,0 +1,1 @@
+"""The fab tasks: one module per task, each a named list of stages."""

@@ -1,0 +1,251 @@
+"""What the fab tasks share: option help texts, the error boundary that turns
+user errors into one clear line (no traceback), and opening a Run."""
+from __future__ import annotations
+
+import faulthandler
+import functools
+import math
+import os
+import re
+import signal
+import sys
+import threading
+
+from invoke import Argument, Task, task
+from invoke.exceptions import Exit
+
+from ..core.errors import ConfigError, FabshipError
+
+HELP = {
+    "inventory": "inventory NAME (inventories/NAME.yaml) or PATH to a YAML file; "
+                 "default: $FABSHIP_INVENTORY",
+    "set": "override one inventory key for this run, e.g. --set ssh.port=2222 "
+           "(repeatable; the value is YAML; highest merge layer)",
+    "limit": "only these hosts or groups (comma-separated names or addresses)",
+    "parallel": "how many hosts to work on at once (default 10)",
+    "accept_new_host_keys": "trust on first use: record unknown host keys in the inventory's "
+                            "known_hosts (a changed key is still refused)",
+    "dry_run": "show per host what would change (diffs, commands, env key names); change nothing",
+    "verbose": "more output, a repeatable flag (no value): -v shows every remote command and "
+               "unchanged steps, -vv (or -v -v, --verbose --verbose) streams command output",
+    "lock_wait": "if another run holds the deploy lock, wait up to SECONDS for it instead of failing",
+    "gate": "run the verification checks at the end as a gate, where the inventory's verify.gate "
+            "enables them (default); --no-gate skips them for this run",
+}
+
+# A run that seems stuck: `kill -USR1 PID` prints every thread's stack to stderr
+# (which step, which remote command is being waited on) and the run goes on.
+try:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+except (AttributeError, ValueError, OSError):  # stderr is no real file (imported under a test runner)
+    pass
+
+COMMON = ("inventory", "set", "limit", "parallel", "accept_new_host_keys", "verbose")
+
+
+def helps(*names: str, **extra: str) -> dict:
+    out = {n: HELP[n] for n in names}
+    out.update(extra)
+    return out
+
+
+class Count(int):
+    """The kind of a counted flag (-v, -vv): an int that invoke's help does not
+    print as `-v INT`, since a counted flag takes no value (`-v 1` is refused)."""
+
+
+class BadNumber(str):
+    """A value given to an INT option that is no whole number: kept as given,
+    so the task refuses it in one line (exit 2) instead of invoke's int() traceback."""
+
+
+class _LenientInt(Argument):
+    def set_value(self, value, cast=True):
+        try:
+            super().set_value(value, cast)
+        except (TypeError, ValueError):
+            self.raw_value, self._value = value, BadNumber(value)
+
+
+# Options whose default is None but whose value is a whole number (help: INT).
+INT_OPTIONS = ("parallel", "last", "lines")
+
+
+class FabshipTask(Task):
+    def arg_opts(self, name, default, taken_names):
+        opts = super().arg_opts(name, default, taken_names)
+        if opts.get("incrementable"):
+            opts["kind"] = Count
+            opts["default"] = Count(opts.get("default") or 0)
+        elif name in INT_OPTIONS and default is None:
+            opts["kind"] = int
+        return opts
+
+    def get_arguments(self, *a, **kw):
+        args = super().get_arguments(*a, **kw)
+        for arg in args:
+            if arg.kind is int and not arg.incrementable:
+                arg.__class__ = _LenientInt  # same fields; only set_value differs
+        return args
+
+
+# -- numeric options: checked before the task body runs, so before anything connects ---------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def whole(value, name: str, minimum: int = 1) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = None
+    if n is None or n < minimum:
+        raise ConfigError("command line", _flag(name), f"expected a whole number of at least {minimum}, "
+                                                       f"got {str(value)!r}")
+    return n
+
+
+def amount(value, name: str, minimum: int) -> str:
+    """N hosts or N% of them (rolling batches, failure allowance)."""
+    text = str(value).strip()
+    m = re.fullmatch(r"(\d+)|(\d+(?:\.\d+)?)%", text)
+    ok = bool(m) and (int(m.group(1)) >= minimum if m.group(1) else
+                      (0 < float(m.group(2)) <= 100 if minimum else float(m.group(2)) <= 100))
+    if not ok:
+        least = "1 or more" if minimum else "0 or more"
+        raise ConfigError("command line", _flag(name), f"expected a count of hosts ({least}) such as 2 or a "
+                                                       f"percent such as 25%, got {text!r}")
+    return text
+
+
+def seconds(value, name: str) -> float:
+    try:
+        v = float(str(value).strip())
+    except ValueError:
+        v = -1.0
+    if not (math.isfinite(v) and v >= 0):
+        raise ConfigError("command line", _flag(name), f"expected a number of seconds (0 or more), got "
+                                                       f"{str(value)!r}")
+    return v
+
+
+NUMBERS = {
+    "parallel": lambda v, n: whole(v, n, 1),
+    "last": lambda v, n: whole(v, n, 1),
+    "batch": lambda v, n: amount(v, n, 1),
+    "max_fail": lambda v, n: amount(v, n, 0),
+    "lock_wait": seconds,
+}
+
+
+# Checked by their task itself, before it connects (its own wording): diagnose --lines.
+SELF_CHECKED = ("lines",)
+
+
+def check_numbers(kwargs: dict) -> None:
+    """Every numeric option given on the command line is a valid number, or
+    one ConfigError line naming the option (exit 2; nothing ran)."""
+    for name, value in kwargs.items():
+        if value is None or value == "" or isinstance(value, bool) or name in SELF_CHECKED:
+            continue
+        if name in NUMBERS:
+            NUMBERS[name](value, name)
+        elif isinstance(value, BadNumber):
+            whole(value, name, 0)
+
+
+def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), name=None, **kw):
+    """@task with fabship's error boundary: a FabshipError (a user or
+    environment problem) prints one line and exits non-zero; Ctrl-C and
+    SIGTERM exit 130/143 after the task's own cleanup ran (finally blocks)."""
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def wrapper(c, *args, **kwargs):
+            old = signal.getsignal(signal.SIGTERM)
+            try:
+                signal.signal(signal.SIGTERM, _sigterm)
+            except ValueError:  # not the main thread (tests calling tasks directly)
+                old = None
+            # threads alive before the task (a test's servers, an earlier task run in the same
+            # process) are not this run's: their failures go to the previous hook
+            before = set(threading.enumerate())
+            old_hook = threading.excepthook
+            threading.excepthook = functools.partial(_thread_failed, before=before, fallback=old_hook)
+            try:
+                check_numbers(kwargs)
+                return fn(c, *args, **kwargs)
+            except FabshipError as e:
+                raise Exit(f"fabship: {e}", code=e.exit_code) from None
+            except KeyboardInterrupt:
+                raise Exit("fabship: interrupted", code=130) from None
+            except Terminated:
+                raise Exit("fabship: terminated", code=143) from None
+            finally:
+                threading.excepthook = old_hook
+                if old is not None:
+                    signal.signal(signal.SIGTERM, old)
+
+        kwargs = dict(help=help, iterable=list(iterable), incrementable=list(incrementable),
+                      **{"klass": FabshipTask, **kw})
+        if name:
+            kwargs["name"] = name
+        return task(**kwargs)(wrapper)
+
+    return deco
+
+
+def _thread_failed(args, before=frozenset(), fallback=None) -> None:
+    """A library's own thread (paramiko, invoke's timeout timer) died: one line,
+    not a traceback in the middle of the run's output. FABSHIP_DEBUG=1 shows it."""
+    if args.exc_type is SystemExit:
+        return
+    if args.thread in before and fallback is not None:
+        fallback(args)
+        return
+    if os.environ.get("FABSHIP_DEBUG"):
+        threading.__excepthook__(args)
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    print(f"fabship: background thread {name} failed: {args.exc_type.__name__}: {args.exc_value} "
+          "(FABSHIP_DEBUG=1 shows the traceback)", file=sys.stderr)
+
+
+class Terminated(BaseException):
+    """SIGTERM as an exception, so finally-blocks (lock release) run."""
+
+
+def _sigterm(signum, frame):
+    raise Terminated()
+
+
+def open_run(task_name: str, inventory, set=(), limit=None, parallel=10, dry_run=False, verbose=0,
+             accept_new_host_keys=False, options: dict | None = None):
+    """Load and validate the inventory, resolve hosts, and return a Run.
+    Nothing connects until a step needs the host."""
+    from ..config.inventory import load_inventory
+    from ..core.runner import Run
+
+    inv = load_inventory(inventory, overrides=list(set or ()))
+    hosts = inv.resolve_hosts(limit)
+    return Run(task_name, inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
+               accept_new_host_keys=accept_new_host_keys, options=options or {})
+
+
+def finish(run, *, summary: bool = True) -> None:
+    """Print the summary, write the run record, exit non-zero on any failure."""
+    if summary:
+        run.summary()
+    code = run.finish()
+    if code:
+        failed = ", ".join(run.failed_hosts())
+        raise Exit(f"fabship: {run.task} failed on: {failed}", code=code)
+
+
+def not_available(name: str, issue: str):
+    raise FabshipError(f"`fab {name}` is not available yet ({issue}); nothing was done")
+
+
+def err(text: str) -> None:
+    print(text, file=sys.stderr)

@@ -1,0 +1,17 @@
+"""`fab hosts`: show the resolved host table. Read-only: connects to nothing."""
+from __future__ import annotations
+
+from ..core.runner import print_table
+from ..core.ssh import describe_jumps, parse_jump_hosts
+
+
+def show_hosts(inv, hosts) -> None:
+    rows = []
+    for h in hosts:
+        tags = ", ".join(f"{k}={v}" for k, v in sorted(h.tags.items()))
+        rows.append([h.name, h.address, h.user, str(h.port), h.source, ",".join(h.groups), tags])
+    title = f"inventory {inv.name} ({' < '.join(inv.files)}): {len(hosts)} host(s)"
+    hops = parse_jump_hosts(inv.data["ssh"].get("jump_host"), inv.data["ssh"]["user"])
+    if hops:
+        title += f", reached through jump host {describe_jumps(hops)}"
+    print_table(["NAME", "ADDRESS", "USER", "PORT", "SOURCE", "GROUPS", "TAGS"], rows, title=title)

@@ -1,0 +1,148 @@
+"""fabship's tasks, as `fab` (a fabfile importing `ns`) and the `fabship` command
+(tasks/cli/program.py) see them. Thin on purpose: each task parses its options and
+calls one function of the task's own module in this package."""
+from invoke import Collection
+
+from .base import COMMON, fabship_task, helps
+
+
+@fabship_task(help=helps("inventory", "set", "limit"))
+def hosts(c, inventory=None, set=None, limit=None):
+    """Print the resolved host table (name, address, user, source, tags). Connects to nothing."""
+    from .hosts import show_hosts
+    from ..config.inventory import load_inventory
+
+    inv = load_inventory(inventory, overrides=set or ())
+    show_hosts(inv, inv.resolve_hosts(limit))
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "gate",
+                         env_file="local dotenv file to install as the app's env file "
+                                  "(default: the inventory's env.source)"))
+def bootstrap(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False,
+              verbose=0, dry_run=False, gate=True, env_file=None):
+    """Turn bare hosts into app hosts: packages, swap, runtime, layout, env file, docker secrets, unit, nginx, TLS."""
+    from .bootstrap import bootstrap as run_bootstrap
+
+    run_bootstrap(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, gate, env_file)
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
+                         ref="git source: branch, tag or commit to deploy (default: deploy.ref)",
+                         artifact="artifact source: local directory or tarball to upload",
+                         tag="image/compose source: the image tag to deploy",
+                         strategy="blue_green (new beside old, switch, stop old) or restart",
+                         batch="rolling batches: N hosts or N% at a time (default: all at once)",
+                         max_fail="stop once more than N (or N%) hosts failed (default 0)",
+                         rollback_fleet="on failure, roll back hosts already switched (default on; "
+                                        "--no-rollback-fleet to keep them)"))
+def deploy(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           dry_run=False, lock_wait=None, gate=True, ref=None, artifact=None, tag=None, strategy=None,
+           batch=None, max_fail=None, rollback_fleet=True):
+    """Deploy a new release: build it, health-check it, switch, and roll back automatically on failure."""
+    from .deploy import deploy as run_deploy
+
+    run_deploy(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, lock_wait, gate,
+               ref=ref, artifact=artifact, tag=tag, strategy=strategy, batch=batch, max_fail=max_fail,
+               rollback_fleet=rollback_fleet)
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
+                         to="release id to roll back to (default: the previous completed release)"))
+def rollback(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+             dry_run=False, lock_wait=None, gate=True, to=None):
+    """Re-point to the previous (or named) completed release, restart and health-check."""
+    from .rollback import rollback as run_rollback
+
+    run_rollback(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run, lock_wait, gate,
+                 to=to)
+
+
+@fabship_task(help=helps(*COMMON, last="show only the newest N releases per host (default: all)"))
+def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, last=None):
+    """Show each host's releases (id, version, time, who, result) and which one is current."""
+    from .rollback import releases as show_releases
+
+    show_releases(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, max_rows=int(last or 0))
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", force="also break a lock that looks live (held by a running process)"))
+def unlock(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           force=False, dry_run=False):
+    """Break a stale deploy lock left by a killed run (shows the holder; a live one only with --force)."""
+    from .unlock import unlock as run_unlock
+
+    run_unlock(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, force=force, dry_run=dry_run)
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
+                         env_file="local dotenv file with the new values (default: env.source)",
+                         show_hashes="show a short hash of old and new values for changed keys"))
+def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+               dry_run=False, lock_wait=None, gate=True, env_file=None, show_hashes=False):
+    """Validate, install and apply a new env file; restore the old one if the app fails its health check."""
+    from .rotate_env import rotate_env as run_rotate_env
+
+    run_rotate_env(inventory, set, limit, parallel, accept_new_host_keys, verbose, dry_run, lock_wait, gate,
+                   env_file, show_hashes)
+
+
+@fabship_task(help=helps(*COMMON,
+                         stage="run only the checks a gate stage runs: bootstrap, deploy, rotate-env or rollback "
+                               "(default: every check)",
+                         only="only these checks, comma-separated names; a trailing * matches a prefix "
+                              "(e.g. env_file*,http:*)",
+                         write_ssh_config="write an OpenSSH config (strict host keys, the inventory's "
+                                          "known_hosts and key) to PATH for `pytest --hosts=ssh://HOST "
+                                          "--ssh-config=PATH`, then exit"))
+def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+           stage=None, only=None, write_ssh_config=None):
+    """Run the testinfra verification suite against every host; print a pass/fail table."""
+    from .verify import verify as run_verify
+
+    run_verify(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, stage=stage, only=only,
+               ssh_config=write_ssh_config)
+
+
+@fabship_task(help=helps(*COMMON, lines="journal lines per unit (default 200)",
+                         out="also write each host's report to DIR/HOST.txt (mode 0600)"))
+def diagnose(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+             lines=200, out=None):
+    """Collect what an operator looks at when something is wrong (secrets masked)."""
+    from .diagnose import diagnose as run_diagnose
+
+    run_diagnose(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, lines=lines, out=out)
+
+
+@fabship_task(help=helps("inventory", "set", "verbose", "gate",
+                         dry_run="print the plan (what would be created or changed, with the API calls); "
+                                 "call nothing that writes",
+                         destroy="delete what this inventory's provision section manages (only resources "
+                                 "tagged with its project/env), in reverse dependency order; needs --yes",
+                         yes="confirm --destroy",
+                         delete_bucket="with --destroy: delete the S3 bucket and its objects (default: a "
+                                       "bucket that holds objects is kept)",
+                         then_bootstrap="once the host answers and its key is recorded, run fab bootstrap on it",
+                         env_file="with --then-bootstrap: as for fab bootstrap"))
+def provision(c, inventory=None, set=None, verbose=0, dry_run=False, destroy=False, yes=False,
+              delete_bucket=False, then_bootstrap=False, gate=True, env_file=None):
+    """Create the host's AWS resources (S3, IAM, security group, key pair, EC2, EIP, Route53) idempotently."""
+    from ..provision.flow import provision as run_provision
+
+    host = run_provision(inventory, set or (), verbose, dry_run, destroy=destroy, yes=yes,
+                         delete_bucket=delete_bucket, then_bootstrap=then_bootstrap, gate=gate, env_file=env_file)
+    if then_bootstrap and host is not None:
+        from .bootstrap import bootstrap as run_bootstrap
+
+        run_bootstrap(inventory, set or (), host.name, 10, False, verbose, False, gate, env_file)
+
+
+TASKS = (hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose,)
+
+
+def collection() -> Collection:
+    """A fresh collection of fabship's tasks (a fabfile may add its own to it)."""
+    return Collection(*TASKS)
+
+
+ns = collection()

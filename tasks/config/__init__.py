@@ -1,0 +1,1 @@
+"""Inventories: load, merge, validate; host discovery; the app model every layer reads."""

@@ -1,0 +1,1 @@
+"""The bottom layer: errors, command values and quoting, templates, SSH, the runner."""

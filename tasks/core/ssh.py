@@ -1,0 +1,286 @@
+"""The SSH layer on fabric's Connection, with real host key checking.
+
+Fabric 3 sets paramiko's AutoAddPolicy and loads no known_hosts: that accepts
+any key, including an attacker's. Here every connection loads the inventory's
+known_hosts and refuses unknown keys (StrictPolicy) unless the operator opts
+in with --accept-new-host-keys (AcceptNewPolicy, trust on first use, which
+records the key). A *changed* key is always refused: paramiko raises
+BadHostKeyException when a loaded key differs, whatever the policy.
+
+Nothing outside the inventory shapes a connection: fabric would otherwise read
+~/.ssh/config, /etc/ssh/ssh_config and ~/.fabric.yaml, where a ProxyJump builds
+a gateway with AutoAddPolicy (the bastion's key unchecked), a ProxyCommand runs
+a local program, HostName redirects the host and ForwardAgent hands the agent
+to root shells. Bastions come from `ssh.jump_host` (each hop checked like a
+host); the agent is forwarded only with `ssh.forward_agent: true`.
+
+A link that dies without a TCP reset (a cut cable, a dropped VPN) would leave
+reads blocked for the kernel's ~15 minutes of retransmits: every connection
+sends an SSH keepalive each `ssh.keepalive` seconds and is closed when
+`ssh.dead_after` of them in a row go unanswered (Keepalive below), which ends
+the blocked reads.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+from fabric import Config, Connection
+
+from .errors import ConfigError, ConnectError, HostKeyError
+from .paths import project_root
+
+_known_hosts_lock = threading.Lock()
+
+# paramiko's transport thread logs a failed handshake (say, a port that closes
+# before the banner) with a full traceback; with no handler configured Python
+# prints it to stderr. fabship reports the host as unreachable in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def known_hosts_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+class StrictPolicy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, known_hosts: Path, port: int):
+        self.known_hosts = known_hosts
+        self.port = port
+
+    def missing_host_key(self, client, hostname, key):
+        raise HostKeyError(
+            f"{hostname}: host key not in {self.known_hosts} ({key.get_name()} {fingerprint(key)}); "
+            f"refusing to connect. To trust it, check the fingerprint out of band, then re-run with "
+            f"--accept-new-host-keys (or: ssh-keyscan -p {self.port} {hostname.strip('[]').split(']:')[0]} "
+            f">> {self.known_hosts})")
+
+
+class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
+    """Trust on first use: record the new key in the inventory's known_hosts."""
+
+    def __init__(self, known_hosts: Path, notify=None):
+        self.known_hosts = known_hosts
+        self.notify = notify
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        with _known_hosts_lock:
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.known_hosts, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            with os.fdopen(fd, "a") as f:
+                f.write(line)
+        if self.notify:
+            self.notify(f"recorded new host key {key.get_name()} {fingerprint(key)} in {self.known_hosts}")
+
+
+def check_key_file(inv, key_file: str | None) -> str | None:
+    """Fail before connecting when the key file is missing or unreadable."""
+    if not key_file:
+        return None
+    p = Path(key_file).expanduser()
+    if not p.is_absolute():
+        root = project_root()  # the ops repository, as for every relative path an inventory gives
+        p = (inv.path.parent.parent / p) if not (root / p).exists() else root / p
+    try:
+        with open(p, "rb"):
+            pass
+    except OSError as e:
+        raise ConfigError(inv.file_of("ssh.key_file"), "ssh.key_file", f"cannot read {p}: {e.strerror}") from None
+    return str(p)
+
+
+def known_hosts_path(inv) -> Path:
+    raw = inv.data["ssh"]["known_hosts"]
+    p = Path(raw).expanduser()
+    if not p.is_absolute():
+        p = project_root() / p
+    return p
+
+
+@dataclass(frozen=True)
+class JumpHost:
+    """A bastion, from `ssh.jump_host` ([user@]host[:port], as for ssh -J)."""
+    address: str
+    user: str
+    port: int
+
+    @property
+    def target(self) -> str:
+        """user@host:port as ssh's ProxyJump takes it (an IPv6 address in brackets)."""
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.user}@{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.target.removesuffix(":22")
+
+
+def parse_jump_hosts(spec: str | None, default_user: str) -> list[JumpHost]:
+    """`ssh.jump_host` as the chain to go through, first hop first ("a,b" as ssh -J)."""
+    hops = []
+    for one in (spec or "").split(","):
+        if not one.strip():
+            continue
+        user, _, rest = one.strip().rpartition("@")
+        if rest.startswith("["):  # [v6]:port
+            addr, _, port = rest[1:].partition("]")
+            port = port.lstrip(":")
+        else:
+            addr, _, port = rest.partition(":")
+        hops.append(JumpHost(addr, user or default_user, int(port or 22)))
+    return hops
+
+
+def describe_jumps(hops: list[JumpHost]) -> str:
+    return " -> ".join(str(j) for j in hops)
+
+
+# ssh.forward_agent / keepalive / dead_after when the inventory leaves them out
+LINK_DEFAULTS = {"forward_agent": False, "keepalive": 15, "dead_after": 3}
+
+
+def link_option(ssh: dict, key: str):
+    value = ssh.get(key)
+    return LINK_DEFAULTS[key] if value is None else value
+
+
+def strict_config() -> Config:
+    """A fabric Config that reads no file: no ssh_config (an explicit empty
+    SSHConfig stops fabric loading one), no fabric.yaml (lazy)."""
+    return Config(lazy=True, ssh_config=paramiko.SSHConfig())
+
+
+def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_new: bool,
+            notify=None, gateway: Connection | None = None, on_dead=None) -> Connection:
+    """Open one connection to `host`; every step of the run reuses it. With a
+    `gateway` (an open connection to the jump host) it goes through that.
+    `on_dead(message)` is called when the keepalive watchdog gives up on the link."""
+    connect_kwargs = {"allow_agent": True}
+    if key_file:
+        connect_kwargs.update(key_filename=[key_file], look_for_keys=False)
+    conn = Connection(
+        host=host.address, user=host.user, port=host.port, config=strict_config(),
+        connect_timeout=ssh["connect_timeout"], connect_kwargs=connect_kwargs,
+        forward_agent=bool(link_option(ssh, "forward_agent")),
+        # False, not None: None would make fabric look for a gateway in its config
+        gateway=gateway if gateway is not None else False,
+    )
+    client = conn.client
+    if known_hosts.exists():
+        try:
+            client.load_host_keys(str(known_hosts))
+        except (OSError, paramiko.SSHException) as e:
+            raise HostKeyError(f"cannot read known_hosts {known_hosts}: {e}") from None
+    client._host_keys_filename = None  # never let paramiko rewrite the file wholesale
+    if accept_new:
+        client.set_missing_host_key_policy(AcceptNewPolicy(known_hosts, notify))
+    else:
+        client.set_missing_host_key_policy(StrictPolicy(known_hosts, host.port))
+    try:
+        _open(conn)
+    except HostKeyError:
+        raise
+    except paramiko.BadHostKeyException as e:
+        raise HostKeyError(
+            f"{host.address}: HOST KEY CHANGED: got {e.key.get_name()} {fingerprint(e.key)}, known_hosts "
+            f"{known_hosts} has {fingerprint(e.expected_key)}. This may be an attack or a rebuilt host; "
+            f"refusing. If the host was rebuilt, remove the old line (ssh-keygen -R "
+            f"{known_hosts_name(host.address, host.port)} -f {known_hosts}) and re-run with "
+            f"--accept-new-host-keys") from None
+    except paramiko.AuthenticationException as e:
+        raise ConnectError(f"{host.address}:{host.port}: authentication failed for user {host.user}: {e}") from None
+    except paramiko.ChannelException as e:  # the jump host could not open the way
+        raise ConnectError(f"{host.address}:{host.port}: the jump host could not reach it "
+                           f"({e.text or e.code})") from None
+    except (socket.timeout, TimeoutError):
+        raise ConnectError(
+            f"{host.address}:{host.port}: unreachable (no answer within {ssh['connect_timeout']}s)") from None
+    except (OSError, paramiko.SSHException, EOFError) as e:
+        msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise ConnectError(f"{host.address}:{host.port}: cannot connect: {msg}") from None
+    if link_option(ssh, "keepalive"):
+        Keepalive(conn.client.get_transport(), float(link_option(ssh, "keepalive")),
+                  int(link_option(ssh, "dead_after")), f"{host.address}:{host.port}", on_dead).start()
+    return conn
+
+
+class Keepalive(threading.Thread):
+    """Send an SSH keepalive (a global request wanting a reply: any server
+    answers one, if only with "failure") every `interval` seconds; when
+    `dead_after` intervals in a row pass without an answer, close the transport,
+    so commands blocked on it return (exit -1) and later ones fail at once."""
+
+    def __init__(self, transport: paramiko.Transport, interval: float, dead_after: int, where: str, on_dead=None):
+        super().__init__(daemon=True, name=f"keepalive-{where}")
+        self.transport, self.interval, self.dead_after = transport, interval, max(1, dead_after)
+        self.where, self.on_dead = where, on_dead
+        self.dead: str | None = None
+
+    def _probe(self, done: threading.Event) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # the transport closed under it: not an answer, the loop sees it
+            return
+        done.set()
+
+    def run(self) -> None:
+        t = self.transport
+        answered: threading.Event | None = None  # the probe in flight
+        missed, since = 0, time.monotonic()
+        while t.is_active():
+            if answered is None or answered.is_set():
+                if answered is not None:
+                    missed, since = 0, time.monotonic()
+                answered = threading.Event()  # one probe in flight at a time
+                threading.Thread(target=self._probe, args=(answered,), daemon=True,
+                                 name=f"keepalive-probe-{self.where}").start()
+            else:
+                missed += 1
+                if missed >= self.dead_after:
+                    return self._give_up(missed, since)
+            deadline = time.monotonic() + self.interval
+            while t.is_active():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if answered.is_set():
+                    if missed:  # a late answer: clear the misses now
+                        break
+                    time.sleep(min(left, 0.5))
+                else:
+                    answered.wait(min(left, 0.5))
+
+    def _give_up(self, missed: int, since: float) -> None:
+        t = self.transport
+        if not t.is_active():  # closed on purpose (end of run, Ctrl-C): not a dead link
+            return
+        self.dead = (f"{self.where}: link lost: no answer to {missed} SSH keepalives in "
+                     f"{time.monotonic() - since:.0f}s (ssh.keepalive={self.interval:g}, "
+                     f"ssh.dead_after={self.dead_after})")
+        if self.on_dead:
+            try:
+                self.on_dead(self.dead)
+            except Exception:
+                pass
+        t.close()
+
+
+def _open(conn: Connection) -> None:
+    try:
+        conn.open()
+    except BaseException:
+        conn.client.close()  # do not leave a half-open transport thread behind
+        raise

@@ -1,0 +1,1 @@
+"""Releases on a host: the release model, sources, lock, audit, health, activation."""

@@ -1,0 +1,68 @@
+"""rollback: TODO docstring."""
+from __future__ import annotations
+
+import time
+
+from ..config.app import Layout
+from ..facts.releases import HostState
+from .activation import activate, check_cancel, gather_state
+
+
+def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = True, alb=None) -> None:
+    """Activate `target` on ctx's host (lock held by the caller), out of its ALB
+    target group meanwhile when `alb` (a checked hooks.alb) is given. Records a
+    rollback entry and an audit line. Raises ActivationFailed/StepFailed."""
+    from .alb import out_of_service_if
+    from .record import record, release_entry
+
+    lay = Layout.from_inventory(ctx.inv)
+    st: HostState = ctx.data.get("state") or gather_state(ctx, lay)
+    cur = st.current
+    ctx.data.setdefault("previous", cur)
+    since = st.now or int(time.time())
+    e = st.entry(target)
+    env_restored = False
+    try:
+        check_cancel(ctx)
+        if restore_env:
+            env_restored = _restore_env(ctx, target) == "changed"
+        check_cancel(ctx)
+        with out_of_service_if(ctx, alb):
+            act = activate(ctx, lay, st, target, since=since, image=e.image if e else "", previous=cur)
+    except BaseException as err:
+        if env_restored and cur:
+            _restore_env(ctx, cur)  # the old release keeps its own env
+        entry = release_entry(target, action="rollback", result="failed", previous=cur, meta={},
+                              reason=(getattr(err, "message", "") or str(err))[:300])
+        entry.version = e.version if e else ""
+        record(ctx, lay, entry, f"from={cur or '-'}; {entry.extra.get('reason', '')[:200]}")
+        ctx.data["outcome"] = "failed"  # the closing summary (deploy.print_outcome)
+        raise
+    entry = release_entry(target, action="rollback", result="ok", previous=cur, meta={"image": e.image if e else ""},
+                          port=str(act.port or ""), reason=reason)
+    entry.version = e.version if e else ""
+    record(ctx, lay, entry, f"from={cur or '-'}" + (f"; {reason}" if reason else ""))
+    st.log.append(entry)
+    ctx.data["outcome"] = "rolled back"
+    _record_env(ctx, target)
+    ctx.note = f"-> {target} (was {cur})"
+
+
+def _record_env(ctx, rid: str) -> None:
+    """The env `rid` now runs with becomes its snapshot, as after a deploy: it is
+    also how rotate-env knows what the running app was started with (a file
+    that differs was installed but not applied). Best effort: the rollback is done."""
+    try:
+        from .envsnap import snapshot_release_env
+
+        snapshot_release_env(ctx, rid)
+    except Exception as e:
+        ctx.say(f"warning: could not record the env of {rid}: {e}")
+
+
+def _restore_env(ctx, rid: str) -> str:
+    try:
+        from .envsnap import restore_release_env
+    except ImportError:
+        return "missing"
+    return restore_release_env(ctx, rid)

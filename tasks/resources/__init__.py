@@ -1,0 +1,1 @@
+"""Host resources bootstrap converges: each plans its change from config + facts."""

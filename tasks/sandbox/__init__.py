@@ -1,0 +1,1 @@
+"""Developer tooling: the local sandbox fleet. Never imported by the product."""

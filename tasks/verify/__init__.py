@@ -1,0 +1,1 @@
+"""Read-only verification: the checks, the testinfra backend, the gate."""
