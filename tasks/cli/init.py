@@ -101,14 +101,14 @@ def scaffold(directory: str | os.PathLike = ".", *, name: str = "dev", app: str 
 
     files: list[tuple[Path, str, int]] = [
         (Path("inventories") / f"{name}.yaml",
-         render("init/inventory.yaml.j2", name=name, app=app, ec2=sel, static=hosts, ssh_user=ssh_user), 0o644),
+         render("init/inventory.yaml.j2", env_name=name, app=app, ec2=sel, static=hosts, ssh_user=ssh_user), 0o644),
         (Path("inventories") / f"{name}.local.yaml",
-         render("init/inventory.local.yaml.j2", name=name, app=app, key_file=key_file), 0o600),
+         render("init/inventory.local.yaml.j2", env_name=name, app=app, key_file=key_file), 0o600),
         (Path("inventories") / "known_hosts" / name,
          f"# SSH host keys of the {name} hosts ([address]:port KEYTYPE KEY). Committed: see README.md here.\n",
          0o644),
         (Path("inventories") / "known_hosts" / "README.md", render("init/known_hosts-README.md.j2"), 0o644),
-        (Path("env") / f"{name}.env.example", render("init/env.example.j2", name=name), 0o644),
+        (Path("env") / f"{name}.env.example", render("init/env.example.j2", env_name=name), 0o644),
         # the real env file: secrets, so 0600 from its first byte and git-ignored
         (Path("env") / f"{name}.env",
          f"APP_SECRET={secrets.token_hex(24)}\nLOG_LEVEL=info\n", 0o600),
@@ -126,12 +126,13 @@ def scaffold(directory: str | os.PathLike = ".", *, name: str = "dev", app: str 
             f.write(text)
         out.created.append(rel)
     gi = root / ".gitignore"
-    have = gi.read_text().splitlines() if gi.exists() else []
+    text = gi.read_text() if gi.exists() else ""
+    have = text.splitlines()
     missing = [line for line in GITIGNORE_LINES if line not in have]
     if missing:
         existed = gi.exists()
         with open(gi, "a") as f:
-            if have and have[-1].strip():
+            if text and not text.endswith("\n"):
                 f.write("\n")
             f.write(render("init/gitignore.j2") if not existed else "".join(f"{line}\n" for line in missing))
         (out.appended if existed else out.created).append(Path(".gitignore"))
@@ -161,3 +162,15 @@ def report(root: Path, name: str, w: Written) -> str:
               f"  fabship bootstrap -i {name} --accept-new-host-keys   # records new host keys, then commit them",
               f"  fabship deploy -i {name}"]
     return "\n".join(lines)
+
+
+def run_init(directory=".", **kw) -> None:
+    """Scaffold, report, and check that the inventory written loads (FabshipError on bad input)."""
+    from pathlib import Path as _P
+
+    name = kw.get("name") or "dev"
+    if kw.get("ec2") and not all(kw["ec2"]):
+        raise ConfigError("--ec2", "", "needs both REGION and TAG")
+    written = scaffold(directory, **kw)
+    print(report(_P(directory), name, written))
+    check_generated(_P(directory), name)

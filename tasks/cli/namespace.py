@@ -137,7 +137,25 @@ def provision(c, inventory=None, set=None, verbose=0, dry_run=False, destroy=Fal
         run_bootstrap(inventory, set or (), host.name, 10, False, verbose, False, gate, env_file)
 
 
-TASKS = (hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose,)
+@fabship_task(help={"dir": "the ops repository to scaffold (default: the current directory)",
+                    "name": "inventory/environment name (default: dev)",
+                    "app": "app name (default: from the directory's name)",
+                    "static": "a static host, [NAME=]ADDRESS (repeatable)",
+                    "ec2_region": "find hosts by EC2 tag in this region (with --ec2-tag)",
+                    "ec2_tag": "the tag, KEY=VALUE (a bare VALUE is the Name tag)",
+                    "user": "SSH user (default: root, or ec2-user for EC2)",
+                    "key_file": "SSH private key path, written to the git-ignored NAME.local.yaml"},
+              iterable=("static",), incrementable=())
+def init(c, dir=".", name="dev", app=None, static=None, ec2_region=None, ec2_tag=None, user=None, key_file=None):
+    """Scaffold an ops repository (inventory, env contract stub, known_hosts policy, .gitignore, fabfile.py);
+    never overwrites a file. Also: fabship init [DIR] [--name N] [--ec2 REGION TAG | --static HOST...]."""
+    from .init import run_init
+
+    ec2 = (ec2_region, ec2_tag) if (ec2_region or ec2_tag) else None
+    run_init(dir, name=name, app=app, static=list(static or ()) or None, ec2=ec2, user=user, key_file=key_file)
+
+
+TASKS = (init, hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose,)
 
 
 def collection() -> Collection:

@@ -45,7 +45,7 @@ class FabshipProgram(Program):
 def init_main(argv: list[str]) -> int:
     """`fabship init [DIR] [--name NAME] [--ec2 REGION TAG | --static HOST...]`."""
     from ..core.errors import FabshipError
-    from .init import check_generated, report, scaffold
+    from .init import run_init
 
     p = argparse.ArgumentParser(prog="fabship init", description="Scaffold an ops repository for fabship: "
                                 "an inventory (and its git-ignored .local layer), an env contract stub, a "
@@ -61,12 +61,9 @@ def init_main(argv: list[str]) -> int:
     p.add_argument("--user", help="SSH user (default: root, or ec2-user with --ec2)")
     p.add_argument("--key-file", help="SSH private key path, written to the git-ignored NAME.local.yaml")
     a = p.parse_args(argv)
-    root = Path(a.dir)
     try:
-        written = scaffold(root, name=a.name, app=a.app, static=a.static, ec2=tuple(a.ec2) if a.ec2 else None,
-                           user=a.user, key_file=a.key_file)
-        print(report(root, a.name, written))
-        check_generated(root, a.name)
+        run_init(a.dir, name=a.name, app=a.app, static=a.static, ec2=tuple(a.ec2) if a.ec2 else None,
+                 user=a.user, key_file=a.key_file)
     except FabshipError as e:
         print(f"fabship: {e}", file=sys.stderr)
         return 2
@@ -81,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(init_main(rest[1:]))
     from .namespace import ns
 
-    FabshipProgram(name="fabship", binary="fabship", version=__version__, namespace=ns).run(argv)
+    FabshipProgram(name="fabship", binary="fabship", binary_names=["fabship"], version=__version__, namespace=ns).run(argv)
 
 
 if __name__ == "__main__":
