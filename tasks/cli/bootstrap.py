@@ -54,12 +54,9 @@ def env_input(inv, env_file: str | None) -> EnvInput:
         from ..config.env_sources import load_env_source
 
         src = load_env_source(inv, env_file)
-        try:
-            from ..config.env_contract import enforce
+        from ..config.env_contract import enforce
 
-            enforce(inv, src.values, src.label)
-        except ImportError:  # contract checks are optional
-            pass
+        enforce(inv, src.values, src.label)
         return EnvInput(src.values, src.label, render_dotenv(src.values, docker_literal(inv), src.label))
     return EnvInput(None, "", render_dotenv({}))
 

@@ -302,12 +302,9 @@ def _cancelled(ctx) -> bool:
 def _snapshot_cmd(ctx, rid: str) -> Cmd | None:
     """Rollback restores code and env together (ARCHITECTURE.md, env per
     release): the env file this release runs with (tasks/cli/rotate_env.py)."""
-    try:
-        from ..release.envsnap import EnvTarget, snapshot_cmd
+    from ..release.envsnap import EnvTarget, snapshot_cmd
 
-        return snapshot_cmd(EnvTarget.from_inventory(ctx.inv), rid)
-    except ImportError:
-        return None
+    return snapshot_cmd(EnvTarget.from_inventory(ctx.inv), rid)
 
 
 def prune_plan(ctx, lay: Layout, st: HostState, protect: tuple = ()) -> tuple[list[str], list[Cmd]]:
@@ -317,14 +314,11 @@ def prune_plan(ctx, lay: Layout, st: HostState, protect: tuple = ()) -> tuple[li
     if not doomed:
         return [], []
     cmds = [delete_releases(lay, doomed)]
-    try:
-        from ..release.envsnap import EnvTarget, snapshot_delete_cmd
+    from ..release.envsnap import EnvTarget, snapshot_delete_cmd
 
-        c = snapshot_delete_cmd(EnvTarget.from_inventory(ctx.inv), doomed)
-        if c is not None:
-            cmds.append(c)
-    except ImportError:
-        pass
+    c = snapshot_delete_cmd(EnvTarget.from_inventory(ctx.inv), doomed)
+    if c is not None:
+        cmds.append(c)
     if lay.kind == "docker":
         keep_images = {e.image for e in st.log if e.id not in doomed and e.image}
         drop = sorted({e.image for e in st.log if e.id in doomed and e.image} - keep_images)

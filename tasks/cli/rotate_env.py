@@ -352,8 +352,6 @@ def rotate_env(inventory=None, set=(), limit=None, parallel=10, accept_new_host_
 
 def _gate(run) -> None:
     """The verification gate after a change, where verify.gate enables it."""
-    try:
-        from ..verify.gate import run_gate
-    except ImportError:
-        return
+    from ..verify.gate import run_gate
+
     run_gate(run)

@@ -1,4 +1,4 @@
-"""unlock: TODO docstring."""
+"""`fab unlock`: break a stale deploy lock (a live one only with --force)."""
 from __future__ import annotations
 
 from ..release.lock import unlock_host

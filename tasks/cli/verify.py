@@ -1,4 +1,5 @@
-"""verify: TODO docstring."""
+"""`fab verify`: the checks of every host through the gate's backend, one
+pass/fail table, or an OpenSSH config for the shipped pytest suite."""
 from __future__ import annotations
 
 import time

@@ -1,4 +1,7 @@
-"""app: TODO docstring."""
+"""The app as the inventory describes it: AppSpec (what bootstrap converges)
+and Layout (every path, port and unit name deploy, rollback, rotate-env and
+verify use), both derived from the validated inventory by one set of rules
+(app_identity: app.user defaults to app.name, app.group to app.user)."""
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
-"""hosts: TODO docstring."""
+"""A host of the run, as discovery found it (static list or EC2), with its
+per-host placeholders ({host}, {address})."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field

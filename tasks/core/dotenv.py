@@ -1,4 +1,6 @@
-"""dotenv: TODO docstring."""
+"""The dotenv format fabship reads and writes: parse (as systemd's
+EnvironmentFile= reads it), render, docker's literal --env-file form, value
+hashes, key diffs, and which values deserve masking. No I/O on hosts here."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
-"""releases: TODO docstring."""
+"""Release facts read from a host: the release log (releases.jsonl) and the
+host's release state (one read-only script, one parser). Pure: no command runs here."""
 from __future__ import annotations
 
 import json

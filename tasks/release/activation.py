@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from ..config.app import Layout
 from ..core.commands import Cmd, Raw, and_then, sh
 from ..core.errors import StepFailed
-from ..core.templates import render
 from ..facts.releases import HostState, parse_state, state_script
 from .health import HealthResult, HealthSpec, check_health, container_dead, unit_dead
 from .releases import point_slot, switch_current
@@ -63,10 +62,8 @@ class Activation:
 
 def upstream_text(lay: Layout, port: int) -> str:
     """The same bytes bootstrap writes (tasks/resources/nginx.py), with the live port."""
-    try:
-        from ..resources.nginx import render_upstream
-    except ImportError:  # bootstrap's module not present: same contract, our template
-        return render("deploy/upstream.conf.j2", app=lay.app, upstream=lay.upstream_name, port=port)
+    from ..resources.nginx import render_upstream
+
     return render_upstream(lay.app, [port])
 
 

@@ -1,4 +1,6 @@
-"""envsnap: TODO docstring."""
+"""The env file a release runs with, snapshotted under the root-only
+.fabship/env/ (so a rollback restores code and env together, and rotate-env
+knows what the running app was started with)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
-"""record: TODO docstring."""
+"""A release's record: the releases.jsonl entry and the audit line written
+after a deploy or rollback, as one quoted command."""
 from __future__ import annotations
 
 from ..config.app import Layout

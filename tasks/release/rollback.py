@@ -1,4 +1,6 @@
-"""rollback: TODO docstring."""
+"""Rolling one host back to an older completed release: env snapshot restored,
+the release activated (health-checked, gated), the record and audit written.
+Used by `fab rollback` and by deploy's automatic fleet rollback."""
 from __future__ import annotations
 
 import time

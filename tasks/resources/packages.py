@@ -1,4 +1,5 @@
-"""packages: TODO docstring."""
+"""The package set bootstrap installs for the app on a platform (the one list
+verify checks too)."""
 from __future__ import annotations
 
 from ..config import platforms as plat
