@@ -63,8 +63,6 @@ def _record_env(ctx, rid: str) -> None:
 
 
 def _restore_env(ctx, rid: str) -> str:
-    try:
-        from .envsnap import restore_release_env
-    except ImportError:
-        return "missing"
+    from .envsnap import restore_release_env
+
     return restore_release_env(ctx, rid)
