@@ -36,7 +36,9 @@ GENERATED = ("sandbox", "sandbox-ec2")  # written by `fab sandbox.up`
 
 # -- YAML that refuses duplicate keys ------------------------------------------
 
-class _StrictLoader(yaml.SafeLoader):
+# libyaml's parser when present (pyyaml's pure-Python one costs ~10 ms per
+# inventory at every start); the constructor, and so the checks below, are the same.
+class _StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
     pass
 
 

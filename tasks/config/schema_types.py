@@ -65,9 +65,17 @@ class Any_(Type):
 
 class Str(Type):
     def __init__(self, pattern: str | None = None, expected: str | None = None, non_empty=True):
-        self.pattern = re.compile(pattern) if pattern else None
+        self._source, self._pattern = pattern, None
         self.non_empty = non_empty
         self.expected = expected or ("a non-empty string" if non_empty else "a string")
+
+    @property
+    def pattern(self):
+        # compiled at first use: the schema holds ~70 patterns (~5 ms to compile at every
+        # start) and a run checks only the keys its inventory sets
+        if self._pattern is None and self._source:
+            self._pattern = re.compile(self._source)
+        return self._pattern
 
     def check(self, value, path):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -236,10 +244,16 @@ class Map(Type):
 
     def __init__(self, value: Type, key_pattern: str | None = None, key_expected: str = "", default=MISSING):
         self.value = value
-        self.key_pattern = re.compile(key_pattern) if key_pattern else None
+        self._key_source, self._key_pattern = key_pattern, None
         self.key_expected = key_expected
         self._default = default
         self.expected = "a mapping"
+
+    @property
+    def key_pattern(self):
+        if self._key_pattern is None and self._key_source:  # at first use, as Str.pattern
+            self._key_pattern = re.compile(self._key_source)
+        return self._key_pattern
 
     def check(self, value, path):
         if value is None:
