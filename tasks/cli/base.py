@@ -3,7 +3,9 @@ user errors into one clear line (no traceback), and opening a Run."""
 from __future__ import annotations
 
 import faulthandler
+import contextlib
 import functools
+import inspect
 import math
 import os
 import re
@@ -14,6 +16,7 @@ import threading
 from invoke import Argument, Task, task
 from invoke.exceptions import Exit
 
+from ..core import output
 from ..core.errors import ConfigError, FabshipError
 
 HELP = {
@@ -31,6 +34,8 @@ HELP = {
     "lock_wait": "if another run holds the deploy lock, wait up to SECONDS for it instead of failing",
     "gate": "run the verification checks at the end as a gate, where the inventory's verify.gate "
             "enables them (default); --no-gate skips them for this run",
+    "json": "print one JSON document (format fabship.run, README 'JSON output') on stdout at the end; "
+            "the human output goes to stderr",
 }
 
 # A run that seems stuck: `kill -USR1 PID` prints every thread's stack to stderr
@@ -172,39 +177,78 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
     SIGTERM exit 130/143 after the task's own cleanup ran (finally blocks)."""
 
     def deco(fn):
+        task_name = (name or fn.__name__).replace("_", "-")
+
         @functools.wraps(fn)
         def wrapper(c, *args, **kwargs):
-            old = signal.getsignal(signal.SIGTERM)
-            try:
-                signal.signal(signal.SIGTERM, _sigterm)
-            except ValueError:  # not the main thread (tests calling tasks directly)
-                old = None
-            # threads alive before the task (a test's servers, an earlier task run in the same
-            # process) are not this run's: their failures go to the previous hook
-            before = set(threading.enumerate())
-            old_hook = threading.excepthook
-            threading.excepthook = functools.partial(_thread_failed, before=before, fallback=old_hook)
-            try:
-                check_numbers(kwargs)
-                return fn(c, *args, **kwargs)
-            except FabshipError as e:
-                raise Exit(f"fabship: {e}", code=e.exit_code) from None
-            except KeyboardInterrupt:
-                raise Exit("fabship: interrupted", code=130) from None
-            except Terminated:
-                raise Exit("fabship: terminated", code=143) from None
-            finally:
-                threading.excepthook = old_hook
-                if old is not None:
-                    signal.signal(signal.SIGTERM, old)
+            as_json = bool(kwargs.pop("json", False))
+            with output.collecting(task_name) as col, \
+                    (output.stdout_to_stderr() if as_json else contextlib.nullcontext()) as write:
+                code, message = output.EXIT_FAILED, None  # an unexpected exception (a bug) stays 1
+                try:
+                    result = _guarded(fn, c, args, kwargs)
+                    code = output.EXIT_OK
+                    return result
+                except Exit as e:
+                    code, message = e.code, e.message or None
+                    raise
+                finally:
+                    _conclude(col, code, message, write)
 
-        kwargs = dict(help=help, iterable=list(iterable), incrementable=list(incrementable),
-                      **{"klass": FabshipTask, **kw})
+        # every task takes --json: the boundary handles it, the task body never sees it
+        sig = inspect.signature(fn)
+        if not {"json", "json_"} & set(sig.parameters):  # sandbox.status has its own
+            wrapper.__signature__ = sig.replace(parameters=[
+                *sig.parameters.values(),
+                inspect.Parameter("json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)])
+        kwargs = dict(help={"json": HELP["json"], **help}, iterable=list(iterable),
+                      incrementable=list(incrementable), **{"klass": FabshipTask, **kw})
         if name:
             kwargs["name"] = name
         return task(**kwargs)(wrapper)
 
     return deco
+
+
+def _conclude(col, code: int, message: str | None, write) -> None:
+    """The last Run's record gets the task's final exit code and line (an
+    interrupt or an error raised after finish()); with --json, the document
+    goes to the real stdout. Never raises over the task's own outcome."""
+    try:
+        secrets = [s for r in col.runs for s in r.secrets]
+        if col.runs:
+            col.runs[-1].write_record(exit_code=code, message=message)
+        if write is not None:
+            write(output.dumps(output.document(col, code, message), secrets) + "\n")
+    except Exception as e:  # a bug here must not hide the run's own result
+        print(f"fabship: could not write the run's report: {type(e).__name__}: {e}", file=sys.stderr)
+
+
+def _guarded(fn, c, args, kwargs):
+    """Run the task body inside fabship's error boundary."""
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, _sigterm)
+    except ValueError:  # not the main thread (tests calling tasks directly)
+        old = None
+    # threads alive before the task (a test's servers, an earlier task run in the same
+    # process) are not this run's: their failures go to the previous hook
+    before = set(threading.enumerate())
+    old_hook = threading.excepthook
+    threading.excepthook = functools.partial(_thread_failed, before=before, fallback=old_hook)
+    try:
+        check_numbers(kwargs)
+        return fn(c, *args, **kwargs)
+    except FabshipError as e:
+        raise Exit(f"fabship: {e}", code=e.exit_code) from None
+    except KeyboardInterrupt:
+        raise Exit("fabship: interrupted", code=130) from None
+    except Terminated:
+        raise Exit("fabship: terminated", code=143) from None
+    finally:
+        threading.excepthook = old_hook
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
 
 
 def _thread_failed(args, before=frozenset(), fallback=None) -> None:

@@ -1,6 +1,7 @@
 """`fab hosts`: show the resolved host table. Read-only: connects to nothing."""
 from __future__ import annotations
 
+from ..core.output import report
 from ..core.runner import print_table
 from ..core.ssh import describe_jumps, parse_jump_hosts
 
@@ -15,3 +16,6 @@ def show_hosts(inv, hosts) -> None:
     if hops:
         title += f", reached through jump host {describe_jumps(hops)}"
     print_table(["NAME", "ADDRESS", "USER", "PORT", "SOURCE", "GROUPS", "TAGS"], rows, title=title)
+    report("inventory", str(inv.path))
+    report("hosts", [{"name": h.name, "address": h.address, "user": h.user, "port": h.port, "source": h.source,
+                      "groups": list(h.groups), "tags": dict(h.tags)} for h in hosts])

@@ -1,5 +1,6 @@
 """Typed errors. A FabshipError is a user-facing problem: shown as one clear
-line, never as a traceback (see fabfile's error hook)."""
+line, never as a traceback (tasks/cli/base.py's task boundary), exiting with its
+class's exit_code (the table: tasks/core/output.py, README "Exit codes")."""
 
 
 class FabshipError(Exception):
@@ -33,15 +34,21 @@ class DiscoveryError(FabshipError):
 
 
 class HostKeyError(FabshipError):
-    """A host key was unknown or changed (strict checking)."""
+    """A host key was unknown or changed (strict checking): the host is not reached."""
+
+    exit_code = 4
 
 
 class ConnectError(FabshipError):
     """A host could not be reached or authenticated."""
 
+    exit_code = 4
+
 
 class LockError(FabshipError):
     """The per-app deploy lock is held by someone else."""
+
+    exit_code = 3
 
 
 class StepFailed(FabshipError):

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from .commands import Cmd, Secret, become, mask_text
-from .errors import ConnectError, FabshipError, HostKeyError, StepFailed
+from .errors import ConnectError, FabshipError, HostKeyError, LockError, StepFailed
+from .output import JSON_FORMAT, JSON_VERSION, exit_code_for, register_run, result_of
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
 
@@ -119,6 +120,10 @@ class HostContext:
         self.note: str = ""
         self.timed_out: tuple[str, float] | None = None  # (step, limit) of a command that outlived its limit
         self.link_lost: str | None = None  # set by the keepalive watchdog: the host is not retried
+        # why the host failed, for the exit code and --json: failed | lock_held | unreachable |
+        # interrupted (None with an error: failed)
+        self.reason: str | None = None
+        self.reached = False  # a connection was opened once: losing it later is a failure, not "unreachable"
 
     # -- options -----------------------------------------------------------------
     @property
@@ -146,6 +151,7 @@ class HostContext:
             raise ConnectError(self.link_lost)
         if self.conn is None:
             self.conn = self.run_.connect(self.host)
+            self.reached = True
         return self.conn
 
     def close(self):
@@ -360,6 +366,14 @@ class HostContext:
     def changed_count(self) -> int:
         return sum(1 for s in self.steps if s.status == CHANGED)
 
+    def failure_reason(self) -> str | None:
+        """None when the host did not fail, else why (tasks/core/output.py REASON_CODES)."""
+        if self.outcome() not in (FAILED, "unreachable"):
+            return None
+        if self.reason:
+            return self.reason
+        return "unreachable" if self.status == "unreachable" and not self.reached else FAILED
+
     def outcome(self) -> str:
         if self.status:
             return self.status
@@ -406,6 +420,7 @@ class Run:
         self.known_hosts = known_hosts_path(inv)
         self._jumps: list = []  # open connections to the jump hosts, first hop first
         self._jump_lock = threading.Lock()
+        register_run(self)  # the task boundary reports it (--json) and re-records its final exit code
 
     def add_secrets(self, values: Iterable) -> None:
         for v in values:
@@ -478,6 +493,7 @@ class Run:
             except (HostKeyError, ConnectError) as e:
                 c.error = self.mask_text(str(e))
                 c.status = "unreachable"
+                c.reason = "failed" if c.reached else "unreachable"
                 self.out.line(h.name, f"unreachable  {c.error}")
             except StepFailed as e:
                 msg, details = c.explain_timeout(e.message, e.details or "")
@@ -489,9 +505,12 @@ class Run:
                         self.out.line(h.name, f"  | {ln}")
             except FabshipError as e:
                 c.error = self.mask_text(str(e))
+                if isinstance(e, LockError):
+                    c.reason = "lock_held"
                 self.out.line(h.name, f"FAILED       {c.error}")
             except KeyboardInterrupt:
                 c.error = "interrupted"
+                c.reason = "interrupted"
                 raise
             except Exception as e:  # a bug: keep the traceback in the run record only
                 c.error = self.mask_text(f"internal error: {type(e).__name__}: {e}")
@@ -549,37 +568,74 @@ class Run:
         stamp = self.started_at.strftime("%Y%m%dT%H%M%S")
         return d / f"{stamp}-{self.task}-{os.getpid()}.json"
 
-    def write_record(self) -> Path | None:
-        rec = {
+    def exit_code(self) -> int:
+        """0, or the code of the most severe reason a host failed for (tasks/core/output.py)."""
+        return exit_code_for(r for r in (c.failure_reason() for c in self.contexts.values()) if r)
+
+    def document(self, exit_code: int | None = None, message: str | None = None) -> dict:
+        """The run as the JSON document of `--json` (tasks/core/output.py); no secret."""
+        code = self.exit_code() if exit_code is None else exit_code
+        serving = self.extra.get("serving") if isinstance(self.extra.get("serving"), dict) else {}
+        doc = {
+            "format": JSON_FORMAT,
+            "version": JSON_VERSION,
             "task": self.task,
             "inventory": str(self.inv.path),
             "inventory_files": self.inv.files,
             "started": self.started_at.isoformat(),
             "duration": round(time.monotonic() - self.t0, 3),
             "dry_run": self.dry_run,
-            "options": {k: v for k, v in self.options.items() if not isinstance(v, Secret)},
-            "control_host": socket.gethostname(),
-            "user": os.environ.get("USER") or os.environ.get("LOGNAME") or "",
+            "exit_code": code,
+            "result": result_of(code),
+            "message": message,
             "hosts": {},
+            "releases": {"before": {}, "after": {}},
+            "failures": [],
             "extra": self.extra,
         }
         for n, c in self.contexts.items():
-            rec["hosts"][n] = {
+            before = _release_before(c)
+            # after: what deploy/rollback read back at the end (their "releases now serving")
+            after = before if self.dry_run else (serving.get(n) or None)
+            reason = c.failure_reason()
+            failed_steps = [s.as_dict() for s in c.steps if s.status == FAILED]
+            doc["hosts"][n] = {
                 "address": c.host.address,
                 "result": c.outcome(),
+                "reason": reason,
                 "changed": c.changed_count,
-                "failures": [s.as_dict() for s in c.steps if s.status == FAILED] or
-                            ([{"name": "host", "message": c.error}] if c.error else []),
+                "duration": round(sum(s.duration for s in c.steps), 3),
+                "failures": failed_steps or ([{"name": "host", "message": c.error}] if c.error else []),
                 "error": c.error,
-                "details": c.details,
                 "steps": [s.as_dict() for s in c.steps],
-                "remote_commands": len(c.commands),
-                "commands": c.commands,
                 "note": c.note,
+                "release_before": before,
+                "release_after": after,
             }
+            doc["releases"]["before"][n] = before
+            doc["releases"]["after"][n] = after
+            if reason:
+                step = failed_steps[-1]["name"] if failed_steps else None
+                doc["failures"].append({"host": n, "step": step, "reason": reason,
+                                        "message": c.error or (failed_steps[-1]["message"] if failed_steps else "")})
+        return doc
+
+    def write_record(self, exit_code: int | None = None, message: str | None = None) -> Path | None:
+        """The run record: the --json document plus what stays on this machine
+        (options, who ran it, each host's remote commands and failure details)."""
+        rec = self.document(exit_code, message)
+        rec.update({
+            "options": {k: v for k, v in self.options.items() if not isinstance(v, Secret)},
+            "control_host": socket.gethostname(),
+            "user": os.environ.get("USER") or os.environ.get("LOGNAME") or "",
+        })
+        for n, c in self.contexts.items():
+            rec["hosts"][n].update({"details": c.details, "remote_commands": len(c.commands),
+                                    "commands": c.commands})
         text = self.mask_text(json.dumps(rec, indent=2, default=str))
         try:
-            p = self.record_path()
+            p = getattr(self, "_record_path", None) or self.record_path()
+            self._record_path = p  # a second write (the final exit code) replaces the first
             fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
@@ -588,10 +644,21 @@ class Run:
             return None
 
     def finish(self) -> int:
-        """Write the record; return the exit code (1 if any host failed)."""
+        """Write the record; return the exit code (tasks/core/output.py: 0, or
+        1 failed, 3 lock held, 4 unreachable, 130 interrupted)."""
         self.close()
         self.write_record()
-        return 1 if self.failed_hosts() else 0
+        return self.exit_code()
+
+
+def _release_before(ctx) -> str | None:
+    """The release a host served before this run (deploy/rollback record it)."""
+    prev = ctx.data.get("previous")
+    if isinstance(prev, str):
+        return prev or None
+    st = ctx.data.get("state")
+    cur = getattr(st, "current", None)
+    return cur if isinstance(cur, str) and cur else None
 
 
 def print_table(head: list[str], rows: list[list[str]], out: Output | None = None, title: str = "") -> None:
