@@ -31,7 +31,8 @@ def choose_target(st: HostState, to: str | None) -> tuple[str | None, str]:
         if to not in deployed_ok(st.log):
             return None, f"release {to} never completed a deploy here (failed or unfinished)"
         if to == st.current:
-            return None, f"release {to} is already current"
+            # a rerun of a rollback that was cut after its switch: already done
+            return None, ""
         return to, ""
     if not st.current:
         return None, "nothing is deployed"
@@ -77,13 +78,20 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     try:
         ready = fleet.lock_all(hosts, to)
         if ready and not fleet.interrupted:
-            targets, problems = {}, []
+            targets, problems, done = {}, [], []
             for h in ready:
                 t, why = choose_target(run.ctx(h).data["state"], to)
                 if t:
                     targets[h.name] = t
-                else:
+                elif why:
                     problems.append((h, why))
+                else:
+                    done.append(h)
+            for h in done:
+                c = run.ctx(h)
+                c.ok("rollback", f"{to} is already current: nothing to do")
+                c.note = f"already on {to}"
+                c.data["target"] = to
             if problems:  # refuse before changing anything
                 for h, why in problems:
                     run.ctx(h).error = f"cannot roll back: {why}"
@@ -97,12 +105,12 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
                 for h in ready:
                     run.ctx(h).status = "skipped"
                     run.ctx(h).note = "not rolled back (other hosts failed their checks)"
-            else:
-                for h in ready:
+            elif todo := [h for h in ready if h.name in targets]:
+                for h in todo:
                     run.ctx(h).data["target"] = targets[h.name]
                 run.out.line("", "rollback: " + ", ".join(f"{h.name} {run.ctx(h).data['state'].current} -> "
-                                                          f"{targets[h.name]}" for h in ready))
-                fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"], alb=alb), ready)
+                                                          f"{targets[h.name]}" for h in todo))
+                fleet.parallel(lambda ctx: rollback_host(ctx, ctx.data["target"], alb=alb), todo)
     finally:
         fleet.unlock_all()
     print_outcome(run, lay, None, action="rollback")  # the gate ran inside activation (tasks/release/activation.py)

@@ -321,6 +321,7 @@ class HostContext:
             message = _EXIT_124.sub(f"timed out after {self.timed_out[1]:g}s", message)  # see explain_timeout
         sr = StepResult(name, status, self.mask(message), dur, self.dry_run and status == CHANGED)
         self.steps.append(sr)
+        self.run_.checkpoint()
         shown = {CHANGED: "would change" if self.dry_run else "changed"}.get(status, status)
         if status != OK or self.verbose >= 1:
             self.say(f"{shown:<12} {name}" + (f": {sr.message}" if sr.message else ""))
@@ -533,9 +534,37 @@ class Run:
         return mask_text(text, self.secrets)
 
     def close(self) -> None:
+        self._closed = True   # the final record follows: no checkpoint may replace it
         for c in self.contexts.values():
             c.close()
         self._close_jumps()
+
+    _checkpoint_lock = threading.Lock()
+
+    def checkpoint(self) -> None:
+        """A run killed by SIGKILL (or a lost machine) never reaches finish():
+        keep its record on disk from the first step on, result "running" with
+        the steps so far, at the path the final record then replaces. Best
+        effort: a checkpoint must never fail a step."""
+        with self._checkpoint_lock:
+            if getattr(self, "_closed", False):
+                return
+            try:
+                rec = {"task": self.task, "inventory": str(self.inv.path), "started": self.started_at.isoformat(),
+                       "duration": round(time.monotonic() - self.t0, 3), "dry_run": self.dry_run,
+                       "result": "running", "pid": os.getpid(), "control_host": socket.gethostname(),
+                       "user": os.environ.get("USER") or os.environ.get("LOGNAME") or "",
+                       "hosts": {n: {"address": c.host.address, "steps": [s.as_dict() for s in c.steps]}
+                                 for n, c in self.contexts.items()}}
+                text = self.mask_text(json.dumps(rec, indent=2, default=str))
+                p = self.record_path()
+                tmp = p.with_name(f".{p.name}.tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(text)
+                os.replace(tmp, p)   # a reader never sees half a record
+            except Exception:
+                pass
 
     # -- reporting ---------------------------------------------------------------------
     def failed_hosts(self) -> list[str]:

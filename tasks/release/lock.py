@@ -302,5 +302,38 @@ def unlock_host(ctx, force: bool = False) -> None:
 
         audit(ctx, "unlock", _field(holder, "release", "-"), "ok",
               f"broke lock of {_field(holder, 'user')} pid {_field(holder, 'pid')} ({why})")
+        record_abandoned(ctx, lay, holder, why)
+
+
+def record_abandoned(ctx, lay: Layout, holder: dict, why: str) -> None:
+    """The run that held the broken lock died (SIGKILL, a lost control
+    machine) without saying what became of its work: write it now, so the audit
+    log (and, for a deploy/rollback of a release, the release log and `fab
+    releases`) show that attempt as interrupted. Nothing when its own line is
+    already there (it died after recording). Best effort."""
+    from ..facts.releases import is_release_id, parse_log
+    from .record import record_cmd, release_entry
+
+    action = _field(holder, "action", "")
+    rid = _field(holder, "release", "")
+    if action not in ("deploy", "rollback", "rotate-env"):
+        return
+    since = _field(holder, "time", "")
+    reason = f"its run (pid {_field(holder, 'pid')} on {_field(holder, 'control_host')}) died: {why}; " \
+             "lock broken by fab unlock"
+    try:
+        if action == "rotate-env" or not is_release_id(rid):
+            from .audit import audit
+
+            audit(ctx, action, rid or None, "interrupted", reason)
+            return
+        r = ctx.run(sh("tail -n 500 -- {} 2>/dev/null || true", lay.release_log), check=False, timeout=30,
+                    what="release log")
+        if any(e.id == rid and e.action == action and e.time >= since for e in parse_log(r.stdout)):
+            return
+        entry = release_entry(rid, action=action, result="interrupted", previous=None, reason=reason[:300])
+        ctx.run(record_cmd(ctx, lay, entry, reason[:200]), check=False, timeout=30, what="release log")
+    except Exception as e:
+        ctx.say(f"warning: could not record the interrupted {action}: {e}")
 
 
