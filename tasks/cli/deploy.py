@@ -45,6 +45,8 @@ from ..release.activation import (
     gather_state,
 )
 from ..release.alb import out_of_service_if
+from ..release.hooks import all_hooks, run_hooks
+from ..release.notify import Notifier
 from ..release.record import record, record_cmd, release_entry
 from ..release.releases import (
     delete_releases,
@@ -202,6 +204,7 @@ def prepare_release(ctx, plan: Plan, st: HostState) -> dict:
     lay, rid = plan.lay, plan.rid
     meta = plan.src.prepare(ctx, lay, st, rid)
     check_cancel(ctx)
+    run_hooks(ctx, "before_build", rid, image=meta.get("image", ""))  # env file present, release dir filled
     if plan.src.build:
         run_build(ctx, plan)
         check_cancel(ctx)
@@ -231,6 +234,8 @@ def deploy_host(ctx, plan: Plan) -> None:
         meta = prepare_release(ctx, plan, st)
         check_cancel(ctx)
         image = meta.get("image", "")
+        run_hooks(ctx, "before_switch", rid, image=image)  # a failure: never switched, the old release serves
+        check_cancel(ctx)
         with out_of_service_if(ctx, plan.alb):
             act = activate(ctx, lay, st, rid, since=since, image=image, previous=prev)
         ctx.data["outcome"] = DEPLOYED
@@ -257,6 +262,7 @@ def deploy_host(ctx, plan: Plan) -> None:
                    (f"; pruned {len(doomed)} old release(s): {', '.join(doomed)}" if doomed else ""))
     st.releases = [r for r in st.releases if r not in doomed]
     ctx.note = f"-> {rid}" + (f" (was {prev})" if prev else " (first release)")
+    run_hooks(ctx, "after_switch", rid, image=meta.get("image", ""))  # reported, never undoes the switch
 
 
 def _after_failure(ctx, plan: Plan, st: HostState, prev: str | None, meta: dict, e: BaseException) -> None:
@@ -472,17 +478,20 @@ def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
                        "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet, "limit": limit,
                        "gate": gate})
     register_env_secrets(run)
-    run.extra.update({"release": plan.rid, "source": plan.src.describe()})
+    notifier = Notifier(run, "deploy", plan.rid)   # webhook URLs are masked from here on
+    run.extra.update({"release": plan.rid, "source": plan.src.describe(), "hooks": all_hooks(inv)})
     run.out.line("", f"deploy {plan.src.describe()} as release {plan.rid} to {len(hosts)} host(s): "
                      f"{plan.lay.kind}, {'blue/green' if plan.lay.blue_green else 'restart'}, batches of "
                      f"{plan.batch}, max-fail {plan.max_fail}{' (dry run)' if dry_run else ''}")
     fleet = Fleet(run, plan)
+    notifier.start()
     try:
         run_fleet(fleet, hosts)
     finally:
         fleet.unlock_all()
     # the verification gate runs inside activation (tasks/release/activation.py gated/gate_or_switch_back)
     print_outcome(run, plan.lay, plan.rid)
+    notifier.finish(interrupted=bool(fleet.interrupted))
     if fleet.interrupted:
         run.finish()
         raise fleet.interrupted

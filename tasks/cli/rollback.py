@@ -73,8 +73,14 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     run = Run("rollback", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
               accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit, "gate": gate})
     register_env_secrets(run)
+    from ..release.hooks import all_hooks
+    from ..release.notify import Notifier
+
+    notifier = Notifier(run, "rollback", to)
+    run.extra["hooks"] = all_hooks(inv)
     fleet = Fleet(run, None, action="rollback")
     fleet.lock_wait = lw
+    notifier.start()
     try:
         ready = fleet.lock_all(hosts, to)
         if ready and not fleet.interrupted:
@@ -114,6 +120,9 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     finally:
         fleet.unlock_all()
     print_outcome(run, lay, None, action="rollback")  # the gate ran inside activation (tasks/release/activation.py)
+    if not to:  # the target each host went back to
+        notifier.release = ", ".join(sorted({t for t in (run.ctx(h).data.get("target") for h in hosts) if t}))
+    notifier.finish(interrupted=bool(fleet.interrupted))
     if fleet.interrupted:
         run.finish()
         raise fleet.interrupted

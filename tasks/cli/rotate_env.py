@@ -344,9 +344,18 @@ def rotate_env(inventory=None, set=(), limit=None, parallel=10, accept_new_host_
         run.out.line("", f"warning: {w}")
     run.extra.update({"env_source": p.source, "env_sha256": p.sha[:12], "env_keys": sorted(p.values)})
     run.out.line("", f"rotate-env: {len(p.values)} keys from {p.source} (sha256 {p.sha[:12]}) -> {p.target.path}")
-    run.each(lambda ctx: rotate_host(ctx, p, lock_wait))
-    if gate and not dry_run:
-        _gate(run)
+    from ..release.notify import Notifier
+
+    notifier = Notifier(run, "rotate-env")
+    notifier.start()
+    try:
+        run.each(lambda ctx: rotate_host(ctx, p, lock_wait))
+        if gate and not dry_run:
+            _gate(run)
+    except BaseException:
+        notifier.finish(interrupted=True)
+        raise
+    notifier.finish()
     finish(run)
 
 

@@ -188,6 +188,13 @@ NGINX = Struct({
     "websocket": F(Bool(), default=True),
     "proxy_read_timeout": F(Int(1), default=60),
     "remove_default_site": F(Bool(), default=True),
+    # fab maintenance on|off (tasks/cli/maintenance.py): 503 with this page, health/ACME paths excepted
+    "maintenance": F(Struct({
+        "page": F(Str()),   # a local HTML file (relative to the inventory that set it); default: fabship's
+        "retry_after": F(Int(1), default=300),
+        "allow_paths": F(List(Str(r"/[^\s;{}'\"#]*", "a URL path starting with / (no spaces, ';', quotes, "
+                                                   "'#' or braces)")), default=[]),
+    })),
 }, fill_default=False)
 
 TLS = Struct({
@@ -363,7 +370,52 @@ ALB = Struct({
     "min_in_service": F(Int(0), default=1),
 }, fill_default=False)
 
-HOOKS = Struct({"alb": F(ALB)}, fill_default=False)
+# Release hooks (tasks/release/hooks.py): shell commands run as the app user in the release
+# dir with the env file's variables; `once: true` runs one on a single host per deploy.
+HOOK_COMMAND = Struct({
+    "run": F(Str(r"[^\x00]+", "a shell command"), required=True),
+    "once": F(Bool(), default=False),
+    "timeout": F(Number(min=1), default=600),
+    "name": F(Str(NAME, "a hook name (letters, digits, '.', '_' or '-')")),
+})
+HOOK_ITEM = OneOfShapes(lambda v: Str(r"[^\x00]+", "a shell command") if isinstance(v, str)
+                        else HOOK_COMMAND if isinstance(v, dict) else None,
+                        "a command, or a mapping with run/once/timeout/name")
+HOOK_STAGES = ("before_build", "before_switch", "after_switch", "after_rollback")
+
+HOOKS = Struct({"alb": F(ALB), **{s: F(List(HOOK_ITEM), default=[]) for s in HOOK_STAGES}},
+               fill_default=False)
+
+# Webhooks after deploy/rollback/rotate-env (tasks/release/notify.py). The URL is a secret
+# (tokens live in it): masked everywhere, never printed.
+class SecretURL(Str):
+    """An http(s) URL that may hold a token: a bad one is refused without echoing it."""
+
+    def __init__(self):
+        super().__init__(r"https?://[^\s\x00-\x1f]+", "an http(s) URL")
+
+    def check(self, value, path):
+        if not isinstance(value, str) or not self.pattern.fullmatch(value):
+            raise SchemaError(path, "expected an http(s) URL (value not shown: it may hold a token)")
+        return value
+
+
+def _one_url(hook: dict, path: tuple) -> None:
+    if bool(hook.get("url")) == bool(hook.get("url_env")):
+        raise SchemaError(path, "expected exactly one of url (the webhook URL) or url_env (the name of an "
+                                "environment variable on the control machine holding it)")
+
+
+NOTIFY_HOOK = Struct({
+    "url": F(SecretURL()),
+    "url_env": F(Str(ENV_KEY, "an environment variable name")),
+    "format": F(Enum("json", "slack"), default="json"),
+    "events": F(List(Enum("start", "success", "failure")), default=["start", "success", "failure"]),
+    "tasks": F(List(Enum("deploy", "rollback", "rotate-env")), default=["deploy", "rollback", "rotate-env"]),
+    "timeout": F(Number(min=0.1), default=5),
+    "name": F(Str(NAME, "a webhook name (letters, digits, '.', '_' or '-')")),
+}, validator=_one_url)
+NOTIFY = List(NOTIFY_HOOK)
 
 SANDBOX = Map(Any_())
 
@@ -388,6 +440,7 @@ INVENTORY = Struct({
     "health": F(HEALTH),
     "verify": F(VERIFY),
     "hooks": F(HOOKS),
+    "notify": F(NOTIFY, default=[]),
     "provision": F(PROVISION),
     "sandbox": F(SANDBOX, default={}),
 })

@@ -47,6 +47,9 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
     st.log.append(entry)
     ctx.data["outcome"] = "rolled back"
     _record_env(ctx, target)
+    from .hooks import run_hooks
+
+    run_hooks(ctx, "after_rollback", target, image=e.image if e else "")  # reported; the rollback stands
     ctx.note = f"-> {target} (was {cur})"
 
 
