@@ -22,6 +22,7 @@ under the deploy lock:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from ..core.commands import Cmd, script, sh
@@ -206,7 +207,7 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
     from ..release.lock import deploy_lock
 
     t = p.target
-    with deploy_lock(ctx, "rotate-env", wait=lock_wait):
+    with deploy_lock(ctx, "rotate-env", wait=lock_wait), _audit_interrupted(ctx):
         facts = parse_facts(ctx.run(facts_cmd(t), stream=False, what="env facts").stdout)
         diff = diff_text(facts.hashes, p.hashes, p.show_hashes) if facts.exists else \
             f"new file; added {', '.join(p.values)}"
@@ -286,6 +287,21 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
             ctx.debug(f"env recorded for release {facts.current} ({t.snapshot(facts.current)})")
         audit(ctx, "rotate-env", facts.current, "ok", detail)
         ctx.note = ("applied the pending env file; " if pending else "") + diff
+
+
+@contextlib.contextmanager
+def _audit_interrupted(ctx):
+    """Ctrl-C/SIGTERM mid-rotation: the audit log says so (the file is the old
+    or the new one; one installed but not applied is applied by the next run)."""
+    try:
+        yield
+    except BaseException as e:
+        if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "Terminated":
+            from ..release.audit import audit
+
+            audit(ctx, "rotate-env", None, "interrupted",
+                  "Ctrl-C/SIGTERM; a file installed but not applied is applied by the next run")
+        raise
 
 
 def _is_release(rid: str) -> bool:

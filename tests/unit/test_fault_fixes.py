@@ -83,3 +83,30 @@ def test_run_record_exists_from_the_first_step(fleet, tmp_path):  # noqa: F811
     final = json.loads(recs[0].read_text())
     assert final.get("result") != "running" and "late" not in json.dumps(final)
     assert [p.name for p in (tmp_path / "runs").iterdir()] == [recs[0].name]
+
+
+def test_rotate_env_interrupted_mid_rotation_is_audited(tmp_path, monkeypatch):
+    """SIGTERM (Terminated) or Ctrl-C between the install and the restart: the
+    audit log says `interrupted`, and the lock is released."""
+    import pytest
+
+    import tasks.cli.rotate_env as re_mod
+    from tasks.cli.base import Terminated
+
+    from .test_rotate_env import _pending_setup
+
+    inv, _ = _pending_setup(tmp_path)
+
+    def terminated(ctx):
+        raise Terminated()
+
+    monkeypatch.setattr(re_mod, "restart", terminated)
+    src = tmp_path / "t.env"
+    src.write_text("APP_SECRET=second-secret-0123456789\n")
+    src.chmod(0o600)
+    with pytest.raises(Terminated):
+        re_mod.rotate_host(LocalCtx(inv, task="rotate-env"), re_mod.plan(inv, str(src)))
+    lay = Layout.from_inventory(inv)
+    last = open(lay.audit_log).read().splitlines()[-1]
+    assert "action=rotate-env" in last and "result=interrupted" in last
+    assert not os.path.exists(lay.lock_dir)
