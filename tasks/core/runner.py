@@ -186,8 +186,10 @@ class HostContext:
         label = what or _short(text, 120)
         try:
             with self._still_running(label, quiet=streaming):
-                if stdin is not None:
-                    res = self._run_with_stdin(conn, text, stdin, limit)
+                # a plain channel unless output streams (-vv): invoke's runner costs ~4 ms of CPU
+                # per command in its reader threads and polling, and stdin gets EOF
+                if stdin is not None or not streaming:
+                    res = self._run_with_stdin(conn, text, b"" if stdin is None else stdin, limit)
                     if streaming:
                         for ln in (res.stdout + res.stderr).splitlines():
                             self.say(ln)

@@ -1,0 +1,56 @@
+"""Commands run on a plain channel of the host's one connection (issue 17): invoke's
+runner (reader threads, polling, a stdin pump) only when -vv streams output."""
+import fabric
+import pytest
+
+from tasks.core.commands import Cmd
+from tests.unit.test_runner import fleet, make  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def invoke_runs(monkeypatch):
+    calls = []
+    real = fabric.Connection.run
+
+    def counting(self, command, **kw):
+        calls.append(command)
+        return real(self, command, **kw)
+
+    monkeypatch.setattr(fabric.Connection, "run", counting)
+    return calls
+
+
+def test_quiet_commands_skip_invokes_runner(fleet, invoke_runs):  # noqa: F811
+    inv, servers = fleet
+    run, _buf = make(inv)
+
+    def work(ctx):
+        assert ctx.run(Cmd("echo", "out")).stdout == "out\n"
+        r = ctx.run("echo err >&2; exit 3", check=False)
+        assert (r.stderr, r.exited) == ("err\n", 3)
+        assert ctx.run("cat", timeout=5).stdout == ""  # stdin is at its end: nothing waits for it
+
+    run.each(work, hosts=run.hosts[:2])
+    assert run.finish() == 0
+    assert invoke_runs == []
+    assert len(run.ctx(run.hosts[0]).commands) == 3
+
+
+def test_timeout_on_the_plain_channel(fleet, invoke_runs):  # noqa: F811
+    inv, _ = fleet
+    run, _buf = make(inv)
+    ctx = run.ctx(run.hosts[0])
+    r = ctx.run(Cmd("sleep", "5"), timeout=0.3, check=False)
+    assert r.timed_out and r.exited == 124
+    run.finish()
+    assert invoke_runs == []
+
+
+def test_streaming_still_streams_line_by_line(fleet, invoke_runs):  # noqa: F811
+    inv, _ = fleet
+    run, buf = make(inv, verbose=2)
+    ctx = run.ctx(run.hosts[0])
+    ctx.run("echo one; echo two")
+    run.finish()
+    assert len(invoke_runs) == 1
+    assert "[s0] one\n[s0] two\n" in buf.getvalue()
