@@ -409,7 +409,7 @@ def step_units(ctx, spec, facts) -> None:
     apply_units(ctx, [unit], [enable_name(unit, spec.unit_port)], facts=facts)
 
 
-def nginx_files(spec: AppSpec, p, host, facts, tls, tls_ready: bool) -> list[FileSpec]:
+def nginx_files(spec: AppSpec, p, host, facts, tls, tls_ready: bool, health_path: str = "/health") -> list[FileSpec]:
     from ..resources.nginx import render_site, render_upstream, upstream_path
 
     n = spec.nginx
@@ -419,7 +419,8 @@ def nginx_files(spec: AppSpec, p, host, facts, tls, tls_ready: bool) -> list[Fil
     text = render_site(app=spec.name, server_names=names, client_max_body_size=n.get("client_max_body_size") or "10M",
                        websocket=n.get("websocket", True), proxy_read_timeout=n.get("proxy_read_timeout") or 60,
                        tls=tls.paths if tls and tls_ready else None, proxy=proxy,
-                       static_root=f"{spec.root}/current", ipv6=facts.ipv6)
+                       static_root=f"{spec.root}/current", ipv6=facts.ipv6, health_path=health_path,
+                       maintenance=n.get("maintenance"))
     files = []
     if proxy and upstream_path(spec.name) not in facts.stats:
         # written once; afterwards deploy owns it (blue/green switches)
@@ -437,7 +438,7 @@ def step_nginx(ctx, spec, p, host, facts, tls, tls_ready: bool, use_facts: bool 
 
     if not spec.nginx:
         return
-    files = nginx_files(spec, p, host, facts, tls, tls_ready)
+    files = nginx_files(spec, p, host, facts, tls, tls_ready, health_path=ctx.inv.get("health.path") or "/health")
     nginx_apply(ctx, files, facts=facts if use_facts else None, step="nginx" if not tls_ready or use_facts
                 else "nginx (https)")
 

@@ -155,11 +155,48 @@ def init(c, dir=".", name="dev", app=None, static=None, ec2_region=None, ec2_tag
     run_init(dir, name=name, app=app, static=list(static or ()) or None, ec2=ec2, user=user, key_file=key_file)
 
 
-TASKS = (init, hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose,)
+@fabship_task(help=helps(*COMMON, follow="follow: print new lines as they come until Ctrl-C",
+                         since="only lines since then: 10m, 2h, 1d or a date/time such as '2025-01-31 12:00'",
+                         lines="lines per host to start with (default 100, or 10 with -f)",
+                         grep="only lines matching this regular expression (grep -E, after masking)"))
+def logs(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+         follow=False, since=None, lines=None, grep=None):
+    """The app's logs (journal, docker or compose) from every host, merged, host-prefixed, secrets masked."""
+    from .logs import logs as run_logs
+
+    run_logs(inventory, set or (), limit, parallel, accept_new_host_keys, verbose, follow=follow, since=since,
+             lines=lines, grep=grep)
+
+
+@fabship_task(name="exec", help=helps(*COMMON, tty="an interactive terminal (exactly one host; output not masked)",
+                                      service="compose: the service to exec in (default: the first one)"))
+def exec_(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, tty=False,
+          service=None):
+    """Run the command after -- on each host as the app user, in the current release, with the app's env."""
+    from .app_exec import app_exec, remainder
+
+    app_exec(remainder(), inventory, set or (), limit, parallel, accept_new_host_keys, verbose, tty=tty,
+             service=service)
+
+
+@fabship_task(help=helps(*COMMON, "dry_run", mode="on, off or status"))
+def maintenance(c, mode, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+                dry_run=False):
+    """Maintenance mode: nginx answers 503 with a maintenance page (health and ACME paths excepted), or not."""
+    from .maintenance import maintenance as run_maintenance
+
+    run_maintenance(mode, inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run)
+
+
+TASKS = (init, hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose, logs,
+         exec_, maintenance,)
 
 
 def collection() -> Collection:
     """A fresh collection of fabship's tasks (a fabfile may add its own to it)."""
+    from .app_exec import install_executor
+
+    install_executor()  # `fab exec -- CMD`: the text after -- is the task's, not fabric's
     return Collection(*TASKS)
 
 

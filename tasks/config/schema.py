@@ -192,8 +192,8 @@ NGINX = Struct({
     "maintenance": F(Struct({
         "page": F(Str()),   # a local HTML file (relative to the inventory that set it); default: fabship's
         "retry_after": F(Int(1), default=300),
-        "allow_paths": F(List(Str(r"/[^\s;{}'\"#]*", "a URL path starting with / (no spaces, ';', quotes, "
-                                                   "'#' or braces)")), default=[]),
+        "allow_paths": F(List(Str(r"/[A-Za-z0-9._~!*+,=:@%/-]+", "a URL path such as /api/status (letters, "
+                                                              "digits and . _ ~ ! * + , = : @ % / -)")), default=[]),
     })),
 }, fill_default=False)
 

@@ -54,12 +54,45 @@ def render_upstream(app: str, ports: list[int]) -> str:
     return render("nginx/upstream.conf.j2", upstream=upstream_name(app), ports=list(ports))
 
 
+# A URL path nginx can take as a location without quoting: no spaces, quotes, ';', braces, '$', '#'.
+LOCATION_PATH = re.compile(r"/[A-Za-z0-9._~!*+,=:@%/-]*")
+RETRY_AFTER = 300
+
+
+def maintenance_flag(app: str) -> str:
+    """While this file exists the site answers 503 (fab maintenance on|off)."""
+    return f"{UPSTREAM_DIR}/{app}.maintenance"
+
+
+def maintenance_page(app: str) -> str:
+    return f"{UPSTREAM_DIR}/{app}-maintenance.html"
+
+
+def health_location(path: str | None) -> str | None:
+    """The health check's path as an exact location (query string dropped), or
+    None when nginx could not take it as it is (then it is not excepted)."""
+    p = (path or "").split("?", 1)[0]
+    return p if p and p != "/" and LOCATION_PATH.fullmatch(p) else None
+
+
+def maintenance_spec(app: str, health_path: str | None = "/health", maintenance: dict | None = None) -> dict:
+    m = maintenance or {}
+    exact = [p for p in [health_location(health_path)] if p]
+    prefix = [p for p in (m.get("allow_paths") or []) if p not in exact]
+    bad = [p for p in prefix if not LOCATION_PATH.fullmatch(p) or p == "/"]
+    if bad:
+        raise ValueError(f"nginx.maintenance.allow_paths: {bad[0]!r} cannot be an nginx location")
+    return {"flag": maintenance_flag(app), "dir": UPSTREAM_DIR, "page": maintenance_page(app).rsplit("/", 1)[1],
+            "retry_after": int(m.get("retry_after") or RETRY_AFTER), "exact": exact, "prefix": prefix}
+
+
 def render_site(*, app: str, server_names: list[str], client_max_body_size="10M", websocket: bool = True,
                 proxy_read_timeout: int = 60, tls: dict | None = None, proxy: bool = True,
-                static_root: str = "", ipv6: bool = True) -> str:
+                static_root: str = "", ipv6: bool = True, health_path: str | None = "/health",
+                maintenance: dict | None = None) -> str:
     names = [n for n in server_names if n] or ["_"]
     return render(
-        "nginx/site.conf.j2",
+        "nginx/site.conf.j2", maint=maintenance_spec(app, health_path, maintenance),
         proxy=proxy, upstream=upstream_name(app), upstream_file=upstream_path(app),
         conn_var="fabship_" + re.sub(r"[^A-Za-z0-9_]", "_", app) + "_connection",
         websocket=websocket, client_max_body_size=nginx_size(client_max_body_size),
