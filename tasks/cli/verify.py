@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..core.errors import ConfigError
 from ..verify import checks as C
+from ..verify import spec as CS
 from ..verify.gate import build_spec, plan, verify_host, write_ssh_config
 
 
@@ -26,8 +27,8 @@ def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
     from .base import open_run
 
     only_l = _split(only)
-    if stage and stage not in C.STAGES:
-        raise ConfigError("command line", "--stage", f"expected one of {', '.join(C.STAGES)}, got {stage!r}")
+    if stage and stage not in CS.STAGES:
+        raise ConfigError("command line", "--stage", f"expected one of {', '.join(CS.STAGES)}, got {stage!r}")
     if ssh_config:
         inv = load_inventory(inventory, overrides=list(set or ()))
         write_ssh_config(inv, inv.resolve_hosts(limit), ssh_config)

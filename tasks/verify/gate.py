@@ -27,6 +27,8 @@ import testinfra.host
 
 from ..core.errors import FabshipError
 from . import checks as C
+from . import probes as CP
+from . import spec as CS
 
 GATE_STEP = "verify gate"
 
@@ -137,19 +139,19 @@ def run_with_stdin(host: testinfra.host.Host, command: str, stdin: bytes | None,
     return b.result(p.returncode, b.encode(cmd), p.stdout, p.stderr)
 
 
-def gather(host: testinfra.host.Host, spec: C.Spec, timeout: float = 60) -> dict[str, C.Fact]:
+def gather(host: testinfra.host.Host, spec: CS.Spec, timeout: float = 60) -> dict[str, CP.Fact]:
     """Every fact the checks need, in one round trip (one `sh -c`); header
     values and the CA certificate on its stdin."""
-    script = C.facts_script(spec)
-    res = run_with_stdin(host, f"sh -c {C.q(script)}", C.facts_stdin(spec), timeout=timeout)
-    facts = C.parse_facts(res.stdout)
+    script = CP.facts_script(spec)
+    res = run_with_stdin(host, f"sh -c {CP.q(script)}", CP.facts_stdin(spec), timeout=timeout)
+    facts = CP.parse_facts(res.stdout)
     if "now" not in facts:
         raise FabshipError(f"verify: the facts script failed on {host.backend.get_hostname()} "
-                           f"(exit {res.rc}): {C.snippet(res.stderr or res.stdout, 200)}")
+                           f"(exit {res.rc}): {CP.snippet(res.stderr or res.stdout, 200)}")
     return facts
 
 
-def plan(inv, host, stage: str | None = None, only: list | None = None) -> tuple[C.Spec, list[C.Check]]:
+def plan(inv, host, stage: str | None = None, only: list | None = None) -> tuple[CS.Spec, list[C.Check]]:
     """Expectations and the selected checks for one host. Pure; raises
     ConfigError naming the inventory key when the verify section is wrong."""
     spec = build_spec(inv, host)
@@ -157,8 +159,8 @@ def plan(inv, host, stage: str | None = None, only: list | None = None) -> tuple
     return spec, selected
 
 
-def build_spec(inv, host) -> C.Spec:
-    spec = C.build_spec(inv, host)
+def build_spec(inv, host) -> CS.Spec:
+    spec = CS.build_spec(inv, host)
     bad = C.unknown_names(spec.skip, [])
     if bad:
         raise inv.error("verify.skip", f"unknown check name(s): {', '.join(bad)}; known: "
@@ -208,10 +210,10 @@ def run_gate(ctx, stage: str | None = None, *, enabled: bool | None = None) -> l
         return []
     if stage is None:
         stage = ctx.run_.task
-        if stage not in C.STAGES:  # a task without a gate (e.g. a restart from another tool)
+        if stage not in CS.STAGES:  # a task without a gate (e.g. a restart from another tool)
             return []
-    if stage not in C.STAGES:
-        raise ValueError(f"unknown gate stage {stage!r}; expected one of {', '.join(C.STAGES)}")
+    if stage not in CS.STAGES:
+        raise ValueError(f"unknown gate stage {stage!r}; expected one of {', '.join(CS.STAGES)}")
     if enabled is False or (getattr(ctx.run_, "options", None) or {}).get("gate") is False:
         ctx.skipped(GATE_STEP, "--no-gate")
         return []

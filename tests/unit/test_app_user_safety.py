@@ -20,7 +20,7 @@ import pytest
 
 from tasks.cli.bootstrap import layout_cmd
 from tasks.config.app import app_spec
-from tasks.verify.checks import build_spec
+from tasks.verify.spec import build_spec
 from tasks.cli.deploy import Plan, _after_failure, plan_deploy
 from tasks.core.errors import ConfigError, StepFailed
 from tasks.facts.script import FileSpec, parse_facts, put_files_lines

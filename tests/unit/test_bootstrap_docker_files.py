@@ -14,6 +14,10 @@ import pytest
 import yaml
 
 from tasks.verify import checks as C
+
+from tasks.verify import spec as CS
+
+from tasks.verify import probes as CP
 from tasks.resources import docker_files as D
 from tasks.cli.bootstrap import facts_request
 from tasks.config.app import app_spec
@@ -417,12 +421,12 @@ def test_docker_run_gets_the_mounts(inv):
 # -- verify: docker_secrets / docker_certs --------------------------------------------------------
 
 def frame(name, rc, out):
-    return f"{C.MARK} {name} {rc}\n{base64.b64encode(out.encode()).decode()}\n"
+    return f"{CP.MARK} {name} {rc}\n{base64.b64encode(out.encode()).decode()}\n"
 
 
 def probe_for(inv, secrets_out, certs_out):
-    spec = C.build_spec(inv, HOST)
-    facts = C.parse_facts(frame("docker_secrets", 0, secrets_out) + frame("docker_certs", 0, certs_out))
+    spec = CS.build_spec(inv, HOST)
+    facts = CP.parse_facts(frame("docker_secrets", 0, secrets_out) + frame("docker_certs", 0, certs_out))
     return spec, C.Probe(spec, facts)
 
 
@@ -438,16 +442,16 @@ def run_checks(inv, s_out, c_out):
 
 
 def test_verify_selects_the_checks_from_the_inventory(inv, tmp_path):
-    spec = C.build_spec(inv, HOST)
+    spec = CS.build_spec(inv, HOST)
     names = [c.name for c in C.checks_for(spec)]
     assert "docker_secrets" in names and "docker_certs" in names
     assert {c.name for c in C.select(C.checks_for(spec), stage="bootstrap")} >= {"docker_secrets", "docker_certs"}
     assert "docker_secrets" not in {c.name for c in C.select(C.checks_for(spec), stage="rotate-env")}
-    script = C.facts_script(spec)
+    script = CP.facts_script(spec)
     assert "probe docker_secrets" in script and "ls -A1 -- /opt/svc/secrets" in script
     assert "cat " not in script.split("probe docker_secrets", 1)[1].split("\n", 1)[0]   # names, never contents
     p = write_inv(tmp_path / "plain.yaml", base())
-    assert not {"docker_secrets", "docker_certs"} & {c.name for c in C.checks_for(C.build_spec(
+    assert not {"docker_secrets", "docker_certs"} & {c.name for c in C.checks_for(CS.build_spec(
         load_inventory(str(p)), HOST))}
 
 

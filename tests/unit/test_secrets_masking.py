@@ -10,6 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from tasks.verify import checks as C
+
+from tasks.verify import spec as CS
+
+from tasks.verify import probes as CP
 from tasks.core.errors import ConfigError
 
 from .test_verify_checks import BASE, inv_from
@@ -21,17 +25,17 @@ def spec_with(tmp_path, **changes):
     d = dict(BASE)
     d.update(changes)
     inv = inv_from(tmp_path, d)
-    return C.build_spec(inv, inv.resolve_hosts()[0])
+    return CS.build_spec(inv, inv.resolve_hosts()[0])
 
 
 def test_header_values_are_on_stdin_never_in_the_script(tmp_path):
     s = spec_with(tmp_path, health={"path": "/healthz", "headers": {"Authorization": f"Bearer {TOKEN}"}},
                   verify={"checks": [{"name": "api", "path": "/api", "headers": {"X-Api-Key": TOKEN}}]})
-    script = C.facts_script(s)
+    script = CP.facts_script(s)
     assert TOKEN not in script
     assert '-H "@$fw/h.health"' in script and '-H "@$fw/h.http.0"' in script
-    assert C.facts_stdin(s).decode().count(TOKEN) == 2
-    assert dict(C.stdin_files(s))["h.health"] == f"Authorization: Bearer {TOKEN}\n"
+    assert CP.facts_stdin(s).decode().count(TOKEN) == 2
+    assert dict(CP.stdin_files(s))["h.health"] == f"Authorization: Bearer {TOKEN}\n"
 
 
 @pytest.mark.parametrize("where,headers", [
@@ -52,8 +56,8 @@ def test_a_header_that_is_not_one_line_is_refused_naming_the_key(tmp_path, where
 
 def test_check_messages_name_header_keys_only(tmp_path):
     s = spec_with(tmp_path, verify={"checks": [{"name": "api", "path": "/api", "headers": {"X-Api-Key": TOKEN}}]})
-    probe = C.Probe(s, {"port": C.Fact(0, "3001"),
-                        "http.0": C.Fact(0, '0 500\n\n{"error":"boom","ADMIN_PASSWORD":"hunter2-x"}')})
+    probe = C.Probe(s, {"port": CP.Fact(0, "3001"),
+                        "http.0": CP.Fact(0, '0 500\n\n{"error":"boom","ADMIN_PASSWORD":"hunter2-x"}')})
     check = next(c for c in C.checks_for(s) if c.name == "http:api")
     with pytest.raises(C.CheckFailed) as e:
         check.fn(probe)
@@ -86,11 +90,11 @@ def test_the_facts_script_hands_curl_the_headers_from_stdin(tmp_path):
         s = spec_with(tmp_path, tls=None, nginx={"enabled": False}, swap=None,
                       health={"path": "/healthz", "port": srv.server_port, "headers": {"X-Token": TOKEN}},
                       verify={"checks": []})
-        script = C.facts_script(s)
+        script = CP.facts_script(s)
         env = {"TMPDIR": str(tmp_path), "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"}
-        r = subprocess.run(["sh", "-c", script], input=C.facts_stdin(s), capture_output=True, timeout=120, env=env)
-        facts = C.parse_facts(r.stdout.decode())
-        assert C.parse_http(facts["health"].out).status == 200, facts["health"].out
+        r = subprocess.run(["sh", "-c", script], input=CP.facts_stdin(s), capture_output=True, timeout=120, env=env)
+        facts = CP.parse_facts(r.stdout.decode())
+        assert CP.parse_http(facts["health"].out).status == 200, facts["health"].out
         assert any(h.get("X-Token") == TOKEN for h in _Echo.seen), _Echo.seen
         assert sorted(p.name for p in tmp_path.iterdir()) == ["inv.yaml"]   # private dir removed
     finally:
@@ -123,7 +127,7 @@ def _verify(d, chain, ca=None):
     args = ["openssl", "verify"] + (["-CAfile", str(ca), "-no-CApath"] if ca else []) + \
         ["-purpose", "sslserver", "-untrusted", str(d / chain), str(d / chain)]
     p = subprocess.run(args, capture_output=True, text=True)
-    return C.Fact(p.returncode, p.stdout + p.stderr)
+    return CP.Fact(p.returncode, p.stdout + p.stderr)
 
 
 def _cert_probe(tmp_path, chain_fact, **inv):
@@ -132,7 +136,7 @@ def _cert_probe(tmp_path, chain_fact, **inv):
                           "-subject", "-ext", "subjectAltName"], capture_output=True, text=True).stdout
     import time
 
-    facts = {"cert": C.Fact(0, out), "cert_chain": chain_fact, "now": C.Fact(0, str(int(time.time())))}
+    facts = {"cert": CP.Fact(0, out), "cert_chain": chain_fact, "now": CP.Fact(0, str(int(time.time())))}
     return s, C.Probe(s, facts)
 
 
@@ -147,7 +151,7 @@ def test_a_chain_to_the_configured_ca_passes_and_to_another_fails(tmp_path, cert
     inv_dir_ca = {"verify": {"cert_issuer": "Pebble", "cert_ca_file": "ca.pem"}}
     s = spec_with(tmp_path, **inv_dir_ca)
     assert s.cert_ca.startswith("-----BEGIN CERTIFICATE-----") and "verify.cert_ca_file" in s.cert_ca_from
-    assert ("ca.pem", s.cert_ca) in C.stdin_files(s) and '-CAfile "$fw/ca.pem"' in C.facts_script(s)
+    assert ("ca.pem", s.cert_ca) in CP.stdin_files(s) and '-CAfile "$fw/ca.pem"' in CP.facts_script(s)
     assert C.chain_problem(C.Probe(s, {"cert_chain": _verify(certs, "l.pem", certs / "ca.pem")})) == ""
     assert "self-signed certificate; trust: verify.cert_ca_file" in C.chain_problem(
         C.Probe(s, {"cert_chain": _verify(certs, "ss.pem", certs / "ca.pem")}))
@@ -260,11 +264,11 @@ def test_verify_reads_a_docker_env_file_literally(tmp_path):
                   deploy={"source": "image", "strategy": "restart"},
                   env={"contract": {"required": ["ADMIN_PASSWORD"]}},
                   verify={"checks": [{"name": "t", "path": "/t", "headers": {"X-P": "${ADMIN_PASSWORD}"}}]})
-    setup = "\n".join(C._private_setup(s))
+    setup = "\n".join(CP._private_setup(s))
     assert "BEGIN { lit = 1 }" in setup
     f = tmp_path / "app.env"
     f.write_text('ADMIN_PASSWORD="q" \\\\ x \n')
-    awk_prog = "BEGIN { lit = 1 }\n" + C.ENV_AWK.strip()
+    awk_prog = "BEGIN { lit = 1 }\n" + CP.ENV_AWK.strip()
     r = subprocess.run(["awk", awk_prog, str(f)], capture_output=True, text=True,
                        env={"M": "header", "T": "${ADMIN_PASSWORD}", "LC_ALL": "C", "PATH": "/usr/bin:/bin"})
     assert r.stdout == '"q" \\\\ x '

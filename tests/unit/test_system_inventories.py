@@ -275,7 +275,7 @@ def test_tasks_accept_them_before_connecting(inv_dir, name):
     check list."""
     sources = pytest.importorskip("tasks.release.sources")
     bootstrap = pytest.importorskip("tasks.cli.bootstrap")
-    checks = pytest.importorskip("tasks.verify.checks")
+    spec_mod = pytest.importorskip("tasks.verify.spec")
     inv = load_inventory(str(inv_dir / f"{name}.yaml"))
     bootstrap.app_spec(inv)
     src = sources.plan_source(inv, tag="1.0.0" if inv.get("deploy.source") in ("image", "compose") else None)
@@ -289,5 +289,5 @@ def test_tasks_accept_them_before_connecting(inv_dir, name):
     from tasks.config.hosts import Host
 
     host = Host(name="h8", address="10.231.0.18", user="root", port=22, source="test")
-    spec = checks.build_spec(inv, host)
+    spec = spec_mod.build_spec(inv, host)
     assert {c.name for c in spec.http_checks} == {c["name"] for c in inv.get("verify.checks") or []}

@@ -8,6 +8,10 @@ import pytest
 import yaml
 
 from tasks.verify import checks as C
+
+from tasks.verify import spec as CS
+
+from tasks.verify import probes as CP
 from tasks.core.errors import ConfigError
 from tasks.config.inventory import load_inventory
 
@@ -46,7 +50,7 @@ def inv(tmp_path):
 
 @pytest.fixture
 def spec(inv):
-    return C.build_spec(inv, inv.resolve_hosts()[0])
+    return CS.build_spec(inv, inv.resolve_hosts()[0])
 
 
 # -- expectations -----------------------------------------------------------------
@@ -68,14 +72,14 @@ def test_duplicate_http_check_names_name_the_key(tmp_path):
     d["verify"]["checks"] = [{"path": "/a"}, {"path": "/a"}]
     inv = inv_from(tmp_path, d)
     with pytest.raises(ConfigError) as e:
-        C.build_spec(inv, inv.resolve_hosts()[0])
+        CS.build_spec(inv, inv.resolve_hosts()[0])
     assert "verify.checks[1].name" in str(e.value) and "duplicate" in str(e.value)
 
 
 def test_https_check_without_tls_is_a_config_error(tmp_path):
     inv = inv_from(tmp_path, tls={"enabled": False})
     with pytest.raises(ConfigError) as e:
-        C.build_spec(inv, inv.resolve_hosts()[0])
+        CS.build_spec(inv, inv.resolve_hosts()[0])
     assert "verify.checks[0].via" in str(e.value) and "tls.enabled" in str(e.value)
 
 
@@ -88,7 +92,7 @@ def test_gate_section_rejects_unknown_stage(tmp_path):
 
 
 def test_gate_defaults_to_every_stage(inv):
-    assert inv.get("verify.gate") == {s: True for s in C.STAGES}
+    assert inv.get("verify.gate") == {s: True for s in CS.STAGES}
 
 
 # -- selection -----------------------------------------------------------------------
@@ -141,27 +145,27 @@ def test_only_and_skip_accept_prefixes(spec):
 
 def test_minimal_inventory_has_only_host_checks(tmp_path):
     inv = inv_from(tmp_path, {"hosts": {"static": ["10.0.0.9"]}})
-    spec = C.build_spec(inv, inv.resolve_hosts()[0])
+    spec = CS.build_spec(inv, inv.resolve_hosts()[0])
     assert names(C.checks_for(spec)) == ["packages", "failed_units"]
 
 
 def test_restart_strategy_uses_the_plain_unit(tmp_path):
     inv = inv_from(tmp_path, deploy={"source": "git", "repo": "x", "strategy": "restart"})
-    spec = C.build_spec(inv, inv.resolve_hosts()[0])
+    spec = CS.build_spec(inv, inv.resolve_hosts()[0])
     assert not spec.blue_green and spec.unit_for(None) == "shop.service"
     assert "active_slot" not in names(C.checks_for(spec))
 
 
 def test_docker_kind_checks_the_container_not_a_unit(tmp_path):
     inv = inv_from(tmp_path, app={"name": "svc", "kind": "docker", "port": 8080})
-    got = names(C.checks_for(C.build_spec(inv, inv.resolve_hosts()[0])))
+    got = names(C.checks_for(CS.build_spec(inv, inv.resolve_hosts()[0])))
     assert "container_running" in got and "unit_active" not in got
 
 
 # -- the facts script ----------------------------------------------------------------------
 
 def test_facts_script_is_one_read_only_script(spec):
-    s = C.facts_script(spec)
+    s = CP.facts_script(spec)
     body = s.split("probe now", 1)[1]  # after the helpers (whose only rm is of their own mktemp files)
     body = body.replace("trap 'rm -rf \"$fw\"' EXIT", "").replace('rm -rf "$fw"', "")  # and the private dir's
     for bad in ("rm ", "chmod ", "chown ", "systemctl start", "systemctl restart", "swapon", "swapoff", "mv "):
@@ -175,33 +179,33 @@ def test_facts_script_is_one_read_only_script(spec):
 def test_facts_script_runs_and_frames_every_probe(spec):
     """Run the real script with sh on this machine: every probe reports, even
     where its command is missing or fails, and nothing breaks the framing."""
-    out = subprocess.run(["sh", "-c", C.facts_script(spec)], capture_output=True, text=True, timeout=120).stdout
-    facts = C.parse_facts(out)
+    out = subprocess.run(["sh", "-c", CP.facts_script(spec)], capture_output=True, text=True, timeout=120).stdout
+    facts = CP.parse_facts(out)
     assert {"now", "port", "fstab", "http.0", "http.1", "health"} <= set(facts)
     assert facts["now"].ok and facts["now"].out.strip().isdigit()
-    assert C.parse_http(facts["health"].out).curl_rc != 0  # nothing listens on the app port here
+    assert CP.parse_http(facts["health"].out).curl_rc != 0  # nothing listens on the app port here
 
 
 def test_parse_facts_round_trips_any_bytes():
     payload = "line1\n@@fabship-fact@@ fake 0\n\x00binary"
-    text = f"{C.MARK} one 3\n{base64.b64encode(payload.encode()).decode()}\n{C.MARK} empty 0\n\n"
-    f = C.parse_facts(text)
+    text = f"{CP.MARK} one 3\n{base64.b64encode(payload.encode()).decode()}\n{CP.MARK} empty 0\n\n"
+    f = CP.parse_facts(text)
     assert f["one"].rc == 3 and f["one"].out == payload
     assert f["empty"].out == "" and f["empty"].ok
 
 
 def test_http_probe_commands_exact(spec):
     c0, c1 = spec.http_checks
-    assert C._http_snippet(spec, c0.via, c0.method, c0.path, "h.http.0", c0.body, 5) == (
+    assert CP._http_snippet(spec, c0.via, c0.method, c0.path, "h.http.0", c0.body, 5) == (
         "http --max-time 5 -H \"@$fw/h.http.0\" --insecure --resolve web1.example.test:443:127.0.0.1 "
         "https://web1.example.test/api/manifest")
-    assert C._http_snippet(spec, "app", "POST", "/api/login", None, '{"password":"x"}', 3) == (
+    assert CP._http_snippet(spec, "app", "POST", "/api/login", None, '{"password":"x"}', 3) == (
         "http --max-time 3 -X POST --data-binary '{\"password\":\"x\"}' \"http://127.0.0.1:$port\"/api/login")
     # via nginx with TLS on: port 80 only redirects, so through nginx's HTTPS server
-    assert C._http_snippet(spec, "nginx", "HEAD", "/", None, None, 5) == (
+    assert CP._http_snippet(spec, "nginx", "HEAD", "/", None, None, 5) == (
         "http --max-time 5 --head --insecure --resolve web1.example.test:443:127.0.0.1 https://web1.example.test/")
     spec.tls = False
-    assert C._http_snippet(spec, "nginx", "HEAD", "/", None, None, 5) == (
+    assert CP._http_snippet(spec, "nginx", "HEAD", "/", None, None, 5) == (
         "http --max-time 5 --head -H 'Host: web1.example.test' http://127.0.0.1/")
 
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from tasks.cli import diagnose as D
-from tasks.verify.checks import parse_facts
+from tasks.verify.probes import parse_facts
 from tasks.core.commands import Secret
 from tasks.config.inventory import load_inventory
 

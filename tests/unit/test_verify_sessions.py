@@ -14,6 +14,10 @@ import pytest
 import yaml
 
 from tasks.verify import checks as C
+
+from tasks.verify import spec as CS
+
+from tasks.verify import probes as CP
 from tasks.core.errors import ConfigError
 
 from .test_verify_checks import inv_from
@@ -42,7 +46,7 @@ def inv_of(tmp_path, checks=None, **changes):
 
 def spec_of(tmp_path, checks=None, **changes):
     inv = inv_of(tmp_path, checks, **changes)
-    return C.build_spec(inv, inv.resolve_hosts()[0])
+    return CS.build_spec(inv, inv.resolve_hosts()[0])
 
 
 def config_error(tmp_path, checks=None, **changes) -> str:
@@ -120,11 +124,11 @@ def test_session_name_is_validated_by_the_schema(tmp_path):
 
 
 def test_env_refs():
-    assert C.env_refs('{"a":"${A}","b":"${B_2}${A}"}') == ["A", "B_2"]
-    assert C.env_refs("$${A} costs $5") == []
-    assert C.env_refs(None) == []
+    assert CS.env_refs('{"a":"${A}","b":"${B_2}${A}"}') == ["A", "B_2"]
+    assert CS.env_refs("$${A} costs $5") == []
+    assert CS.env_refs(None) == []
     with pytest.raises(ValueError):
-        C.env_refs("${}")
+        CS.env_refs("${}")
 
 
 @pytest.mark.parametrize("body,headers,mode", [
@@ -135,14 +139,14 @@ def test_env_refs():
     ('{"password":"plain"}', {}, ""),
 ])
 def test_body_mode(body, headers, mode):
-    assert C.body_mode(body, headers) == mode
+    assert CP.body_mode(body, headers) == mode
 
 
 # -- the remote script (exact) ---------------------------------------------------------------
 
 def test_session_steps_call_sreq_exactly(tmp_path):
     s = spec_of(tmp_path)
-    login, releases = (C._step_snippet(s, i, s.http_checks[i], 5) for i in (1, 2))
+    login, releases = (CP._step_snippet(s, i, s.http_checks[i], 5) for i in (1, 2))
     assert login == (
         "sreq \"$fw/s0\" 1 200 '' json '' '{\"password\":\"${ADMIN_PASSWORD}\"}' --max-time 5 -X POST "
         "-H \"@$fw/h.http.1\" -b \"$fw/s0/jar\" -c \"$fw/s0/jar\" "
@@ -154,15 +158,15 @@ def test_session_steps_call_sreq_exactly(tmp_path):
 def test_templated_headers_go_to_a_file_and_plain_ones_to_theirs(tmp_path):
     s = spec_of(tmp_path, [{"name": "api", "path": "/api", "via": "nginx",
                             "headers": {"authorization": "Bearer ${API_TOKEN}", "accept": "text/plain"}}])
-    assert C._step_snippet(s, 0, s.http_checks[0], 5) == (
+    assert CP._step_snippet(s, 0, s.http_checks[0], 5) == (
         "sreq \"$fw/c0\" 1 200 '' '' 'authorization: Bearer ${API_TOKEN}' '' --max-time 5 "
         "-H \"@$fw/h.http.0\" -H 'Host: web1.example.test' http://127.0.0.1/api")
-    assert C.stdin_files(s) == [("h.http.0", "accept: text/plain\n")]   # the plain value: on stdin
+    assert CP.stdin_files(s) == [("h.http.0", "accept: text/plain\n")]   # the plain value: on stdin
 
 
 def test_facts_script_sets_up_and_removes_the_private_dir(tmp_path):
     s = spec_of(tmp_path)
-    script = C.facts_script(s)
+    script = CP.facts_script(s)
     part = script[script.index("umask 077"):]
     head = part.split("\n")[:8]
     assert head[:7] == [
@@ -183,13 +187,13 @@ def test_facts_script_sets_up_and_removes_the_private_dir(tmp_path):
 
 def test_no_session_no_reference_leaves_the_script_as_it_was(tmp_path):
     s = spec_of(tmp_path, [{"name": "a", "path": "/a"}])
-    script = C.facts_script(s)
+    script = CP.facts_script(s)
     assert "sreq" not in script and "mktemp -d" not in script and "umask" not in script
 
 
 def test_the_script_never_holds_a_value(tmp_path):
     s = spec_of(tmp_path)
-    script = C.facts_script(s)
+    script = CP.facts_script(s)
     assert "${ADMIN_PASSWORD}" in script  # only the reference; the value is read on the host
     assert "source" not in script.split("ea=")[0] and ". /etc/ota" not in script
 
@@ -217,7 +221,7 @@ ENV_TEXT = (
 def awk(tmp_path, mode, template="", keys="", stdin=None, env_text=ENV_TEXT):
     f = tmp_path / "app.env"
     f.write_text(env_text)
-    argv = [AWK, C.ENV_AWK, str(f)] + (["part=2", "-"] if mode == "mask" else [])
+    argv = [AWK, CP.ENV_AWK, str(f)] + (["part=2", "-"] if mode == "mask" else [])
     r = subprocess.run(argv, input=stdin, capture_output=True, text=True,
                        env={**os.environ, "M": mode, "T": template, "K": keys, "LC_ALL": "C"})
     return r.returncode, r.stdout, r.stderr
@@ -269,12 +273,12 @@ def test_mask_hides_raw_and_json_escaped_values_longest_first(tmp_path):
 # -- verdicts and session skipping ----------------------------------------------------------
 
 def frame(name, text, rc=0):
-    return f"{C.MARK} {name} {rc}\n{base64.b64encode(text.encode()).decode()}\n"
+    return f"{CP.MARK} {name} {rc}\n{base64.b64encode(text.encode()).decode()}\n"
 
 
 def evaluate(s, outputs: dict) -> dict:
     text = frame("port", "3000") + "".join(frame(f"http.{i}", out) for i, out in outputs.items())
-    p = C.Probe(s, C.parse_facts(text))
+    p = C.Probe(s, CP.parse_facts(text))
     checks = [c for c in C.checks_for(s) if c.name.startswith("http:")]
     return {r.name: (r.status, r.message) for r in C.evaluate(checks, p)}
 
@@ -329,7 +333,7 @@ def test_two_sessions_are_independent(tmp_path):
     s = spec_of(tmp_path, checks)
     res = evaluate(s, {0: "0 500\n\n", 1: "0 200\n\n", 2: "skip 1\n", 3: "0 200\n\n"})
     assert [res[f"http:{n}"][0] for n in ("a1", "b1", "a2", "b2")] == ["failed", "passed", "skipped", "passed"]
-    assert C._session_dirs(s) == {0: '"$fw/s0"', 1: '"$fw/s1"', 2: '"$fw/s0"', 3: '"$fw/s1"'}
+    assert CP._session_dirs(s) == {0: '"$fw/s0"', 1: '"$fw/s1"', 2: '"$fw/s0"', 3: '"$fw/s1"'}
 
 
 # -- the HTTP part of the facts script, run locally against a small server ---------------------
@@ -391,13 +395,13 @@ def run_http_part(tmp_path, s, port, env_text):
     env = tmp_path / "app.env"
     env.write_text(env_text)
     env.chmod(0o600)
-    script = C.facts_script(s)
+    script = CP.facts_script(s)
     part = script[script.index("umask 077"):].replace("ef=/etc/ota/ota.env", f"ef={env}")
-    text = C._PRELUDE + f"port={port}\nTMPDIR={tmp_path}\nexport TMPDIR\n" + part
-    r = subprocess.run(["sh", "-c", text], input=(C.facts_stdin(s) or b"").decode(), capture_output=True,
+    text = CP._PRELUDE + f"port={port}\nTMPDIR={tmp_path}\nexport TMPDIR\n" + part
+    r = subprocess.run(["sh", "-c", text], input=(CP.facts_stdin(s) or b"").decode(), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    return C.parse_facts(r.stdout), r
+    return CP.parse_facts(r.stdout), r
 
 
 def local_spec(tmp_path, extra=()):
@@ -415,7 +419,7 @@ def test_login_then_cookie_works_and_leaves_nothing_behind(tmp_path, server):
     env_text = f'ADMIN_PASSWORD="{PASSWORD.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"\n' \
                "API_TOKEN=tok-CANARY-5678\n"
     facts, r = run_http_part(tmp_path, s, server.server_port, env_text)
-    p = C.Probe(s, {**facts, "port": C.Fact(0, str(server.server_port))})
+    p = C.Probe(s, {**facts, "port": CP.Fact(0, str(server.server_port))})
     res = {x.name: x for x in C.evaluate([c for c in C.checks_for(s) if c.name.startswith("http:")], p)}
     assert {n: x.status for n, x in res.items()} == {n: "passed" for n in res}, res
     # the server got the password JSON-escaped, intact; the cookie came back on the next step
@@ -431,7 +435,7 @@ def test_login_then_cookie_works_and_leaves_nothing_behind(tmp_path, server):
 def test_wrong_password_fails_login_masks_the_echo_and_skips_the_next_step(tmp_path, server):
     s = local_spec(tmp_path)
     facts, r = run_http_part(tmp_path, s, server.server_port, "ADMIN_PASSWORD=wrong-CANARY-0000\n")
-    p = C.Probe(s, {**facts, "port": C.Fact(0, str(server.server_port))})
+    p = C.Probe(s, {**facts, "port": CP.Fact(0, str(server.server_port))})
     res = {x.name: x for x in C.evaluate([c for c in C.checks_for(s) if c.name.startswith("http:")], p)}
     assert res["http:login"].status == "failed"
     assert res["http:login"].message.endswith('answered 401, expected 200 (body: {"error": "bad password ***"})')
@@ -445,7 +449,7 @@ def test_wrong_password_fails_login_masks_the_echo_and_skips_the_next_step(tmp_p
 def test_missing_key_in_the_env_file_is_a_clear_failure(tmp_path, server):
     s = local_spec(tmp_path)
     facts, _ = run_http_part(tmp_path, s, server.server_port, "OTHER=1\n")
-    p = C.Probe(s, {**facts, "port": C.Fact(0, str(server.server_port))})
+    p = C.Probe(s, {**facts, "port": CP.Fact(0, str(server.server_port))})
     res = {x.name: x for x in C.evaluate([c for c in C.checks_for(s) if c.name.startswith("http:")], p)}
     assert res["http:login"].status == "failed"
     assert "cannot build the request: ${ADMIN_PASSWORD} is not set in" in res["http:login"].message
@@ -458,9 +462,9 @@ def test_missing_key_in_the_env_file_is_a_clear_failure(tmp_path, server):
 def test_swap_check_prefers_the_linked_target_over_a_foreign_swapfile_entry():
     """/proc/swaps is kernel-global in a container: other hosts' /swapfile entries are
     listed too; this host's linked swap file shows by its target path."""
-    s = C.Spec(swap_path="/swapfile", swap_size="512M", swap_bytes=512 * 1024**2)
+    s = CS.Spec(swap_path="/swapfile", swap_size="512M", swap_bytes=512 * 1024**2)
     swaps = ("Filename Type Size Used Priority\n/swapfile file 262140 248 -2\n"
              "/var/lib/fabship-sandbox-swap-h7/swapfile file 524284 0 -5\n")
-    p = C.Probe(s, C.parse_facts(frame("swaps", swaps) + frame("swapreal", "/var/lib/fabship-sandbox-swap-h7/"
+    p = C.Probe(s, CP.parse_facts(frame("swaps", swaps) + frame("swapreal", "/var/lib/fabship-sandbox-swap-h7/"
                                                                           "swapfile\next2/ext3\n")))
     assert C.check_swap_active(p) == "/swapfile active, 512.0 MiB"

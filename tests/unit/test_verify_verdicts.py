@@ -7,6 +7,10 @@ import pytest
 
 from tasks.verify import checks as C
 
+
+from tasks.verify import spec as CS
+
+from tasks.verify import probes as CP
 from .test_verify_checks import BASE, inv_from
 
 RID = "20260101T000000Z-1.0.0"
@@ -60,14 +64,14 @@ def facts(**changes):
         if v is None:
             continue
         rc, text = v if isinstance(v, tuple) else (0, v)
-        out[k.replace("__", ".")] = C.Fact(rc, text)
+        out[k.replace("__", ".")] = CP.Fact(rc, text)
     return out
 
 
 @pytest.fixture
 def spec(tmp_path):
     inv = inv_from(tmp_path)
-    return C.build_spec(inv, inv.resolve_hosts()[0])
+    return CS.build_spec(inv, inv.resolve_hosts()[0])
 
 
 def run(spec, stage=None, **changes):
@@ -220,7 +224,7 @@ def test_enough_swap_elsewhere_is_what_bootstrap_accepts(spec):
 
 def test_world_readable_env_mode_in_the_inventory_is_refused(tmp_path):
     inv = inv_from(tmp_path, env={"mode": "0644"})
-    spec = C.build_spec(inv, inv.resolve_hosts()[0])
+    spec = CS.build_spec(inv, inv.resolve_hosts()[0])
     res = run(spec, env="/etc/shop/shop.env|root|shop|644|regular file")
     assert res["env_file_mode"].status == C.FAIL
     assert "env.mode 0644 in the inventory lets every user read" in res["env_file_mode"].message

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from .. import checks as C
+from .. import spec as CS
 
 _REGISTERED = False
 
@@ -40,7 +41,7 @@ def pytest_addoption(parser):
     g.addoption("--fabship-inventory", default=os.environ.get("FABSHIP_INVENTORY"),
                 help="inventory NAME or PATH whose promises are checked (default: $FABSHIP_INVENTORY)")
     g.addoption("--fabship-limit", default=None, help="only these hosts or groups (comma-separated)")
-    g.addoption("--fabship-stage", default=None, choices=list(C.STAGES),
+    g.addoption("--fabship-stage", default=None, choices=list(CS.STAGES),
                 help="only the checks of one gate stage (default: every check)")
     g.addoption("--fabship-set", action="append", default=[],
                 help="override an inventory key, e.g. --fabship-set verify.cert_min_days=7 (repeatable)")
@@ -57,7 +58,7 @@ class Target:
     inv_host: object        # tasks.config.inventory.Host
     inv: object
     stage: str | None
-    spec: C.Spec = None
+    spec: CS.Spec = None
     _results: dict = field(default_factory=dict)
 
     def __repr__(self):
