@@ -23,7 +23,7 @@ from pathlib import Path
 from ..core.commands import Cmd, Secret, mask_text
 from ..core.dotenv import secret_looking
 from ..resources.envfile import mask_pairs  # noqa: F401  (one masking rule
-from ..verify.checks import MARK, parse_facts, q
+from ..verify.probes import MARK, parse_facts, q
 
 
 @dataclass
