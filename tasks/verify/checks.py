@@ -400,6 +400,17 @@ def check_nginx_running(p: Probe) -> str:
     return "nginx active"
 
 
+def check_maintenance(p: Probe) -> str:
+    """fab maintenance on: reported as such, not as the 503s it causes."""
+    f = p.facts.get("maintenance")   # not gathered (older facts): nothing says it is on
+    out = f.out.strip() if f else ""
+    if not out.isdigit():
+        return "off (nginx passes requests to the app)"
+    since = datetime.fromtimestamp(int(out), timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    raise CheckFailed(f"maintenance mode is on since {since}: nginx answers 503 with the maintenance page "
+                      "(the health check and ACME still pass); `fab maintenance off` ends it")
+
+
 def _listening(port: int):
     def fn(p: Probe) -> str:
         ports = parse_listen(p.fact("listen").out)
@@ -627,6 +638,9 @@ def static_checks() -> list[Check]:
         Check("failed_units", check_failed_units, (), lambda s: True, doc="no failed systemd units"),
         Check("nginx_config", check_nginx_config, _ALL, lambda s: s.nginx, doc="nginx -t passes"),
         Check("nginx_running", check_nginx_running, _ALL, lambda s: s.nginx, doc="nginx is active"),
+        # fab verify only: deploying during maintenance mode is what it is for
+        Check("maintenance", check_maintenance, (), lambda s: s.nginx and bool(s.app),
+              doc="maintenance mode is off (fab maintenance on|off)"),
         Check("listen_http", _listening(80), _ALL, lambda s: s.nginx, ("nginx_running",),
               doc="something listens on port 80"),
         Check("listen_https", _listening(443), _ALL, lambda s: s.tls, ("nginx_running",),

@@ -389,6 +389,11 @@ def facts_script(spec: Spec) -> str:
         probe("nginx_t", "nginx -t")
         probe("nginx_active", "systemctl is-active nginx")
         probe("listen", "ss -Hltn")
+    if spec.nginx and spec.app:
+        from ..resources.nginx import maintenance_flag
+
+        # fab maintenance on|off: the flag file the site checks (its mtime: since when)
+        probe("maintenance", f"stat -c %Y -- {q(maintenance_flag(spec.app))} 2>/dev/null || echo off")
     if spec.tls and spec.domains:
         d0 = q(spec.domains[0])
         probe("cert", f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -servername {d0} 2>/dev/null"

@@ -198,3 +198,16 @@ def test_custom_page_relative_to_the_inventory(tmp_path):
     inv = load_inv(tmp_path, {"nginx": {"maintenance": {"page": "missing.html"}}})
     with pytest.raises(ConfigError, match="nginx.maintenance.page"):
         M.page_bytes(inv)
+
+
+def test_verify_reports_maintenance_as_such():
+    from types import SimpleNamespace
+
+    from tasks.verify import checks as C
+
+    on = SimpleNamespace(facts={"maintenance": SimpleNamespace(out="1700000000\n")})
+    with pytest.raises(C.CheckFailed) as e:
+        C.check_maintenance(on)
+    assert "maintenance mode is on since 2023-11-14 22:13:20Z" in str(e.value) and "fab maintenance off" in str(e.value)
+    assert C.check_maintenance(SimpleNamespace(facts={"maintenance": SimpleNamespace(out="off\n")})).startswith("off")
+    assert [c for c in C.static_checks() if c.name == "maintenance"][0].stages == ()   # never a gate

@@ -105,8 +105,8 @@ def test_every_check_applies_to_a_full_inventory(spec):
     got = names(C.checks_for(spec))
     assert got == ["packages", "swap_active", "swap_fstab_once", "app_user", "app_dirs", "env_file",
                    "env_file_owner", "env_file_mode", "unit_enabled", "unit_active", "failed_units",
-                   "nginx_config", "nginx_running", "listen_http", "listen_https", "cert_valid",
-                   "http_redirect", "health", "nginx_proxy", "current_release", "active_slot",
+                   "nginx_config", "nginx_running", "maintenance", "listen_http", "listen_https",
+                   "cert_valid", "http_redirect", "health", "nginx_proxy", "current_release", "active_slot",
                    "http:manifest", "http:GET /api/releases"]
 
 
