@@ -94,12 +94,25 @@ def _one_provider(value, path):
 
 HOSTS = Struct({"static": F(STATIC), "ec2": F(EC2)}, validator=_one_provider, fill_default=False)
 
-def _ssh_link_defaults(ssh: dict) -> None:
+def _ssh_link_defaults(ssh: dict, path: tuple = ()) -> None:
     """Unset link options stay out of the section (tasks/core/ssh.py LINK_DEFAULTS
     holds their defaults), so it reads as it did before they existed."""
-    for k in ("forward_agent", "keepalive", "dead_after"):
+    for k in ("forward_agent", "keepalive", "dead_after", "via", "ssm", "wait"):
         if ssh.get(k) is None:
             ssh.pop(k, None)
+    if ssh.get("via") == "ssm" and ssh.get("jump_host"):
+        raise SchemaError(path + ("via",), "ssm reaches the instance itself: leave ssh.jump_host out")
+    if ssh.get("ssm") and ssh.get("via") != "ssm":
+        raise SchemaError(path + ("ssm",), "only used with ssh.via: ssm")
+
+
+# ssh.via: ssm (tasks/core/ssh.py ssm_proxy_argv): Session Manager's AWS-StartSSHSession
+# document as the connection's proxy command; region defaults to hosts.ec2.region
+SSM = Struct({
+    "region": F(Str(r"[a-z]{2}(-[a-z]+)+-\d", "an AWS region such as eu-west-1")),
+    "profile": F(Str(r"[A-Za-z0-9_.+=@-]+", "an AWS profile name")),
+    "document": F(Str(r"[A-Za-z0-9_.:/-]+", "an SSM document name"), default="AWS-StartSSHSession"),
+}, fill_default=False)
 
 
 _ONE_JUMP = r"(?:[A-Za-z0-9._-]+@)?(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
@@ -120,7 +133,13 @@ SSH = Struct({
     # a keepalive every N seconds (0: none); a link that misses dead_after in a row is failed
     "keepalive": F(Number(min=0)),
     "dead_after": F(Int(1)),
-}, validator=lambda value, path: _ssh_link_defaults(value))
+    # hosts with no inbound SSH: through AWS Systems Manager Session Manager
+    "via": F(Enum("ssm")),
+    "ssm": F(SSM),
+    # fresh hosts: retry connecting (refused, timeout, banner) for up to N seconds, then wait
+    # for `cloud-init status --wait` where cloud-init exists
+    "wait": F(Number(min=0)),
+}, validator=_ssh_link_defaults)
 
 GROUP = Struct({
     "hosts": F(List(Str(NAME, "a host name")), default=[]),

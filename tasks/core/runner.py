@@ -152,7 +152,32 @@ class HostContext:
         if self.conn is None:
             self.conn = self.run_.connect(self.host)
             self.reached = True
+            if self.inv.data["ssh"].get("wait") and not self.data.get("cloud_init_waited"):
+                self.data["cloud_init_waited"] = True
+                self._wait_cloud_init(float(self.inv.data["ssh"]["wait"]))
         return self.conn
+
+    def _wait_cloud_init(self, wait: float) -> None:
+        """ssh.wait: a host that just booted answers SSH before cloud-init has
+        finished (packages, users, apt locks); wait for it where it exists."""
+        from .commands import Raw
+
+        probe = Raw("if command -v cloud-init >/dev/null 2>&1; then cloud-init status --wait >/dev/null 2>&1; "
+                    "echo \"cloud-init $?\"; else echo none; fi")
+        t0 = time.monotonic()
+        r = self.run(Cmd(probe), check=False, root=False, timeout=max(60.0, wait), what="cloud-init status --wait")
+        out = r.stdout.strip()
+        if out == "none":
+            return
+        took = time.monotonic() - t0
+        if r.timed_out:
+            self.fail("cloud-init", f"still running after {max(60.0, wait):g}s (cloud-init status --wait)")
+        if out in ("cloud-init 0", "cloud-init 2"):  # 2: done, with recoverable errors
+            self.ok("cloud-init", f"done{' (with recoverable errors)' if out.endswith('2') else ''}"
+                                  f" after waiting {took:.0f}s")
+        else:  # it failed: say so, the steps that follow check what they need
+            self.say(f"warning: cloud-init reports an error ({out or r.tail()}); carrying on")
+            self.ok("cloud-init", "finished with an error (see `cloud-init status --long` on the host)")
 
     def close(self):
         if self.conn is not None:
@@ -424,6 +449,9 @@ class Run:
         self._jumps: list = []  # open connections to the jump hosts, first hop first
         self._jump_lock = threading.Lock()
         register_run(self)  # the task boundary reports it (--json) and re-records its final exit code
+        if inv.data["ssh"].get("via") == "ssm":  # every host has an instance id, before anything connects
+            for h in hosts:
+                ssm_instance_id(inv, h)
 
     def add_secrets(self, values: Iterable) -> None:
         for v in values:
@@ -433,9 +461,25 @@ class Run:
     def connect(self, host):
         from .ssh import connect
 
+        proxy, key_name = self.ssm_proxy(host)
         return connect(host, self.inv.data["ssh"], key_file=self.key_file, known_hosts=self.known_hosts,
                        accept_new=self.accept_new, notify=lambda m: self.out.line(host.name, m),
-                       gateway=self.jump_connection(host), on_dead=lambda m: self._link_lost(host, m))
+                       gateway=None if proxy else self.jump_connection(host),
+                       on_dead=lambda m: self._link_lost(host, m), proxy_argv=proxy, key_name=key_name)
+
+    def ssm_proxy(self, host) -> tuple[list | None, str | None]:
+        """ssh.via: ssm: the host's proxy command and the name its key is
+        recorded under (its instance id: stable, unlike a private address)."""
+        from .ssh import ssm_proxy_argv
+
+        ssh = self.inv.data["ssh"]
+        if ssh.get("via") != "ssm":
+            return None, None
+        iid = ssm_instance_id(self.inv, host)
+        opts = ssh.get("ssm") or {}
+        region = opts.get("region") or ((self.inv.data.get("hosts") or {}).get("ec2") or {}).get("region")
+        return ssm_proxy_argv(iid, host.port, region=region, profile=opts.get("profile"),
+                              document=opts.get("document") or "AWS-StartSSHSession"), iid
 
     def _link_lost(self, host, message: str) -> None:
         ctx = self.contexts.get(host.name)
@@ -680,6 +724,19 @@ class Run:
         self.close()
         self.write_record()
         return self.exit_code()
+
+
+def ssm_instance_id(inv, host) -> str:
+    """The EC2 instance id Session Manager targets: EC2 discovery's
+    `instance-id` tag (a static host sets it in its tags)."""
+    from .ssh import INSTANCE_ID
+
+    iid = (host.tags or {}).get("instance-id", "")
+    if not INSTANCE_ID.fullmatch(str(iid)):
+        got = f"its instance-id tag is {iid!r}" if iid else "it has no instance-id tag"
+        raise inv.error("ssh.via", f"host {host.name}: ssm needs the EC2 instance id, and {got} (EC2 discovery "
+                                   f"sets it; a static host gives tags: {{instance-id: i-0123456789abcdef0}})")
+    return str(iid)
 
 
 def _release_before(ctx) -> str | None:

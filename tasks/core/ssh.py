@@ -23,11 +23,14 @@ the blocked reads.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
 import os
+import re
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -216,21 +219,170 @@ def strict_config() -> Config:
     return Config(lazy=True, ssh_config=paramiko.SSHConfig())
 
 
+# -- ssh.via: ssm -----------------------------------------------------------------------------
+
+INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+
+
+def ssm_proxy_argv(instance_id: str, port: int, region: str | None = None, profile: str | None = None,
+                   document: str = "AWS-StartSSHSession", aws: str = "aws") -> list[str]:
+    """The proxy command of a connection through Session Manager: the AWS CLI
+    (and its session-manager-plugin) carries the SSH stream to the instance's
+    own sshd, so host keys and SFTP work as over TCP. An argv, never a shell line."""
+    if not INSTANCE_ID.fullmatch(instance_id or ""):
+        raise ConfigError("ssh.via: ssm", "instance id", f"expected an EC2 instance id such as "
+                                                         f"i-0123456789abcdef0, got {instance_id!r}")
+    argv = [aws, "ssm", "start-session", "--target", instance_id, "--document-name", document,
+            "--parameters", f"portNumber={int(port)}"]
+    if region:
+        argv += ["--region", region]
+    if profile:
+        argv += ["--profile", profile]
+    return argv
+
+
+class SessionProxy(paramiko.ProxyCommand):
+    """paramiko's ProxyCommand from an argv (no shlex round trip), saying why
+    the program could not run or exited (its stderr's last line)."""
+
+    def __init__(self, argv: list[str]):  # noqa: super().__init__ would shlex.split a string
+        self.cmd = list(argv)
+        self.timeout = None
+        try:
+            self.process = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, bufsize=0)
+        except OSError as e:
+            raise ConnectError(f"ssh.via ssm: cannot run {self.cmd[0]}: {e.strerror} (the AWS CLI v2 and the "
+                               f"session-manager-plugin must be installed on this machine)") from None
+
+    def recv(self, size):
+        """What the program wrote, as soon as there is some; b"" at its end (paramiko's
+        loops on an exited program's empty reads until its timeout)."""
+        import select
+
+        fd = self.process.stdout.fileno()
+        start = time.monotonic()
+        while True:
+            left = None if self.timeout is None else self.timeout - (time.monotonic() - start)
+            if left is not None and left <= 0:
+                raise socket.timeout()
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                try:
+                    return os.read(fd, size)
+                except OSError as e:
+                    raise paramiko.ProxyCommandFailure(" ".join(self.cmd), e.strerror) from None
+
+    def close(self):
+        if self.process.poll() is None:  # paramiko's close would kill a pid already reaped
+            try:
+                self.process.terminate()
+                self.process.wait(5)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+        # kept for why_not(): the failure is reported after the close (which paramiko may call twice)
+        self._stderr = (getattr(self, "_stderr", None) or "") + self._read_stderr()
+        for f in (self.process.stdin, self.process.stdout, self.process.stderr):
+            try:
+                if f:
+                    f.close()
+            except OSError:
+                pass
+
+    def _read_stderr(self) -> str:
+        """What the proxy wrote to stderr so far, without blocking (the CLI's
+        plugin may still hold the pipe open)."""
+        f = self.process.stderr
+        if not f or f.closed:
+            return ""
+        try:
+            os.set_blocking(f.fileno(), False)
+            data = f.read() or b""
+        except (OSError, ValueError):
+            data = b""
+        return data.decode(errors="replace")
+
+    def why_not(self) -> str:
+        """What the proxy said if it has exited (empty while it runs)."""
+        if self.process.poll() is None:
+            return ""
+        err = getattr(self, "_stderr", None)
+        if err is None:
+            self.process.wait()
+            err = self._read_stderr()
+        lines = [ln.strip() for ln in err.splitlines() if ln.strip()]
+        return f"{self.cmd[0]} exited {self.process.returncode}" + (f": {lines[-1][:300]}" if lines else "")
+
+
+class ProxiedConnection(Connection):
+    """A Connection whose transport runs over a local program's stdin/stdout."""
+
+    def __init__(self, *args, proxy_argv: list[str], **kwargs):
+        # a non-empty gateway makes fabric's open() ask open_gateway() for the socket;
+        # a fresh proxy per open: a reconnect never reuses an exited one
+        super().__init__(*args, gateway=" ".join(proxy_argv), **kwargs)
+        self.proxy_argv = list(proxy_argv)
+        self.proxy: SessionProxy | None = None
+
+    def open_gateway(self):
+        self.proxy = SessionProxy(self.proxy_argv)
+        return self.proxy
+
+
+# -- opening a connection ----------------------------------------------------------------------
+
+class Unanswered(ConnectError):
+    """Nothing answered yet (refused, timeout, no SSH banner): a fresh host may still be booting."""
+
+
 def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_new: bool,
-            notify=None, gateway: Connection | None = None, on_dead=None) -> Connection:
+            notify=None, gateway: Connection | None = None, on_dead=None,
+            proxy_argv: list[str] | None = None, key_name: str | None = None) -> Connection:
     """Open one connection to `host`; every step of the run reuses it. With a
-    `gateway` (an open connection to the jump host) it goes through that.
-    `on_dead(message)` is called when the keepalive watchdog gives up on the link."""
+    `gateway` (an open connection to the jump host) it goes through that; with
+    `proxy_argv` (ssh.via: ssm) over that program, the host key being checked
+    under `key_name` (the instance id). `on_dead(message)` is called when the
+    keepalive watchdog gives up on the link. With `ssh.wait` a host that does
+    not answer yet is retried with backoff for up to that many seconds (a
+    changed key, a refused key or a failed login is never retried)."""
+    if key_name:
+        host = dataclasses.replace(host, address=key_name)  # the name known_hosts records it under
+    wait = float(ssh.get("wait") or 0)
+    deadline = time.monotonic() + wait
+    delay, tries = 1.0, 0
+    while True:
+        tries += 1
+        try:
+            return _connect_once(host, ssh, key_file=key_file, known_hosts=known_hosts, accept_new=accept_new,
+                                 notify=notify, gateway=gateway, on_dead=on_dead, proxy_argv=proxy_argv)
+        except Unanswered as e:
+            left = deadline - time.monotonic()
+            if not wait:
+                raise
+            if left <= 0:
+                raise ConnectError(f"{e.message}; gave up after {wait:g}s of ssh.wait ({tries} attempts)") from None
+            pause = min(delay, left)
+            if notify:
+                notify(f"waiting for SSH: {e.message}; attempt {tries + 1} in {pause:.0f}s "
+                       f"({left:.0f}s left of ssh.wait={wait:g})")
+            time.sleep(pause)
+            delay = min(delay * 2, 10.0)
+
+
+def _connect_once(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_new: bool,
+                  notify=None, gateway: Connection | None = None, on_dead=None,
+                  proxy_argv: list[str] | None = None) -> Connection:
     connect_kwargs = {"allow_agent": True}
     if key_file:
         connect_kwargs.update(key_filename=[key_file], look_for_keys=False)
-    conn = Connection(
-        host=host.address, user=host.user, port=host.port, config=strict_config(),
-        connect_timeout=ssh["connect_timeout"], connect_kwargs=connect_kwargs,
-        forward_agent=bool(link_option(ssh, "forward_agent")),
+    common = dict(host=host.address, user=host.user, port=host.port, config=strict_config(),
+                  connect_timeout=ssh["connect_timeout"], connect_kwargs=connect_kwargs,
+                  forward_agent=bool(link_option(ssh, "forward_agent")))
+    if proxy_argv:
+        conn = ProxiedConnection(proxy_argv=proxy_argv, **common)
+    else:
         # False, not None: None would make fabric look for a gateway in its config
-        gateway=gateway if gateway is not None else False,
-    )
+        conn = Connection(**common, gateway=gateway if gateway is not None else False)
     client = conn.client
     if known_hosts.exists():
         try:
@@ -256,14 +408,18 @@ def connect(host, ssh: dict, *, key_file: str | None, known_hosts: Path, accept_
     except paramiko.AuthenticationException as e:
         raise ConnectError(f"{host.address}:{host.port}: authentication failed for user {host.user}: {e}") from None
     except paramiko.ChannelException as e:  # the jump host could not open the way
-        raise ConnectError(f"{host.address}:{host.port}: the jump host could not reach it "
-                           f"({e.text or e.code})") from None
+        raise Unanswered(f"{host.address}:{host.port}: the jump host could not reach it "
+                         f"({e.text or e.code})") from None
     except (socket.timeout, TimeoutError):
-        raise ConnectError(
-            f"{host.address}:{host.port}: unreachable (no answer within {ssh['connect_timeout']}s)") from None
+        raise Unanswered(
+            f"{host.address}:{host.port}: unreachable (no answer within {ssh['connect_timeout']}s)"
+            + _proxy_said(conn)) from None
     except (OSError, paramiko.SSHException, EOFError) as e:
         msg = getattr(e, "strerror", None) or str(e) or type(e).__name__
-        raise ConnectError(f"{host.address}:{host.port}: cannot connect: {msg}") from None
+        if isinstance(e, paramiko.ssh_exception.NoValidConnectionsError) and e.errors:
+            inner = next(iter(e.errors.values()))  # say "Connection refused", not paramiko's summary
+            msg = getattr(inner, "strerror", None) or msg
+        raise Unanswered(f"{host.address}:{host.port}: cannot connect: {msg}{_proxy_said(conn)}") from None
     quiet_idle(conn.client.get_transport())
     if link_option(ssh, "keepalive"):
         Keepalive(conn.client.get_transport(), float(link_option(ssh, "keepalive")),
@@ -349,6 +505,12 @@ class Keepalive(threading.Thread):
             except Exception:
                 pass
         t.close()
+
+
+def _proxy_said(conn) -> str:
+    proxy = getattr(conn, "proxy", None)
+    why = proxy.why_not() if proxy is not None else ""
+    return f" (ssh.via ssm: {why})" if why else ""
 
 
 def _open(conn: Connection) -> None:
