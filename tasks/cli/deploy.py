@@ -1,4 +1,6 @@
 """`fab deploy`: build a release, health-check it, switch, roll back on failure.
+(Longer than most: the per-host sequence and the fleet around it -- locks, batches,
+max-fail, the fleet rollback, interruption -- are one flow read top to bottom.)
 
 Per host (`deploy_host`), new before old:
   1. release dir /opt/APP/releases/<id> from the source (git / artifact /

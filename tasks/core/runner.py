@@ -2,7 +2,8 @@
 parallel pool, host-prefixed output, per-step ok/changed/skipped/failed, one
 summary table, and a JSON run record under .fabship/runs/.
 
-This is the one thin place where commands built elsewhere are executed.
+This is the one thin place where commands built elsewhere are executed (so it is
+longer than most: Run, HostContext, output and the run record belong together).
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""One class per resource kind. Each has
+"""One class per resource kind (nine kinds: one module keeps their shared
+lookup/plan/destroy shape side by side; each class is short). Each has
   lookup(clients, spec, known) -> State   read-only API calls (describe/get/list)
   plan(spec, state, known) -> [Change]     pure: what to create or repair, as API calls
   destroy(spec, state) -> [Change]         pure: what --destroy deletes (managed only)

@@ -1,5 +1,9 @@
 """The local sandbox fleet: real Debian 12 hosts on this machine.
 
+(Why one long module: it is developer tooling, never imported by the product, and
+its parts -- image, network, hosts, state file, up/down -- share one plan and one
+state lock; split, each would re-derive them.)
+
 `fab sandbox.up [--count N] [--docker]` boots N systemd-nspawn containers (systemd
 as PID 1, a real sshd), each in its own network namespace on a bridge
 (10.231.0.1/24, hosts .11, .12, ...), each on an overlay over one cached

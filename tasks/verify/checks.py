@@ -1,4 +1,7 @@
-"""The verification checks: read-only questions about a host, each with a
+"""(One module for ~30 small check functions and their registry: each reads one
+or two facts; spread out, the registry would import them all back.)
+
+The verification checks: read-only questions about a host, each with a
 stable name and a one-line failure message that says what is wrong and what
 was expected.
 
