@@ -188,8 +188,19 @@ def maintenance(c, mode, inventory=None, set=None, limit=None, parallel=10, acce
     run_maintenance(mode, inventory, set or (), limit, parallel, accept_new_host_keys, verbose, dry_run)
 
 
-TASKS = (init, hosts, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose, logs,
-         exec_, maintenance,)
+@fabship_task(help=helps("inventory", "set",
+                         host="show it as this host (name or address) sees it: {host}/{address} expanded, its "
+                              "address, user, port, groups, tags and vars",
+                         schema="print the inventory format as a JSON Schema (for editors' YAML support) and exit"))
+def config(c, inventory=None, set=None, host=None, schema=False):
+    """Show the merged inventory, each value with the file it came from (secrets masked); --schema: its JSON Schema."""
+    from .config import show_config
+
+    show_config(inventory, set or (), host=host, schema=schema)
+
+
+TASKS = (init, hosts, config, provision, bootstrap, deploy, rollback, releases, unlock, rotate_env, verify, diagnose,
+         logs, exec_, maintenance,)
 
 
 def collection() -> Collection:
