@@ -21,14 +21,18 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from fabric.executor import Executor as _FabricExecutor
 from invoke import Executor as _InvokeExecutor
 
-from ..config.app import Layout
 from ..core.commands import Cmd, become, sh
 from ..core.errors import ConfigError
-from ..release.hooks import mask_filter, mask_rule_keys, masked_pipeline, systemd_run
+
+if TYPE_CHECKING:
+    from ..config.app import Layout
+# config.app and release.hooks are imported where they are used: every `fab` start
+# loads this module (install_executor), and they cost ~14 ms of it
 
 _REMAINDER: dict = {"text": "", "argv": None}
 EXEC_TIMEOUT = 3600
@@ -76,6 +80,8 @@ def remainder() -> str:
 # -- commands (pure) ----------------------------------------------------------------------------
 
 def exec_cmd(inv, lay: Layout, command: str, *, tty: bool = False, service: str | None = None) -> Cmd:
+    from ..release.hooks import mask_filter, mask_rule_keys, masked_pipeline, systemd_run
+
     env_required = bool(inv.get("env.source"))
     if lay.kind == "docker":
         flags = ["-it"] if tty else ["-i"]
@@ -124,6 +130,8 @@ def app_exec(command: str, inventory=None, set=(), limit=None, parallel=10, acce
     if tty and len(run.hosts) != 1:
         raise ConfigError("command line", "--tty", f"an interactive terminal needs exactly one host; "
                                                    f"{len(run.hosts)} selected (use --limit HOST)")
+    from ..config.app import Layout
+
     lay = Layout.from_inventory(inv)
     register_env_secrets(run)
     cmd = exec_cmd(inv, lay, command, tty=tty, service=service)
