@@ -241,7 +241,7 @@ def test_pytest_suite_over_fabship_and_testinfra_backends(h7):
     assert "StrictHostKeyChecking yes" in cfg.read_text()
     addr = fleet.host(HOST).address
     base = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
-            str(REPO / "tasks" / "verify_suite"), f"--fabship-inventory={h7.inv}", f"--fabship-limit={HOST}"]
+            str(REPO / "tasks" / "verify" / "suite"), f"--fabship-inventory={h7.inv}", f"--fabship-limit={HOST}"]
     for extra in ([], [f"--hosts=ssh://{HOST}", f"--ssh-config={cfg}"],
                   [f"--hosts=paramiko://root@{addr}", f"--ssh-identity-file={fleet.key_file}"]):
         r = subprocess.run(base + extra, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -253,7 +253,7 @@ def test_pytest_suite_over_fabship_and_testinfra_backends(h7):
     bad.write_text(yaml.safe_dump({"include": [str(h7.inv)], "ssh": {"known_hosts": str(h7.tmp / "empty_kh")}}))
     (h7.tmp / "empty_kh").write_text("")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        str(REPO / "tasks" / "verify_suite"), f"--fabship-inventory={bad}",
+                        str(REPO / "tasks" / "verify" / "suite"), f"--fabship-inventory={bad}",
                         f"--fabship-limit={HOST}", f"--hosts=paramiko://root@{addr}",
                         f"--ssh-identity-file={fleet.key_file}"], cwd=REPO, capture_output=True, text=True,
                        timeout=300)

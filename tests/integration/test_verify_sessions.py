@@ -29,7 +29,7 @@ DOMAIN = f"{HOST}.sandbox.test"
 ENV_PATH = f"/etc/{APP}/ota.env"
 SAMPLE_ENV = REPO / "inventories" / "sandbox-env" / "ota.env"
 HTTP = ["http:manifest", "http:releases_need_login", "http:login", "http:releases_with_session"]
-LOGIN = f"POST https://{DOMAIN}/api/login [content-type: application/json]"
+LOGIN = f"POST https://{DOMAIN}/api/login [headers: content-type]"  # messages name header keys, never values
 READABLE_DIRS = "/etc /opt /tmp /var/tmp /var/log /var/lib /home /root /run /srv"
 
 
