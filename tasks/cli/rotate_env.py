@@ -292,13 +292,19 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
 @contextlib.contextmanager
 def _audit_interrupted(ctx):
     """Ctrl-C/SIGTERM mid-rotation: the audit log says so (the file is the old
-    or the new one; one installed but not applied is applied by the next run)."""
+    or the new one; one installed but not applied is applied by the next run).
+    A step that failed before the restart (the install itself: a full disk)
+    is audited as failed; a failed restart audits itself."""
+    from ..release.audit import audit
+
     try:
         yield
+    except StepFailed as e:
+        if not e.message.startswith("rotate-env failed"):   # the restart's failure: audited where it happens
+            audit(ctx, "rotate-env", None, "failed", e.message[:200])
+        raise
     except BaseException as e:
         if isinstance(e, KeyboardInterrupt) or type(e).__name__ == "Terminated":
-            from ..release.audit import audit
-
             audit(ctx, "rotate-env", None, "interrupted",
                   "Ctrl-C/SIGTERM; a file installed but not applied is applied by the next run")
         raise

@@ -110,3 +110,31 @@ def test_rotate_env_interrupted_mid_rotation_is_audited(tmp_path, monkeypatch):
     last = open(lay.audit_log).read().splitlines()[-1]
     assert "action=rotate-env" in last and "result=interrupted" in last
     assert not os.path.exists(lay.lock_dir)
+
+
+def test_rotate_env_whose_install_fails_is_audited(tmp_path, monkeypatch):
+    """The env file's install fails (ENOSPC in /etc/APP): one `failed` audit
+    line, the old file untouched, the lock released."""
+    import pytest
+
+    import tasks.cli.rotate_env as re_mod
+    from tasks.core.errors import StepFailed
+
+    from .test_rotate_env import _pending_setup
+
+    inv, t = _pending_setup(tmp_path)
+    before = open(t.path).read()
+
+    def full_disk(ctx, *a, **kw):
+        ctx.fail("env file", f"installing {t.path} failed (exit 1)", "No space left on device")
+
+    monkeypatch.setattr(re_mod, "install_env_file", full_disk)
+    src = tmp_path / "n.env"
+    src.write_text("APP_SECRET=second-secret-0123456789\n")
+    src.chmod(0o600)
+    with pytest.raises(StepFailed):
+        re_mod.rotate_host(LocalCtx(inv, task="rotate-env"), re_mod.plan(inv, str(src)))
+    lay = Layout.from_inventory(inv)
+    last = open(lay.audit_log).read().splitlines()[-1]
+    assert "action=rotate-env" in last and "result=failed" in last and "installing" in last
+    assert open(t.path).read() == before and not os.path.exists(lay.lock_dir)
