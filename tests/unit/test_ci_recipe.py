@@ -95,3 +95,25 @@ def test_the_summary_step_renders_a_real_document(wf, tmp_path, fab):
     text = summary.read_text()
     assert "unreachable (exit 4)" in text and "| gone | unreachable | - | - |" in text
     json.loads(r.stdout)
+
+
+def test_short_options_resolve_as_the_readme_says(fab, tmp_path):
+    """After the task name -i/-d are the task's (--inventory, --dry-run); before it they are
+    fab's own (-i an identity file, which fabship never reads: keys come from ssh.key_file)."""
+    from fabric.main import make_program
+
+    p = make_program()
+    argv = ["fab", "-i", "/nonexistent/identity", "deploy", "-i", "ota-dev", "-d"]
+    p.argv = argv
+    p.create_config()
+    p.parse_core(argv)
+    p.parse_collection()
+    p.parse_tasks()
+    (t,) = p.tasks
+    assert t.args["inventory"].value == "ota-dev" and t.args["dry-run"].value is True
+    assert p.core[0].args["identity"].value == ["/nonexistent/identity"]
+    from tests.unit.test_exit_codes import _inv
+
+    r = fab("-i", "/nonexistent/identity", "hosts", "-i", str(_inv(tmp_path, 22)), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["data"]["hosts"][0]["name"] == "gone"
