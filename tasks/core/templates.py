@@ -22,6 +22,7 @@ def environment():
         trim_blocks=True,
         lstrip_blocks=True,
         autoescape=False,
+        auto_reload=False,  # templates do not change during a run: no stat per render per host
     )
 
 
