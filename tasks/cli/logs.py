@@ -172,8 +172,10 @@ def sort_key(line: str) -> str:
 
 def merged(per_host: dict[str, list[str]]):
     """Each host's lines are in time order: merge them by their timestamps."""
-    its = [((sort_key(ln), i, host, ln) for i, ln in enumerate(lines)) for host, lines in per_host.items()]
-    for _key, _i, host, ln in heapq.merge(*its):
+    def keyed(host: str, lines: list[str]):
+        return [(sort_key(ln), i, host, ln) for i, ln in enumerate(lines)]
+
+    for _key, _i, host, ln in heapq.merge(*(keyed(h, lines) for h, lines in per_host.items())):
         yield host, ln
 
 

@@ -94,7 +94,7 @@ def test_follow_reader_dies_with_its_channel(tmp_path):
 def test_merge_by_timestamp():
     out = list(L.merged({"h1": ["2025-01-01T10:00:01+0000 a", "2025-01-01T10:00:03+0000 c"],
                          "h2": ["2025-01-01T10:00:02.5Z b"]}))
-    assert [ln.split()[-1] for _, ln in out] == ["a", "b", "c"] and out[1][0] == "h2"
+    assert [(host, ln.split()[-1]) for host, ln in out] == [("h1", "a"), ("h2", "b"), ("h1", "c")]
 
 
 # -- fab exec ------------------------------------------------------------------------------------
