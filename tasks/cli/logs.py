@@ -3,7 +3,7 @@ selected host, merged, each line prefixed with the host.
 
 node/python: the unit's journal (`APP@*.service` for blue/green, `APP.service`);
 docker: the running container's `docker logs`; compose: `compose logs` of the
-current release; static: nginx's journal. Every line passes the host-side mask
+current release; static: nginx's log files (tail). Every line passes the host-side mask
 (tasks/release/hooks.py mask_filter: the env file's secret-looking values,
 read on the host by root, -> ***) and the run's registered secrets. Without -f
 the hosts' lines are merged by their timestamps; with -f they are printed as
@@ -64,9 +64,15 @@ def check_grep(value) -> str | None:
 
 def source_cmd(inv, lay: Layout, *, follow: bool, since: tuple | None, lines: int) -> str:
     """The shell line that prints the app's log lines (timestamps first where the tool allows)."""
-    if lay.kind in ("node", "python", "static"):
-        unit = ("nginx.service" if lay.kind == "static" else
-                f"{lay.app}@*.service" if lay.blue_green else lay.unit)
+    if lay.kind == "static":
+        # no process of its own: nginx's log files (every site's; nginx keeps them, not the journal)
+        if since:
+            raise ConfigError("command line", "--since", "a static app's logs are nginx's log files, which "
+                                                         "tail cannot cut by time; use --lines")
+        return Cmd("tail", "-n", str(lines), *(["-F"] if follow else []), "/var/log/nginx/access.log",
+                   "/var/log/nginx/error.log").render()
+    if lay.kind in ("node", "python"):
+        unit = f"{lay.app}@*.service" if lay.blue_green else lay.unit
         args = ["journalctl", "-u", unit, "--no-pager", "--utc", "-o", "short-iso", "-n", str(lines)]
         if since:
             args.append(f"--since={since[0]}")

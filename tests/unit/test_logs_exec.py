@@ -211,3 +211,12 @@ def test_verify_reports_maintenance_as_such():
     assert "maintenance mode is on since 2023-11-14 22:13:20Z" in str(e.value) and "fab maintenance off" in str(e.value)
     assert C.check_maintenance(SimpleNamespace(facts={"maintenance": SimpleNamespace(out="off\n")})).startswith("off")
     assert [c for c in C.static_checks() if c.name == "maintenance"][0].stages == ()   # never a gate
+
+
+def test_static_logs_are_nginx_files(tmp_path):
+    inv = load_inv(tmp_path, {"app": {"kind": "static", "start": None}})
+    lay = Layout.from_inventory(inv)
+    assert L.source_cmd(inv, lay, follow=True, since=None, lines=7) == \
+        "tail -n 7 -F /var/log/nginx/access.log /var/log/nginx/error.log"
+    with pytest.raises(ConfigError, match="--since"):
+        L.source_cmd(inv, lay, follow=False, since=("-1h", "1h"), lines=7)
