@@ -12,6 +12,7 @@ import io
 import json
 import os
 import re
+import select
 import socket
 import sys
 import threading
@@ -316,22 +317,27 @@ class HostContext:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = time.monotonic() + limit
-            pause = 0.001
+            # wait for events, not by polling (50 wakeups a second per command in flight were a
+            # fleet's CPU): the channel's fileno is readable on stdout or stderr data and at EOF;
+            # after EOF only the exit status is to come. The 0.2 s bound covers an exit status
+            # that comes while a left-behind child keeps the output open (no EOF).
+            chan.fileno()
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
-                elif chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                elif chan.exit_status_ready():
                     break
-                elif time.monotonic() > deadline:
-                    return RemoteResult(text, out.decode(errors="replace"), err.decode(errors="replace"), 124,
-                                        timed_out=True)
                 else:
-                    time.sleep(pause)
-                    pause = min(pause * 2, 0.02)  # quick for short commands, cheap for long ones
-                    continue
-                pause = 0.001
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return RemoteResult(text, out.decode(errors="replace"), err.decode(errors="replace"), 124,
+                                            timed_out=True)
+                    if chan.eof_received:
+                        chan.status_event.wait(min(left, 0.2))
+                    else:
+                        select.select([chan], [], [], min(left, 0.2))
             # drain anything that raced with the exit status
             while chan.recv_ready():
                 out += chan.recv(65536)

@@ -54,3 +54,29 @@ def test_streaming_still_streams_line_by_line(fleet, invoke_runs):  # noqa: F811
     run.finish()
     assert len(invoke_runs) == 1
     assert "[s0] one\n[s0] two\n" in buf.getvalue()
+
+
+def test_waiting_is_event_driven_not_polling(fleet, monkeypatch):  # noqa: F811
+    """A command that runs quietly for 1.5 s costs a few wakeups, not one per
+    20 ms (issue 17: a fleet's in-flight commands polling were its CPU); output
+    still arrives as it comes and the exit status is the command's."""
+    import select
+    import time
+
+    import tasks.core.runner as runner
+
+    inv, _ = fleet
+    run, _buf = make(inv)
+    ctx = run.ctx(run.hosts[0])
+    ctx.connect()
+    waits, sleeps = [], []
+    real_select, real_sleep = select.select, time.sleep
+    monkeypatch.setattr(runner.select, "select", lambda *a: waits.append(a) or real_select(*a))
+    monkeypatch.setattr(runner.time, "sleep", lambda s: sleeps.append(s) or real_sleep(s))
+    t0 = time.monotonic()
+    r = ctx.run("sleep 1.5; echo done; echo warn >&2; exit 4", check=False)
+    assert (r.stdout, r.stderr, r.exited) == ("done\n", "warn\n", 4)
+    assert time.monotonic() - t0 < 2.5
+    polls = [s for s in sleeps if s <= 0.02]  # the old loop's naps (the keepalive thread sleeps too)
+    assert len(waits) <= 12 and polls == [], (len(waits), len(polls))
+    run.finish()
