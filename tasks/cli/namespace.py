@@ -3,7 +3,7 @@
 calls one function of the task's own module in this package."""
 from invoke import Collection
 
-from .base import COMMON, fabship_task, helps
+from .base import COMMON, PARALLEL, fabship_task, helps
 
 
 @fabship_task(help=helps("inventory", "set", "limit"))
@@ -19,7 +19,7 @@ def hosts(c, inventory=None, set=None, limit=None):
 @fabship_task(help=helps(*COMMON, "dry_run", "gate",
                          env_file="local dotenv file to install as the app's env file "
                                   "(default: the inventory's env.source)"))
-def bootstrap(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False,
+def bootstrap(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False,
               verbose=0, dry_run=False, gate=True, env_file=None):
     """Turn bare hosts into app hosts: packages, swap, runtime, layout, env file, docker secrets, unit, nginx, TLS."""
     from .bootstrap import bootstrap as run_bootstrap
@@ -36,7 +36,7 @@ def bootstrap(c, inventory=None, set=None, limit=None, parallel=10, accept_new_h
                          max_fail="stop once more than N (or N%) hosts failed (default 0)",
                          rollback_fleet="on failure, roll back hosts already switched (default on; "
                                         "--no-rollback-fleet to keep them)"))
-def deploy(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def deploy(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
            dry_run=False, lock_wait=None, gate=True, ref=None, artifact=None, tag=None, strategy=None,
            batch=None, max_fail=None, rollback_fleet=True):
     """Deploy a new release: build it, health-check it, switch, and roll back automatically on failure."""
@@ -49,7 +49,7 @@ def deploy(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host
 
 @fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
                          to="release id to roll back to (default: the previous completed release)"))
-def rollback(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def rollback(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
              dry_run=False, lock_wait=None, gate=True, to=None):
     """Re-point to the previous (or named) completed release, restart and health-check."""
     from .rollback import rollback as run_rollback
@@ -59,7 +59,7 @@ def rollback(c, inventory=None, set=None, limit=None, parallel=10, accept_new_ho
 
 
 @fabship_task(help=helps(*COMMON, last="show only the newest N releases per host (default: all)"))
-def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, last=None):
+def releases(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0, last=None):
     """Show each host's releases (id, version, time, who, result) and which one is current."""
     from .rollback import releases as show_releases
 
@@ -67,7 +67,7 @@ def releases(c, inventory=None, set=None, limit=None, parallel=10, accept_new_ho
 
 
 @fabship_task(help=helps(*COMMON, "dry_run", force="also break a lock that looks live (held by a running process)"))
-def unlock(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def unlock(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
            force=False, dry_run=False):
     """Break a stale deploy lock left by a killed run (shows the holder; a live one only with --force)."""
     from .unlock import unlock as run_unlock
@@ -78,7 +78,7 @@ def unlock(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host
 @fabship_task(help=helps(*COMMON, "dry_run", "lock_wait", "gate",
                          env_file="local dotenv file with the new values (default: env.source)",
                          show_hashes="show a short hash of old and new values for changed keys"))
-def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def rotate_env(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
                dry_run=False, lock_wait=None, gate=True, env_file=None, show_hashes=False):
     """Validate, install and apply a new env file; restore the old one if the app fails its health check."""
     from .rotate_env import rotate_env as run_rotate_env
@@ -95,7 +95,7 @@ def rotate_env(c, inventory=None, set=None, limit=None, parallel=10, accept_new_
                          write_ssh_config="write an OpenSSH config (strict host keys, the inventory's "
                                           "known_hosts and key) to PATH for `pytest --hosts=ssh://HOST "
                                           "--ssh-config=PATH`, then exit"))
-def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def verify(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
            stage=None, only=None, write_ssh_config=None):
     """Run the testinfra verification suite against every host; print a pass/fail table."""
     from .verify import verify as run_verify
@@ -106,7 +106,7 @@ def verify(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host
 
 @fabship_task(help=helps(*COMMON, lines="journal lines per unit (default 200)",
                          out="also write each host's report to DIR/HOST.txt (mode 0600)"))
-def diagnose(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def diagnose(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
              lines=200, out=None):
     """Collect what an operator looks at when something is wrong (secrets masked)."""
     from .diagnose import diagnose as run_diagnose
@@ -134,7 +134,7 @@ def provision(c, inventory=None, set=None, verbose=0, dry_run=False, destroy=Fal
     if then_bootstrap and host is not None:
         from .bootstrap import bootstrap as run_bootstrap
 
-        run_bootstrap(inventory, set or (), host.name, 10, False, verbose, False, gate, env_file)
+        run_bootstrap(inventory, set or (), host.name, PARALLEL, False, verbose, False, gate, env_file)
 
 
 @fabship_task(help={"dir": "the ops repository to scaffold (default: the current directory)",
@@ -159,7 +159,7 @@ def init(c, dir=".", name="dev", app=None, static=None, ec2_region=None, ec2_tag
                          since="only lines since then: 10m, 2h, 1d or a date/time such as '2025-01-31 12:00'",
                          lines="lines per host to start with (default 100, or 10 with -f)",
                          grep="only lines matching this regular expression (grep -E, after masking)"))
-def logs(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def logs(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
          follow=False, since=None, lines=None, grep=None):
     """The app's logs (journal, docker or compose) from every host, merged, host-prefixed, secrets masked."""
     from .logs import logs as run_logs
@@ -170,7 +170,7 @@ def logs(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_k
 
 @fabship_task(name="exec", help=helps(*COMMON, tty="an interactive terminal (exactly one host; output not masked)",
                                       service="compose: the service to exec in (default: the first one)"))
-def exec_(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0, tty=False,
+def exec_(c, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0, tty=False,
           service=None):
     """Run the command after -- on each host as the app user, in the current release, with the app's env."""
     from .app_exec import app_exec, remainder
@@ -180,7 +180,7 @@ def exec_(c, inventory=None, set=None, limit=None, parallel=10, accept_new_host_
 
 
 @fabship_task(help=helps(*COMMON, "dry_run", mode="on, off or status"))
-def maintenance(c, mode, inventory=None, set=None, limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
+def maintenance(c, mode, inventory=None, set=None, limit=None, parallel=PARALLEL, accept_new_host_keys=False, verbose=0,
                 dry_run=False):
     """Maintenance mode: nginx answers 503 with a maintenance page (health and ACME paths excepted), or not."""
     from .maintenance import maintenance as run_maintenance
