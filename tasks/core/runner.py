@@ -321,7 +321,6 @@ class HostContext:
             # fleet's CPU): the channel's fileno is readable on stdout or stderr data and at EOF;
             # after EOF only the exit status is to come. The 0.2 s bound covers an exit status
             # that comes while a left-behind child keeps the output open (no EOF).
-            chan.fileno()
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
