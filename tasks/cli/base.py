@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import faulthandler
 import contextlib
+import copy
 import functools
 import inspect
 import math
@@ -94,6 +95,15 @@ INT_OPTIONS = ("parallel", "last", "lines")
 
 
 class FabshipTask(Task):
+    def __deepcopy__(self, memo):
+        """invoke deep-copies every task of a namespace it loads (Collection's
+        name transform): ~0.3 ms a task at every start. A task is not changed
+        once made; its own lists and dicts are copied anyway."""
+        new = object.__new__(self.__class__)
+        new.__dict__.update({k: (copy.copy(v) if isinstance(v, (list, dict, set)) else v)
+                             for k, v in self.__dict__.items()})
+        return new
+
     def arg_opts(self, name, default, taken_names):
         opts = super().arg_opts(name, default, taken_names)
         if opts.get("incrementable"):
