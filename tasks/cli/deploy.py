@@ -176,6 +176,11 @@ def finish_release(ctx, cmds: list, message: str) -> None:
         return
     t0 = time.monotonic()
     r = ctx.run(cmd, check=False, timeout=120, what="record release")
+    if not r.ok and _cancelled(ctx):
+        # Ctrl-C/SIGTERM cut it: the release served, so its line must be written (the
+        # fleet rollback then logs going back); a repeat at worst writes the line twice
+        ensure_connection(ctx)
+        r = ctx.run(cmd, check=False, timeout=120, what="record release")
     if r.ok:
         ctx.record("record release", "changed", message, t0)
     else:

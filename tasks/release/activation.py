@@ -274,6 +274,23 @@ def gate_or_switch_back(ctx, lay: Layout, live: int | None, h: HealthResult) -> 
                            health=hg, old_serving=live is not None)
 
 
+def back_to_live(ctx, lay: Layout, live: int | None, err: BaseException, switching: bool) -> bool:
+    """Blue/green cleanup before the new instance goes. Once the traffic switch
+    was sent, an interruption (Ctrl-C/SIGTERM, a cut command) may land after
+    nginx already points at the new instance: stopping it then leaves the host
+    serving nothing, so point nginx back at the live port first. A failure
+    fabship judged itself (ActivationFailed: health, nginx -t, the gate) already
+    left the old port serving, unless the run was cancelled under it. Returns
+    False when the new instance must stay: switching back failed, it serves."""
+    if isinstance(err, ActivationFailed) and err.switched:
+        return False
+    ev = getattr(ctx.run_, "cancel", None)
+    cancelled = ev is not None and ev.is_set()
+    if switching and live is not None and (cancelled or not isinstance(err, ActivationFailed)):
+        _quietly(ctx, "switch traffic back", upstream_switch_cmd(lay, upstream_text(lay, live)))
+    return True
+
+
 def pick_ports(lay: Layout, st: HostState, live: int | None) -> tuple[int | None, int]:
     ports = list(lay.ports)
     if len(ports) < 2:
@@ -286,6 +303,7 @@ def pick_ports(lay: Layout, st: HostState, live: int | None) -> tuple[int | None
 def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
     live, idle = pick_ports(lay, st, st.live_port())
     new_unit = lay.instance(idle)
+    switching = False
     try:
         ctx.change("start new instance", f"{new_unit} on release {rid}", start_instance_cmd(lay, idle, rid))
         check_cancel(ctx)
@@ -298,15 +316,17 @@ def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
                                    ("the old release keeps serving" if live else "nothing was serving before"),
                                    diag, health=h, old_serving=True)
         try:
+            switching = True
             ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
                        upstream_switch_cmd(lay, upstream_text(lay, idle)), timeout=DRAIN_SECONDS + 60)
         except StepFailed as e:
             raise ActivationFailed("nginx refused the new upstream; the old release keeps serving", e.details,
                                    health=h, old_serving=True) from None
         gate_or_switch_back(ctx, lay, live, h)
-    except BaseException:
-        # never switched: the new instance goes, the old one never stopped serving
-        _quietly(ctx, "stop new instance", stop_instance_cmd(lay, idle))
+    except BaseException as e:
+        # never switched (or switched back): the new instance goes, the old one serves
+        if back_to_live(ctx, lay, live, e, switching):
+            _quietly(ctx, "stop new instance", stop_instance_cmd(lay, idle))
         raise
     # From here the new release serves: callers roll back by activating the old one.
     ctx.data["switched"] = True
@@ -365,6 +385,7 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
         olds = [c["name"] for c in st.containers if c["name"] != name]
         if live_c and live_c["name"] == name:  # restart_app: the live one is renamed aside
             olds.append(f"{name}-prev")
+        switching = False
         try:
             ctx.change("start new container", f"{name} ({image}) on 127.0.0.1:{idle}",
                        docker_free_name_cmd(name),
@@ -378,14 +399,16 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
                 raise ActivationFailed(f"release {rid} ({image}) failed its health check on port {idle}; "
                                        "the old container keeps serving", diag, health=h, old_serving=True)
             try:
+                switching = True
                 ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
                            upstream_switch_cmd(lay, upstream_text(lay, idle)), timeout=DRAIN_SECONDS + 60)
             except StepFailed as e:
                 raise ActivationFailed("nginx refused the new upstream; the old container keeps serving",
                                        e.details, health=h, old_serving=True) from None
             gate_or_switch_back(ctx, lay, live, h)
-        except BaseException:
-            _quietly(ctx, "remove new container", docker_remove_cmd(name), _restore_name_cmd(name))
+        except BaseException as e:
+            if back_to_live(ctx, lay, live, e, switching):
+                _quietly(ctx, "remove new container", docker_remove_cmd(name), _restore_name_cmd(name))
             raise
         ctx.data["switched"] = True
         cmds = [switch_current(lay, rid)] + [docker_remove_cmd(o) for o in dict.fromkeys(olds)]

@@ -7,7 +7,7 @@ import time
 
 from ..config.app import Layout
 from ..facts.releases import HostState
-from .activation import activate, check_cancel, gather_state
+from .activation import activate, check_cancel, ensure_connection, gather_state
 
 
 def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = True, alb=None) -> None:
@@ -32,10 +32,15 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
         with out_of_service_if(ctx, alb):
             act = activate(ctx, lay, st, target, since=since, image=e.image if e else "", previous=cur)
     except BaseException as err:
+        ensure_connection(ctx)  # an interruption cut the old one: the cleanup and its log line need one
         if env_restored and cur:
             _restore_env(ctx, cur)  # the old release keeps its own env
-        entry = release_entry(target, action="rollback", result="failed", previous=cur, meta={},
-                              reason=(getattr(err, "message", "") or str(err))[:300])
+        ev = getattr(ctx.run_, "cancel", None)
+        interrupted = isinstance(err, KeyboardInterrupt) or type(err).__name__ in ("Terminated", "Cancelled") \
+            or bool(ev is not None and ev.is_set())
+        entry = release_entry(target, action="rollback", result="interrupted" if interrupted else "failed",
+                              previous=cur, meta={}, reason=(getattr(err, "message", "") or str(err) or
+                                                             type(err).__name__)[:300])
         entry.version = e.version if e else ""
         record(ctx, lay, entry, f"from={cur or '-'}; {entry.extra.get('reason', '')[:200]}")
         ctx.data["outcome"] = "failed"  # the closing summary (deploy.print_outcome)

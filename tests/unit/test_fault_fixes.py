@@ -138,3 +138,89 @@ def test_rotate_env_whose_install_fails_is_audited(tmp_path, monkeypatch):
     last = open(lay.audit_log).read().splitlines()[-1]
     assert "action=rotate-env" in last and "result=failed" in last and "installing" in last
     assert open(t.path).read() == before and not os.path.exists(lay.lock_dir)
+
+
+# -- blue/green cut after the traffic switch was sent (SIGTERM after "health check" / "switch traffic") --
+
+class _Ev:
+    def __init__(self, on):
+        self.on = on
+
+    def is_set(self):
+        return self.on
+
+
+class _Ctx:
+    def __init__(self, cancelled=False):
+        self.run_ = type("R", (), {"cancel": _Ev(cancelled)})()
+
+
+def _calls(monkeypatch):
+    import tasks.release.activation as act
+
+    seen = []
+    monkeypatch.setattr(act, "_quietly", lambda ctx, step, *cmds: seen.append((step, [c.render() for c in cmds])))
+    return act, seen
+
+
+def _lay():
+    return Layout(app="web", kind="node", user="web", group="web", root="/opt/web", config_dir="/etc/web",
+                  env_path="/etc/web/web.env", strategy="blue_green", port=3000, ports=(3001, 3002), nginx=True)
+
+
+def test_interrupted_after_the_switch_points_nginx_back_before_the_new_instance_stops(monkeypatch):
+    act, seen = _calls(monkeypatch)
+    assert act.back_to_live(_Ctx(), _lay(), 3001, KeyboardInterrupt(), switching=True) is True
+    assert [s for s, _ in seen] == ["switch traffic back"] and "127.0.0.1:3001" in seen[0][1][0]
+
+
+def test_a_switch_cut_by_the_fleet_cancel_is_switched_back_too(monkeypatch):
+    act, seen = _calls(monkeypatch)
+    err = act.ActivationFailed("nginx refused the new upstream; the old release keeps serving")
+    assert act.back_to_live(_Ctx(cancelled=True), _lay(), 3002, err, switching=True) is True
+    assert [s for s, _ in seen] == ["switch traffic back"]
+
+
+def test_failures_before_the_switch_or_judged_by_fabship_need_no_switch_back(monkeypatch):
+    act, seen = _calls(monkeypatch)
+    assert act.back_to_live(_Ctx(), _lay(), 3001, KeyboardInterrupt(), switching=False) is True
+    assert act.back_to_live(_Ctx(), _lay(), 3001, act.ActivationFailed("unhealthy"), switching=True) is True
+    assert act.back_to_live(_Ctx(), _lay(), None, KeyboardInterrupt(), switching=True) is True  # nothing served before
+    assert seen == []
+
+
+def test_a_failed_switch_back_keeps_the_new_instance_serving(monkeypatch):
+    act, seen = _calls(monkeypatch)
+    err = act.ActivationFailed("gate failed; switching traffic back to port 3001 failed", old_serving=False,
+                               switched=True)
+    assert act.back_to_live(_Ctx(cancelled=True), _lay(), 3001, err, switching=True) is False
+    assert seen == []
+
+
+def test_record_release_cut_by_an_interruption_is_written_again(monkeypatch):
+    import tasks.cli.deploy as dep
+    from tasks.core.commands import Cmd
+    from tasks.core.runner import RemoteResult
+
+    class Ctx(_Ctx):
+        dry_run = False
+
+        def __init__(self):
+            super().__init__(cancelled=True)
+            self.tries, self.recorded, self.said = 0, [], []
+
+        def run(self, cmd, **kw):
+            self.tries += 1
+            return RemoteResult(cmd.render(), "", "", -1 if self.tries == 1 else 0)
+
+        def record(self, name, status, message, t0):
+            self.recorded.append((name, status))
+
+        def say(self, text):
+            self.said.append(text)
+
+    reconnected = []
+    monkeypatch.setattr(dep, "ensure_connection", lambda ctx: reconnected.append(ctx))
+    ctx = Ctx()
+    dep.finish_release(ctx, [Cmd("true")], "release log + audit")
+    assert ctx.tries == 2 and reconnected == [ctx] and ctx.recorded == [("record release", "changed")]
