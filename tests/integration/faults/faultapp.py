@@ -1,0 +1,254 @@
+"""The fault suite's app and its case runner (no tests here).
+
+`faultapp` on h7: apps/node-app from a local git repo (tags v1, v2; VERSION
+says which), blue/green on 3561/3562 behind nginx, env file from a local
+source with a ROTATION key that rotate-env flips between `one` and `two`.
+
+`FaultApp.case(...)` is one cell of the matrix: put the host in a known good
+state, start the faulted fab run, inject the fault at the point, then check
+every invariant (invariants.py) after the fault, after `fab unlock` when a
+stale lock is left, after the plain rerun and after a second one.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from test_deploy_support import make_repo
+
+import invariants as inv
+from inject import Fab, at_point, steps_of
+
+REPO = Path(__file__).resolve().parents[3]
+HOST = "h7"
+APP = "faultapp"
+PORT = 3560
+SECRET = "fault-suite-secret-0123456789"
+ENVS = {name: f"APP_SECRET={SECRET}\nLOG_LEVEL=info\nROTATION={name}\n".encode() for name in ("one", "two")}
+SLOW = f"/tmp/{APP}-slow-build"   # present on the host: the build sleeps (a long step to fault inside)
+SLEEP_MARK = "sleep 4[2]"         # pgrep pattern that matches the build's sleep only
+BUILD = ["npm ci --no-audit --no-fund --offline", f"if [ -e {SLOW} ]; then sleep 42; fi", "npm run build"]
+RESULTS = REPO / ".fabship" / "faults"   # last-full.json (the whole matrix), last-run.json (any other run)
+
+
+def write_inventory(base: Path, repo: Path) -> Path:
+    env = base / "faultapp.env"
+    env.write_bytes(ENVS["one"])
+    os.chmod(env, 0o600)
+    data = {
+        "include": [str(REPO / "inventories" / "sandbox.yaml")],
+        "packages": ["git"],
+        "app": {"name": APP, "kind": "node", "port": PORT, "start": "npm run start", "node_version": "18"},
+        "nginx": {"server_name": APP + ".{host}.sandbox.test"},
+        "env": {"source": {"type": "file", "file": str(env)}},
+        "deploy": {"source": "git", "repo": str(repo), "ref": "v1", "build": BUILD, "keep_releases": 3},
+        "health": {"path": "/health", "body_contains": '"status":"ok"', "retries": 20, "interval": 0.5,
+                   "timeout": 3},
+        # a cut link fails the host in keepalive x (dead_after + 1) = 8 s
+        "ssh": {"keepalive": 2, "dead_after": 3},
+    }
+    p = base / "faultapp.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@dataclass
+class Plan:
+    args: list
+    old: str                 # VERSION served before the faulted run
+    new: str                 # VERSION it is after (rotate-env: the same)
+    envs: list               # env file bytes before, [and after]
+    concerns: str | None = None   # the release it acts on, when known up front
+
+
+@dataclass
+class Outcome:
+    task: str
+    fault: str
+    point: str
+    failed: dict
+    seconds: float
+    reached: bool = True
+
+
+@dataclass
+class Results:
+    full: bool
+    cases: list = field(default_factory=list)
+    t0: float = field(default_factory=time.monotonic)
+    load0: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    def add(self, o: Outcome) -> None:
+        self.cases.append(o)
+
+    def write(self) -> None:
+        if not self.cases:
+            return
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        data = {"full": self.full, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "cases": len(self.cases), "seconds": round(time.monotonic() - self.t0),
+                "load": [round(self.load0, 2), *[round(x, 2) for x in os.getloadavg()]],
+                "violations": sum(len(o.failed) for o in self.cases),
+                "results": [o.__dict__ for o in self.cases]}
+        (RESULTS / ("last-full.json" if self.full else "last-run.json")).write_text(json.dumps(data, indent=1))
+
+
+class FaultApp:
+    def __init__(self, fleet, base: Path, inv_path: Path):
+        self.fleet, self.base, self.inv = fleet, base, inv_path
+        self.runs = base / "runs"
+        self.c = inv.Case(fleet, HOST, APP, inv_path, self.runs)
+
+    @classmethod
+    def up(cls, fleet, base: Path) -> "FaultApp":
+        if HOST not in {h.name for h in fleet.hosts}:
+            pytest.skip(f"the fleet has no {HOST}")
+        repo = make_repo(base)
+        app = cls(fleet, base, write_inventory(base, repo))
+        # a clean slate for this app: earlier sessions' releases, locks, units, fault mounts
+        fleet.run(HOST, f"for m in /opt/{APP} /etc/{APP}; do mountpoint -q $m && umount -l $m; done; "
+                        f"systemctl stop '{APP}@*' 2>/dev/null; rm -rf /opt/{APP}/releases /opt/{APP}/current "
+                        f"/opt/{APP}/.fabship /opt/{APP}/repo {SLOW}; true")
+        rc, out = app.c.fab("bootstrap", "--no-gate", timeout=1200)
+        assert rc == 0, out[-4000:]
+        for ref in ("v1", "v2"):
+            rc, out = app.c.fab("deploy", "--no-gate", "--ref", ref)
+            assert rc == 0, out[-4000:]
+        return app
+
+    # -- a known good state before each case ------------------------------------------------
+    def baseline(self) -> dict:
+        """Lock gone, disks free, link up, nginx serving a good release with a
+        good one before it; returns the host facts."""
+        c = self.c
+        c.sh(f"rm -rf {c.root}/.fabship/lock {SLOW}; true")
+        f = inv.host_facts(c)
+        if f.get("served", "").strip() not in ("v1", "v2") or f.get("lock") == "held":
+            rc, out = c.fab("deploy", "--no-gate", "--ref", "v1")
+            assert rc == 0, f"baseline deploy: {out[-3000:]}"
+            f = inv.host_facts(c)
+        return f
+
+    def env_now(self) -> bytes:
+        return base64.b64decode(self.c.must(f"base64 -w0 {self.c.env_path}"))
+
+    def good_releases(self) -> list[dict]:
+        log = [json.loads(ln) for ln in self.c.sh(f"cat {self.c.root}/.fabship/releases.jsonl")[1].splitlines()
+               if ln.strip()]
+        dirs = set(self.c.sh(f"ls {self.c.root}/releases")[1].split())
+        return [e for e in log if e.get("action") == "deploy" and e.get("result") == "ok" and e["id"] in dirs]
+
+    def env_file(self, name: str) -> Path:
+        p = self.base / f"env-{name}.env"
+        p.write_bytes(ENVS[name])
+        os.chmod(p, 0o600)
+        return p
+
+    def clean_steps(self, task: str) -> list[str]:
+        """The steps of a clean run of `task` from the state the baseline
+        leaves, from its run record: the boundaries to fault at."""
+        p = self.plan(task)
+        before = set(self.runs.glob(f"*-{task}-*.json"))
+        rc, out = self.c.fab(task, "--no-gate", *p.args)
+        assert rc == 0, f"clean {task}: {out[-3000:]}"
+        rec = json.loads(sorted(set(self.runs.glob(f"*-{task}-*.json")) - before)[-1].read_text())
+        return steps_of(rec, HOST)
+
+    # -- one cell ---------------------------------------------------------------------------
+    def plan(self, task: str) -> "Plan":
+        """The faulted run's arguments and what it may leave, from the state
+        the baseline left."""
+        f = self.baseline()
+        old = f["served"].strip()
+        env = self.env_now()
+        if task == "deploy":
+            new = "v2" if old == "v1" else "v1"
+            return Plan(["--ref", new], old, new, [env])
+        if task == "rollback":
+            current = f["slot"].rsplit("/", 1)[-1]
+            older = [e for e in self.good_releases() if e["id"] < current and e.get("version") != old]
+            if not older:
+                rc, out = self.c.fab("deploy", "--no-gate", "--ref", "v2" if old == "v1" else "v1")
+                assert rc == 0, out[-3000:]
+                return self.plan(task)
+            target = older[-1]
+            return Plan(["--to", target["id"]], old, inv.version_of(target["version"]), [env], target["id"])
+        if task == "rotate-env":
+            cur = env.decode().rsplit("ROTATION=", 1)[-1].strip()
+            new = "two" if cur == "one" else "one"
+            # the file on the host is fabship's rendering of the source: only ROTATION differs
+            return Plan(["--env-file", str(self.env_file(new))], old, old,
+                        [env, env.replace(f"ROTATION={cur}".encode(), f"ROTATION={new}".encode())])
+        raise ValueError(task)
+
+    def case(self, results: Results, task: str, point: tuple[str, str], action, *, fault: str = "",
+             extra: tuple = (), inside_probe: str = "", after_fault=None, audit_action: str | None = None,
+             waive: tuple = (), before=None) -> inv.Checker:
+        c = self.c
+        p = self.plan(task)
+        args = p.args
+        label = f"{task} {fault or action.__name__} {point[0]} {point[1]}"
+        chk = inv.Checker(label)
+        if point == ("inside", "build"):
+            c.must(f"touch {SLOW}")
+        if before is not None:
+            before()   # a fault in place before the run starts (a full disk)
+        t0 = time.time()
+        started = time.monotonic()
+        fab = Fab(task, "-i", str(self.inv), "--limit", HOST, "-v", "--no-gate", *args, *extra, runs_dir=self.runs)
+        reached = at_point(fab, point, self.fleet, HOST, action, inside_probe=inside_probe)
+        try:
+            rc, out = fab.wait(timeout=300)
+        finally:
+            if after_fault is not None:
+                after_fault()   # the link back, the space freed: before anything else talks to the host
+            c.sh(f"rm -f {SLOW}; pkill -f '{SLEEP_MARK}'; true")
+        if not reached:
+            chk.failed["point"] = f"fab never reached {point} (exit {rc}): {out[-800:]}"
+            results.add(Outcome(task, fault or action.__name__, f"{point[0]} {point[1]}", chk.failed,
+                                round(time.monotonic() - started, 1), reached=False))
+            return chk
+        rid = p.concerns
+        if task == "deploy":
+            m = re.search(r"as release (\S+)", out)
+            rid = m.group(1) if m else None
+        assert "Traceback" not in out, out[-3000:]
+        c.versions, c.envs = {p.old, p.new}, p.envs
+        f = chk.state(c, "after the fault")
+        chk.check(inv.LOCK, inv.lock_free_or_stale, c, f)
+        if inv.LOGS not in waive:
+            chk.check(inv.LOGS, inv.logged, c, audit_action or task, t0, rid if task != "rotate-env" else None)
+        chk.check(inv.RECORD, inv.run_record, c, task, fab.pid)
+        # the plain rerun: the same command, no fault
+        rc2, out2 = c.fab(task, "--no-gate", *args, *extra)
+        if rc2 != 0:
+            chk.failed[inv.RERUN] = f"exit {rc2}: {' | '.join(out2.strip().splitlines()[-4:])[:400]}"
+        else:
+            chk.passed.add(inv.RERUN)
+            c.versions, c.envs = {p.new}, p.envs[-1:]
+            f2 = chk.state(c, "after the rerun")
+            if f2.get("lock") == "held":
+                chk.failed[inv.LOCK] = "the rerun left the lock held"
+        second(chk, c, task, args)
+        results.add(Outcome(task, fault or action.__name__, f"{point[0]} {point[1]}", chk.failed,
+                            round(time.monotonic() - started, 1)))
+        return chk
+
+
+
+def second(chk: inv.Checker, c: inv.Case, task: str, args: list) -> None:
+    """A second rerun changes nothing: rotate-env with the same file answers
+    unchanged; after a deploy or rollback, `fab rollback --to` the release
+    now current (it must be a completed, recorded one) does nothing."""
+    if task == "rotate-env":
+        chk.check(inv.SECOND, inv.changed_nothing, c, "rotate-env", "--no-gate", *args)
+        return
+    current = c.sh(f"readlink {c.root}/current")[1].strip().rsplit("/", 1)[-1]
+    chk.check(inv.SECOND, inv.changed_nothing, c, "rollback", "--no-gate", "--to", current)
