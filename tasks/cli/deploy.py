@@ -175,8 +175,13 @@ def finish_release(ctx, cmds: list, message: str) -> None:
         ctx.change("record release", message, cmd)
         return
     t0 = time.monotonic()
-    r = ctx.run(cmd, check=False, timeout=120, what="record release")
-    if not r.ok and _cancelled(ctx):
+    try:
+        r = ctx.run(cmd, check=False, timeout=120, what="record release")
+    except Exception:   # the interruption closed the transport under it, or before it
+        if not _cancelled(ctx):
+            raise
+        r = None
+    if (r is None or not r.ok) and _cancelled(ctx):
         # Ctrl-C/SIGTERM cut it: the release served, so its line must be written (the
         # fleet rollback then logs going back); a repeat at worst writes the line twice
         ensure_connection(ctx)
@@ -614,6 +619,7 @@ def _rollback_switched(ctx, alb) -> None:
 
     ctx.error = None
     prev = ctx.data["previous"]
+    ensure_connection(ctx)  # an interruption closed its transport: the rollback needs a live one
     try:
         rollback_host(ctx, prev, reason=f"fleet rollback after the failed deploy of {ctx.data.get('rid', '')}",
                       restore_env=False, alb=alb)

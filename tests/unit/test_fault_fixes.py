@@ -224,3 +224,32 @@ def test_record_release_cut_by_an_interruption_is_written_again(monkeypatch):
     ctx = Ctx()
     dep.finish_release(ctx, [Cmd("true")], "release log + audit")
     assert ctx.tries == 2 and reconnected == [ctx] and ctx.recorded == [("record release", "changed")]
+
+
+def test_record_release_whose_transport_the_interruption_closed_is_written_again(monkeypatch):
+    """The cut can also make the command raise (SSH session not active) instead of failing."""
+    import tasks.cli.deploy as dep
+    from tasks.core.commands import Cmd
+    from tasks.core.errors import ConnectError
+    from tasks.core.runner import RemoteResult
+
+    class Ctx(_Ctx):
+        dry_run = False
+
+        def __init__(self):
+            super().__init__(cancelled=True)
+            self.tries, self.recorded = 0, []
+
+        def run(self, cmd, **kw):
+            self.tries += 1
+            if self.tries == 1:
+                raise ConnectError("10.0.0.1: connection lost: SSH session not active")
+            return RemoteResult(cmd.render(), "", "", 0)
+
+        def record(self, name, status, message, t0):
+            self.recorded.append((name, status))
+
+    monkeypatch.setattr(dep, "ensure_connection", lambda ctx: None)
+    ctx = Ctx()
+    dep.finish_release(ctx, [Cmd("true")], "release log + audit")
+    assert ctx.tries == 2 and ctx.recorded == [("record release", "changed")]
