@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.commands import Cmd, script, sh
-from ..resources.envfile import keep_previous_lines
+from ..resources.envfile import put_in_place_lines
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,7 @@ def _put_in_place(t: EnvTarget, src: str, keep: int) -> list[str]:
         'tmp=$(mktemp "$dir/.$base.XXXXXX")',
         "trap 'rm -f \"$tmp\"' EXIT",
         'cat -- "$src" > "$tmp"',
-        'sync -- "$tmp" 2>/dev/null || sync',
-        'chown -- "$owner:$group" "$tmp"',
-        'chmod -- "$mode" "$tmp"',
-        *keep_previous_lines('[ -f "$f" ]'),
-        'mv -f -- "$tmp" "$f"',
-        "trap - EXIT",
-        'sync -- "$dir" 2>/dev/null || true',
+        *put_in_place_lines('[ -f "$f" ]'),
     ]
 
 

@@ -53,6 +53,22 @@ def keep_previous_lines(condition: str) -> list[str]:
     ]
 
 
+def put_in_place_lines(keep_condition: str) -> list[str]:
+    """The tail of every versioned secret install: the filled "$tmp" synced,
+    owned and moded before it is visible, the previous "$f" kept (when
+    `keep_condition` holds), the rename, and the directory synced. One copy for
+    install_cmd (bootstrap, rotate-env) and the release env snapshots."""
+    return [
+        'sync -- "$tmp" 2>/dev/null || sync',
+        'chown -- "$owner:$group" "$tmp"',
+        'chmod -- "$mode" "$tmp"',
+        *keep_previous_lines(keep_condition),
+        'mv -f -- "$tmp" "$f"',
+        "trap - EXIT",
+        'sync -- "$dir" 2>/dev/null || true',
+    ]
+
+
 def install_cmd(path: str, owner: str, group: str, mode: str, sha: str | None, keep_previous: int | bool = True,
                 size: int | None = None) -> Cmd:
     """One remote script that installs stdin as `path`:
@@ -93,13 +109,7 @@ def install_cmd(path: str, owner: str, group: str, mode: str, sha: str | None, k
         f'{read} > "$tmp"',
         'got=$(sha256sum < "$tmp" | cut -d" " -f1)',
         '[ "$got" = "$want" ] || { echo "upload incomplete: sha256 mismatch" >&2; exit 4; }',
-        'sync -- "$tmp" 2>/dev/null || sync',
-        'chown -- "$owner:$group" "$tmp"',
-        'chmod -- "$mode" "$tmp"',
-        *keep_previous_lines('[ "$old" != - ]'),
-        'mv -f -- "$tmp" "$f"',
-        "trap - EXIT",
-        'sync -- "$dir" 2>/dev/null || true',
+        *put_in_place_lines('[ "$old" != - ]'),
         'echo changed; echo "old=$old"; echo "new=$want"',
     ]
     return script(lines)
