@@ -76,6 +76,7 @@ class Outcome:
     failed: dict
     seconds: float
     reached: bool = True
+    checked: list = field(default_factory=list)   # the invariants this point checks (the rest: n/a)
 
 
 @dataclass
@@ -238,7 +239,7 @@ class FaultApp:
                 chk.failed[inv.LOCK] = "the rerun left the lock held"
         second(chk, c, task, args)
         results.add(Outcome(task, fault or action.__name__, f"{point[0]} {point[1]}", chk.failed,
-                            round(time.monotonic() - started, 1)))
+                            round(time.monotonic() - started, 1), checked=sorted(chk.passed | set(chk.failed))))
         return chk
 
 

@@ -20,10 +20,11 @@ RESULTS = HERE.parents[2] / ".fabship" / "faults" / "last-full.json"
 
 
 def table(data: dict) -> str:
-    rows: dict[tuple, dict] = defaultdict(lambda: {"n": 0, "broken": defaultdict(int)})
+    rows: dict[tuple, dict] = defaultdict(lambda: {"n": 0, "broken": defaultdict(int), "checked": set()})
     for r in data["results"]:
         key = (r["task"], r["fault"])
         rows[key]["n"] += 1
+        rows[key]["checked"] |= set(r.get("checked") or ALL)
         for name in r["failed"]:
             rows[key]["broken"][name] += 1
     head = ["task", "fault", "points", *ALL]
@@ -32,7 +33,7 @@ def table(data: dict) -> str:
         cells = [task, fault, str(v["n"])]
         for name in ALL:
             b = v["broken"].get(name, 0)
-            cells.append("ok" if not b else f"**{b} broken**")
+            cells.append(f"**{b} broken**" if b else "ok" if name in v["checked"] else "n/a")
         extra = sorted(set(v["broken"]) - set(ALL))
         if extra:
             cells[-1] += " (" + ", ".join(f"{k}: {v['broken'][k]}" for k in extra) + ")"
