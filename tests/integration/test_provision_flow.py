@@ -102,7 +102,7 @@ def test_provision_then_bootstrap_deploy_verify(h8, tmp_path):  # noqa: F811
         # a console that vouches for other keys: refused, nothing trusted
         (console / f"{address}.txt").write_text(console_block(
             [("ssh-ed25519", "AAAAC3NzaC1lZDI1NTE5AAAAIDs0l9zk1PZL3fY2V5kC2pq2x3z4sX8n2o0wq5P4bBbT")]))
-        r = fab("provision", expect=1)
+        r = fab("provision", expect=4)  # a refused host key exits 4 (README "Exit codes")
         assert "refusing to trust it" in r.stderr and not known_hosts.exists()
         # what cloud-init prints on the instance's console: the host's own keys
         (console / f"{address}.txt").write_text("[  9.1] cloud-init[812]: modules:final\n" + console_block(host_keys))
