@@ -8,6 +8,7 @@ import subprocess
 import threading
 
 import paramiko
+import pytest
 
 
 class _Server(paramiko.ServerInterface):
@@ -149,3 +150,19 @@ class TinySSHD:
     def stop(self):
         self._stop = True
         self.sock.close()
+
+
+# Fixtures for the tests of the SSH layer: a client key and a TinySSHD that trusts it.
+@pytest.fixture
+def client_key(tmp_path):
+    key = paramiko.ECDSAKey.generate()
+    path = tmp_path / "id_ecdsa"
+    key.write_private_key_file(str(path))
+    return key, path
+
+
+@pytest.fixture
+def server(client_key):
+    s = TinySSHD(client_key[0])
+    yield s
+    s.stop()

@@ -5,13 +5,12 @@ import socket
 import threading
 import time
 
-import paramiko
 import pytest
 
 from tasks.core.errors import ConnectError
 from tasks.config.inventory import load_inventory
 from tasks.core.runner import Run
-from tests.unit.sshd import TinySSHD
+from tests.unit.sshd import TinySSHD, client_key, server  # noqa: F401 (fixtures)
 
 
 class SilentRelay:
@@ -58,21 +57,6 @@ class SilentRelay:
         self.sock.close()
         for s in self.held:
             s.close()
-
-
-@pytest.fixture
-def client_key(tmp_path):
-    key = paramiko.ECDSAKey.generate()
-    path = tmp_path / "id_ecdsa"
-    key.write_private_key_file(str(path))
-    return key, path
-
-
-@pytest.fixture
-def server(client_key):
-    s = TinySSHD(client_key[0])
-    yield s
-    s.stop()
 
 
 @pytest.fixture

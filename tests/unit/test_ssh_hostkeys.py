@@ -6,22 +6,7 @@ from tasks.core.commands import Cmd
 from tasks.core.errors import HostKeyError
 from tasks.config.inventory import load_inventory
 from tasks.core.runner import Run
-from tests.unit.sshd import TinySSHD
-
-
-@pytest.fixture
-def client_key(tmp_path):
-    key = paramiko.ECDSAKey.generate()
-    path = tmp_path / "id_ecdsa"
-    key.write_private_key_file(str(path))
-    return key, path
-
-
-@pytest.fixture
-def server(client_key):
-    s = TinySSHD(client_key[0])
-    yield s
-    s.stop()
+from tests.unit.sshd import TinySSHD, client_key, server  # noqa: F401 (fixtures)
 
 
 def make_run(tmp_path, server, client_key, known_hosts, accept_new=False):

@@ -16,25 +16,10 @@ from tasks.config.inventory import load_inventory
 from tasks.core.errors import ConfigError, ConnectError, HostKeyError
 from tasks.core.runner import Output, Run
 from tasks.core.ssh import ssm_proxy_argv
-from tests.unit.sshd import TinySSHD
+from tests.unit.sshd import TinySSHD, client_key, server  # noqa: F401 (fixtures)
 
 STANDINS = Path(__file__).resolve().parents[1] / "standins"
 IID = "i-0123456789abcdef0"
-
-
-@pytest.fixture
-def client_key(tmp_path):
-    key = paramiko.ECDSAKey.generate()
-    path = tmp_path / "id_ecdsa"
-    key.write_private_key_file(str(path))
-    return key, path
-
-
-@pytest.fixture
-def server(client_key):
-    s = TinySSHD(client_key[0])
-    yield s
-    s.stop()
 
 
 @pytest.fixture
