@@ -112,8 +112,8 @@ def exec_cmd(inv, lay: Layout, command: str, *, tty: bool = False, service: str 
     return Cmd("sh", "-c", masked_pipeline(inner, mask_filter(lay, mask_rule_keys(inv))))
 
 
-def app_exec(command: str, inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-             tty=False, service=None) -> None:
+def app_exec(command: str, opts, tty=False, service=None) -> None:
+    """`fab exec -- CMD`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from ..release.audit import audit
     from .base import finish, open_run
     from .deploy import register_env_secrets
@@ -122,8 +122,8 @@ def app_exec(command: str, inventory=None, set=(), limit=None, parallel=10, acce
     if not command:
         raise ConfigError("command line", "CMD", "nothing to run: put the command after --, e.g. "
                                                  "fab exec -i INVENTORY -- 'bin/rails db:migrate:status'")
-    run = open_run("exec", inventory, set, limit, parallel, False, verbose, accept_new_host_keys,
-                   options={"command": command, "tty": tty, "limit": limit, "service": service})
+    run = open_run("exec", opts, dry_run=False,
+                   options={"command": command, "tty": tty, "limit": opts.limit, "service": service})
     inv = run.inv
     inv.require("app.name", "fab exec")
     inv.require("app.kind", "fab exec")

@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import threading
+from dataclasses import dataclass, fields, replace
 
 from invoke import Argument, Task, task
 from invoke.exceptions import Exit
@@ -52,6 +53,52 @@ except (AttributeError, ValueError, OSError):  # stderr is no real file (importe
     pass
 
 COMMON = ("inventory", "set", "limit", "parallel", "accept_new_host_keys", "verbose")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """The options every run shares, declared once (here), parsed once (in the fab
+    task's boundary: numbers checked, --lock-wait in seconds) and passed whole to the
+    task's module and to open_run(). A task takes the subset it names in
+    `fabship_task(options=...)`; the rest keep these defaults."""
+
+    inventory: str | None = None
+    set: tuple[str, ...] = ()
+    limit: str | None = None
+    parallel: int = PARALLEL
+    accept_new_host_keys: bool = False
+    verbose: int = 0
+    dry_run: bool = False
+    lock_wait: float | None = None
+    gate: bool = True
+
+    @classmethod
+    def parse(cls, given: dict) -> "RunOptions":
+        """From the command line's values (names as the fields); a bad number is one
+        ConfigError naming the option (exit 2, before anything connects)."""
+        v = {k: given[k] for k in given if k in _RUN_FIELDS and given[k] is not None}
+        if "set" in v:
+            v["set"] = tuple(v["set"])
+        if "parallel" in v:
+            v["parallel"] = whole(v["parallel"], "parallel", 1)
+        if "verbose" in v:
+            v["verbose"] = int(v["verbose"])
+        lw = v.pop("lock_wait", None)
+        if lw not in (None, ""):
+            v["lock_wait"] = seconds(lw, "lock_wait")
+        return cls(**v)
+
+    def load(self, cli: dict | None = None):
+        """The validated inventory these options name (--set is its highest layer)."""
+        from ..config.inventory import load_inventory
+
+        return load_inventory(self.inventory, overrides=list(self.set), cli=cli)
+
+    def but(self, **changes) -> "RunOptions":
+        return replace(self, **changes)
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunOptions))
 
 
 def helps(*names: str, **extra: str) -> dict:
@@ -186,13 +233,19 @@ def check_numbers(kwargs: dict) -> None:
             whole(value, name, 0)
 
 
-def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), name=None, **kw):
+def fabship_task(*, help: dict, options: tuple = (), iterable=("set",), incrementable=("verbose",), name=None,
+                 **kw):
     """@task with fabship's error boundary: a FabshipError (a user or
     environment problem) prints one line and exits non-zero; Ctrl-C and
-    SIGTERM exit 130/143 after the task's own cleanup ran (finally blocks)."""
+    SIGTERM exit 130/143 after the task's own cleanup ran (finally blocks).
+
+    `options` names the RunOptions fields the task takes: the body declares one
+    parameter `opts` in their place, and gets them parsed, as one RunOptions.
+    Their help texts are HELP's."""
 
     def deco(fn):
         task_name = (name or fn.__name__).replace("_", "-")
+        taken = tuple(n for n in _RUN_FIELDS if n in options)
 
         @functools.wraps(fn)
         def wrapper(c, *args, **kwargs):
@@ -201,7 +254,7 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
                     (output.stdout_to_stderr() if as_json else contextlib.nullcontext()) as write:
                 code, message = output.EXIT_FAILED, None  # an unexpected exception (a bug) stays 1
                 try:
-                    result = _guarded(fn, c, args, kwargs)
+                    result = _guarded(fn, c, args, kwargs, taken)
                     code = output.EXIT_OK
                     return result
                 except Exit as e:
@@ -210,19 +263,36 @@ def fabship_task(*, help: dict, iterable=("set",), incrementable=("verbose",), n
                 finally:
                     _conclude(col, code, message, write)
 
-        # every task takes --json: the boundary handles it, the task body never sees it
-        sig = inspect.signature(fn)
-        if not {"json", "json_"} & set(sig.parameters):  # sandbox.status has its own
-            wrapper.__signature__ = sig.replace(parameters=[
-                *sig.parameters.values(),
-                inspect.Parameter("json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False)])
-        kwargs = dict(help={"json": HELP["json"], **help}, iterable=list(iterable),
+        wrapper.__signature__ = _signature(fn, taken)
+        kwargs = dict(help={"json": HELP["json"], **{n: HELP[n] for n in taken}, **help}, iterable=list(iterable),
                       incrementable=list(incrementable), **{"klass": FabshipTask, **kw})
         if name:
             kwargs["name"] = name
         return task(**kwargs)(wrapper)
 
     return deco
+
+
+def _signature(fn, taken: tuple) -> inspect.Signature:
+    """What invoke parses for the task: the body's parameters with `opts` spread
+    into the RunOptions fields it takes (in RunOptions' order, which fixes their
+    short flags: -i -s -l -p -a -v -d), and --json (the boundary's)."""
+    sig = inspect.signature(fn)
+    params = []
+    for p in sig.parameters.values():
+        if p.name != "opts":
+            params.append(p)
+            continue
+        defaults = RunOptions()
+        for n in taken:
+            d = getattr(defaults, n)
+            params.append(inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            default=None if n == "set" else d))
+    if taken and "opts" not in sig.parameters:
+        raise TypeError(f"{fn.__name__}: options= needs a parameter `opts`")
+    if not {"json", "json_"} & set(sig.parameters):  # sandbox.status has its own
+        params.append(inspect.Parameter("json", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=False))
+    return sig.replace(parameters=params)
 
 
 def _conclude(col, code: int, message: str | None, write) -> None:
@@ -239,7 +309,7 @@ def _conclude(col, code: int, message: str | None, write) -> None:
         print(f"fabship: could not write the run's report: {type(e).__name__}: {e}", file=sys.stderr)
 
 
-def _guarded(fn, c, args, kwargs):
+def _guarded(fn, c, args, kwargs, taken=()):
     """Run the task body inside fabship's error boundary."""
     old = signal.getsignal(signal.SIGTERM)
     try:
@@ -253,6 +323,9 @@ def _guarded(fn, c, args, kwargs):
     threading.excepthook = functools.partial(_thread_failed, before=before, fallback=old_hook)
     try:
         check_numbers(kwargs)
+        if taken:
+            kwargs = dict(kwargs)
+            kwargs["opts"] = RunOptions.parse({n: kwargs.pop(n) for n in taken if n in kwargs})
         return fn(c, *args, **kwargs)
     except FabshipError as e:
         raise Exit(f"fabship: {e}", code=e.exit_code) from None
@@ -290,17 +363,18 @@ def _sigterm(signum, frame):
     raise Terminated()
 
 
-def open_run(task_name: str, inventory, set=(), limit=None, parallel=10, dry_run=False, verbose=0,
-             accept_new_host_keys=False, options: dict | None = None):
-    """Load and validate the inventory, resolve hosts, and return a Run.
-    Nothing connects until a step needs the host."""
-    from ..config.inventory import load_inventory
+def open_run(task_name: str, opts: RunOptions, *, options: dict | None = None, inv=None, hosts=None,
+             dry_run: bool | None = None):
+    """The one way a task opens its Run: the inventory (loaded from `opts` unless the
+    task already loaded and checked it), its hosts (`opts.limit`), and the run record's
+    options (the task's own, plus limit and gate). Nothing connects until a step needs
+    the host. `dry_run=False` for the read-only tasks (status, releases, logs)."""
     from ..core.runner import Run
 
-    inv = load_inventory(inventory, overrides=list(set or ()))
-    hosts = inv.resolve_hosts(limit)
-    return Run(task_name, inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
-               accept_new_host_keys=accept_new_host_keys, options=options or {})
+    inv = inv if inv is not None else opts.load()
+    hosts = hosts if hosts is not None else inv.resolve_hosts(opts.limit)
+    return Run(task_name, inv, hosts, parallel=opts.parallel, dry_run=opts.dry_run if dry_run is None else dry_run,
+               verbose=opts.verbose, accept_new_host_keys=opts.accept_new_host_keys, options=options or {})
 
 
 def finish(run, *, summary: bool = True) -> None:

@@ -476,14 +476,12 @@ def step_gate(ctx) -> None:
 
 # -- the task ------------------------------------------------------------------------------------
 
-def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-              dry_run=False, gate=True, env_file=None) -> None:
+def bootstrap(opts, env_file=None) -> None:
+    """`fab bootstrap`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from ..resources import tls as tlsmod
     from .base import finish, open_run
 
-    run = open_run("bootstrap", inventory, set, limit, parallel=parallel, dry_run=dry_run, verbose=verbose,
-                   accept_new_host_keys=accept_new_host_keys,
-                   options={"limit": limit, "env_file": env_file, "gate": gate})
+    run = open_run("bootstrap", opts, options={"limit": opts.limit, "env_file": env_file, "gate": opts.gate})
     spec = app_spec(run.inv)
     from ..config.schema import check_env_mode
 
@@ -502,7 +500,7 @@ def bootstrap(inventory=None, set=(), limit=None, parallel=10, accept_new_host_k
         run.out.line("", f"warning: {w}")
 
     def phase1(ctx):
-        ctx.data["request"] = facts_request(spec, ctx.host, tls_by_host[ctx.host.name], dry_run, files)
+        ctx.data["request"] = facts_request(spec, ctx.host, tls_by_host[ctx.host.name], opts.dry_run, files)
         facts = gather(ctx)
         try:
             ctx.data["platform"] = plan_host(ctx, spec, facts, files)

@@ -470,31 +470,27 @@ def _abort(ctx) -> None:
         pass
 
 
-def deploy(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, dry_run=False,
-           lock_wait=None, gate=True, ref=None, artifact=None, tag=None, strategy=None, batch=None, max_fail=None,
+def deploy(opts, ref=None, artifact=None, tag=None, strategy=None, batch=None, max_fail=None,
            rollback_fleet=True) -> None:
-    from ..config.inventory import load_inventory
-    from ..core.runner import Run
-    from .base import finish
+    """`fab deploy`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
+    from .base import finish, open_run
 
     if strategy not in (None, "", "blue_green", "restart"):
         raise ConfigError("command line", "--strategy", f"expected blue_green or restart, got {strategy!r}")
-    lw = _seconds(lock_wait, "--lock-wait")
-    inv = load_inventory(inventory, overrides=list(set or ()), cli={"deploy.strategy": strategy or None})
-    hosts = inv.resolve_hosts(limit)
+    inv = opts.load(cli={"deploy.strategy": strategy or None})
+    hosts = inv.resolve_hosts(opts.limit)
     plan = plan_deploy(inv, hosts, ref=ref, artifact=artifact, tag=tag, batch=batch, max_fail=max_fail,
-                       rollback_fleet=rollback_fleet, lock_wait=lw)
-    run = Run("deploy", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
-              accept_new_host_keys=accept_new_host_keys,
-              options={"ref": ref, "artifact": artifact, "tag": tag, "strategy": plan.lay.strategy, "batch": batch,
-                       "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet, "limit": limit,
-                       "gate": gate})
+                       rollback_fleet=rollback_fleet, lock_wait=opts.lock_wait)
+    run = open_run("deploy", opts, inv=inv, hosts=hosts,
+                   options={"ref": ref, "artifact": artifact, "tag": tag, "strategy": plan.lay.strategy,
+                            "batch": batch, "max_fail": max_fail, "rollback_fleet": plan.rollback_fleet,
+                            "limit": opts.limit, "gate": opts.gate})
     register_env_secrets(run)
     notifier = Notifier(run, "deploy", plan.rid)   # webhook URLs are masked from here on
     run.extra.update({"release": plan.rid, "source": plan.src.describe(), "hooks": all_hooks(inv)})
     run.out.line("", f"deploy {plan.src.describe()} as release {plan.rid} to {len(hosts)} host(s): "
                      f"{plan.lay.kind}, {'blue/green' if plan.lay.blue_green else 'restart'}, batches of "
-                     f"{plan.batch}, max-fail {plan.max_fail}{' (dry run)' if dry_run else ''}")
+                     f"{plan.batch}, max-fail {plan.max_fail}{' (dry run)' if opts.dry_run else ''}")
     fleet = Fleet(run, plan)
     notifier.start()
     try:
@@ -526,18 +522,6 @@ def register_env_secrets(run) -> None:
     from ..core.dotenv import mask_worthy
 
     run.add_secrets(mask_worthy(values, run.inv.get("env.contract.rules")))
-
-
-def _seconds(value, opt: str) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        v = float(value)
-        if v < 0:
-            raise ValueError
-        return v
-    except ValueError:
-        raise ConfigError("command line", opt, f"expected a number of seconds, got {value!r}") from None
 
 
 def run_fleet(fleet: Fleet, hosts: list) -> None:

@@ -138,8 +138,8 @@ def write_report(out_dir: Path, host_name: str, text: str) -> None:
         f.write(text)
 
 
-def diagnose(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-             lines=200, out=None) -> None:
+def diagnose(opts, lines=200, out=None) -> None:
+    """`fab diagnose` (read-only): `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from ..core.errors import ConfigError
     from .base import finish, open_run
 
@@ -156,8 +156,7 @@ def diagnose(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
             out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise ConfigError("command line", "--out", f"cannot create {out_dir}: {e.strerror}") from None
-    run = open_run("diagnose", inventory, set=set, limit=limit, parallel=parallel, verbose=verbose,
-                   accept_new_host_keys=accept_new_host_keys, options={"lines": n, "out": out, "limit": limit})
+    run = open_run("diagnose", opts, dry_run=False, options={"lines": n, "out": out, "limit": opts.limit})
     secrets, note = local_env_secrets(run.inv)
     run.add_secrets(secrets)
     if note:

@@ -185,16 +185,16 @@ def merged(per_host: dict[str, list[str]]):
         yield host, ln
 
 
-def logs(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, follow=False,
-         since=None, lines=None, grep=None) -> None:
+def logs(opts, follow=False, since=None, lines=None, grep=None) -> None:
+    """`fab logs` (read-only): `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from .base import Terminated, finish, open_run
     from .deploy import register_env_secrets
 
     since_t = parse_since(since)
     n = parse_lines(lines if lines not in (None, "") else (10 if follow else 100))
     pattern = check_grep(grep)
-    run = open_run("logs", inventory, set, limit, parallel, False, verbose, accept_new_host_keys,
-                   options={"follow": follow, "since": since, "lines": n, "grep": grep, "limit": limit})
+    run = open_run("logs", opts, dry_run=False,
+                   options={"follow": follow, "since": since, "lines": n, "grep": grep, "limit": opts.limit})
     inv = run.inv
     inv.require("app.name", "fab logs")
     inv.require("app.kind", "fab logs")

@@ -63,15 +63,15 @@ def files_for(lay: Layout, mode: str, page: bytes) -> list[FileSpec]:
     return [FileSpec(flag, absent=True)]
 
 
-def maintenance(mode, inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-                dry_run=False) -> None:
+def maintenance(mode, opts) -> None:
+    """`fab maintenance on|off|status`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from ..release.audit import audit
     from .base import finish, open_run
 
     if mode not in MODES:
         raise ConfigError("command line", "MODE", f"expected on, off or status, got {mode!r}")
-    run = open_run("maintenance", inventory, set, limit, parallel, dry_run if mode != "status" else False, verbose,
-                   accept_new_host_keys, options={"mode": mode, "limit": limit})
+    run = open_run("maintenance", opts, dry_run=False if mode == "status" else None,
+                   options={"mode": mode, "limit": opts.limit})
     inv = run.inv
     inv.require("app.name", "fab maintenance")
     if inv.get("nginx.enabled", True) is False:

@@ -42,14 +42,11 @@ def choose_target(st: HostState, to: str | None) -> tuple[str | None, str]:
     return t, ""
 
 
-def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0, dry_run=False,
-             lock_wait=None, gate=True, to=None) -> None:
-    from ..config.inventory import load_inventory
-    from ..core.runner import Run
-    from .base import finish
+def rollback(opts, to=None) -> None:
+    """`fab rollback`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
+    from .base import finish, open_run
     from .deploy import (
         Fleet,
-        _seconds,
         print_outcome,
         register_env_secrets,
         validate_app,
@@ -58,20 +55,18 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     if to is not None and not is_release_id(to):
         raise ConfigError("command line", "--to", f"{to!r} is not a release id (like 20250101T120000Z-v2; "
                                                   "see `fab releases`)")
-    lw = _seconds(lock_wait, "--lock-wait")
-    inv = load_inventory(inventory, overrides=list(set or ()))
+    inv = opts.load()
     if not inv.get("app"):
         raise ConfigError(inv.path, "app", "required for rollback: the app section (name, kind, port)")
     lay = Layout.from_inventory(inv)
     validate_app(inv, lay, "rollback")
-    hosts = inv.resolve_hosts(limit)
+    hosts = inv.resolve_hosts(opts.limit)
     alb = None
     if inv.get("hooks.alb"):  # checked before connecting, as deploy does
         from ..release.alb import preflight
 
         alb = preflight(inv, hosts)
-    run = Run("rollback", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
-              accept_new_host_keys=accept_new_host_keys, options={"to": to, "limit": limit, "gate": gate})
+    run = open_run("rollback", opts, inv=inv, hosts=hosts, options={"to": to, "limit": opts.limit, "gate": opts.gate})
     register_env_secrets(run)
     from ..release.hooks import all_hooks
     from ..release.notify import Notifier
@@ -79,7 +74,7 @@ def rollback(inventory=None, set=(), limit=None, parallel=10, accept_new_host_ke
     notifier = Notifier(run, "rollback", to)
     run.extra["hooks"] = all_hooks(inv)
     fleet = Fleet(run, None, action="rollback")
-    fleet.lock_wait = lw
+    fleet.lock_wait = opts.lock_wait
     notifier.start()
     try:
         ready = fleet.lock_all(hosts, to)
@@ -160,12 +155,12 @@ def release_rows(st: HostState) -> list[list[str]]:
     return rows
 
 
-def releases(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-             max_rows: int = 0) -> None:
+def releases(opts, max_rows: int = 0) -> None:
+    """`fab releases` (read-only): `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from ..release.lock import describe, stale_reason
     from .base import finish, open_run
 
-    run = open_run("releases", inventory, set, limit, parallel, False, verbose, accept_new_host_keys)
+    run = open_run("releases", opts, dry_run=False)
     if not run.inv.get("app.name"):
         raise run.inv.error("app.name", "required: releases live under the app's root")
     lay = Layout.from_inventory(run.inv)

@@ -35,7 +35,7 @@ from ..core.dotenv import (
     sha256_hex,
     value_hashes,
 )
-from ..core.errors import ConfigError, StepFailed
+from ..core.errors import StepFailed
 from ..release.envsnap import (
     EnvTarget,
     _put_in_place,
@@ -341,24 +341,15 @@ def restart(ctx) -> None:
 
 # -- the task ---------------------------------------------------------------------------------
 
-def rotate_env(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-               dry_run=False, lock_wait=None, gate=True, env_file=None, show_hashes=False) -> None:
-    from ..config.inventory import load_inventory
-    from ..core.runner import Run
-    from .base import finish
+def rotate_env(opts, env_file=None, show_hashes=False) -> None:
+    """`fab rotate-env`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
+    from .base import finish, open_run
 
-    if lock_wait not in (None, ""):
-        try:
-            lock_wait = float(lock_wait)
-        except ValueError:
-            raise ConfigError("command line", "--lock-wait", f"expected a number of seconds, got {lock_wait!r}") \
-                from None
-    inv = load_inventory(inventory, overrides=list(set or ()))
+    inv = opts.load()
     p = plan(inv, env_file, show_hashes)          # validation: before any connection
-    hosts = inv.resolve_hosts(limit)
-    run = Run("rotate-env", inv, hosts, parallel=parallel, dry_run=dry_run, verbose=verbose,
-              accept_new_host_keys=accept_new_host_keys,
-              options={"env_file": env_file, "show_hashes": show_hashes, "limit": limit, "gate": gate})
+    run = open_run("rotate-env", opts, inv=inv,
+                   options={"env_file": env_file, "show_hashes": show_hashes, "limit": opts.limit,
+                            "gate": opts.gate})
     from ..core.dotenv import mask_worthy
 
     run.add_secrets(mask_worthy(p.values, inv.get("env.contract.rules")))
@@ -371,8 +362,8 @@ def rotate_env(inventory=None, set=(), limit=None, parallel=10, accept_new_host_
     notifier = Notifier(run, "rotate-env")
     notifier.start()
     try:
-        run.each(lambda ctx: rotate_host(ctx, p, lock_wait))
-        if gate and not dry_run:
+        run.each(lambda ctx: rotate_host(ctx, p, opts.lock_wait))
+        if opts.gate and not opts.dry_run:
             _gate(run)
     except BaseException:
         notifier.finish(interrupted=True)

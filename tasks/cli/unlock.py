@@ -4,12 +4,11 @@ from __future__ import annotations
 from ..release.lock import unlock_host
 
 
-def unlock(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-           force=False, dry_run=False) -> None:
+def unlock(opts, force=False) -> None:
+    """`fab unlock`: `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from .base import finish, open_run
 
-    run = open_run("unlock", inventory, set, limit, parallel, dry_run, verbose, accept_new_host_keys,
-                   options={"force": force})
+    run = open_run("unlock", opts, options={"force": force})
     _require_app(run.inv)
     run.each(lambda ctx: unlock_host(ctx, force))
     finish(run)

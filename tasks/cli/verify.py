@@ -19,10 +19,8 @@ def _split(value) -> list[str]:
     return [x.strip() for x in str(value).split(",") if x.strip()]
 
 
-def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys=False, verbose=0,
-           stage=None, only=None, ssh_config=None) -> None:
-    """The `fab verify` task body."""
-    from ..config.inventory import load_inventory
+def verify(opts, stage=None, only=None, ssh_config=None) -> None:
+    """The `fab verify` task body: `opts` is the task's RunOptions (tasks/cli/base.py)."""
     from ..core.runner import print_table
     from .base import open_run
 
@@ -30,15 +28,13 @@ def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
     if stage and stage not in CS.STAGES:
         raise ConfigError("command line", "--stage", f"expected one of {', '.join(CS.STAGES)}, got {stage!r}")
     if ssh_config:
-        inv = load_inventory(inventory, overrides=list(set or ()))
-        write_ssh_config(inv, inv.resolve_hosts(limit), ssh_config)
+        inv = opts.load()
+        write_ssh_config(inv, inv.resolve_hosts(opts.limit), ssh_config)
         print(f"wrote {ssh_config}; run: pytest {Path(__file__).parent / 'suite'} "
-              f"--hosts=ssh://{inv.resolve_hosts(limit)[0].name} --ssh-config={ssh_config} "
+              f"--hosts=ssh://{inv.resolve_hosts(opts.limit)[0].name} --ssh-config={ssh_config} "
               f"--fabship-inventory={inv.path}")
         return
-    run = open_run("verify", inventory, set=set, limit=limit, parallel=parallel, verbose=verbose,
-                   accept_new_host_keys=accept_new_host_keys,
-                   options={"stage": stage, "only": only_l, "limit": limit})
+    run = open_run("verify", opts, dry_run=False, options={"stage": stage, "only": only_l, "limit": opts.limit})
     # a failing check quotes the app's answer, which may echo an env value: mask
     # them like deploy does (local env source files)
     from .deploy import register_env_secrets
@@ -55,7 +51,7 @@ def verify(inventory=None, set=(), limit=None, parallel=10, accept_new_host_keys
                                                       f"{', '.join(sorted(known))}")
     results: dict[str, list[C.CheckResult]] = {}
     # One host: the whole checklist. More: failures and skips (-v for all).
-    show_ok = len(run.hosts) == 1 and not verbose
+    show_ok = len(run.hosts) == 1 and not opts.verbose
 
     def one(ctx):
         res = verify_host(ctx, stage, only_l)

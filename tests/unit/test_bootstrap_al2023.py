@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tasks.core import runner
+from tasks.cli.base import RunOptions
 from tasks.cli.bootstrap import bootstrap
 
 FIXTURE = (Path(__file__).parent / "fixtures" / "facts-al2023.txt").read_text()
@@ -139,7 +140,7 @@ def test_al2023_commands(al2023, capsys):
     inv, env, conns = al2023
     # gate=False: the recording connection answers only bootstrap's fact script (the
     # gate's own facts are tested in tests/unit/test_verify_*.py)
-    bootstrap(inv, env_file=env, gate=False)
+    bootstrap(RunOptions(inventory=inv, gate=False), env_file=env)
     cmds = conns["web1"].commands
     text = "\n".join(c for c in cmds if "@@ os" not in c)
     # every command goes through sudo: the login user is ec2-user
@@ -183,7 +184,7 @@ def test_al2023_commands(al2023, capsys):
 
 def test_al2023_dry_run_runs_only_facts(al2023, capsys):
     inv, env, conns = al2023
-    bootstrap(inv, env_file=env, dry_run=True)
+    bootstrap(RunOptions(inventory=inv, dry_run=True), env_file=env)
     cmds = conns["web1"].commands
     assert len(cmds) == 1 and "@@ os" in cmds[0]
     o = capsys.readouterr().out

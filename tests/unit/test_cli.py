@@ -60,11 +60,11 @@ def test_unreadable_key_file_is_refused_before_connecting(fab, tmp_path):
     r = fab("deploy", "--inventory", str(p))
     # deploy may not be implemented yet; either way the inventory/key check comes first or
     # the task refuses clearly. `hosts` does not read keys; run a connecting task through open_run:
-    from tasks.cli.base import open_run
+    from tasks.cli.base import RunOptions, open_run
     from tasks.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"ssh.key_file: cannot read .*missing-key"):
-        open_run("test", str(p))
+        open_run("test", RunOptions(inventory=str(p)))
     assert "Traceback" not in r.stderr
 
 
@@ -155,7 +155,7 @@ def test_verbose_forms_reach_the_task(fab, monkeypatch, args, level):
     import tasks.cli.unlock
 
     seen = {}
-    monkeypatch.setattr(tasks.cli.unlock, "unlock", lambda *a, **k: seen.update(verbose=a[5], force=k["force"]))
+    monkeypatch.setattr(tasks.cli.unlock, "unlock", lambda opts, **k: seen.update(verbose=opts.verbose, force=k["force"]))
     r = fab("unlock", "-i", "sandbox", *args)
     assert r.returncode == 0, r.stderr
     assert seen["verbose"] == level and isinstance(seen["verbose"], int)
