@@ -106,8 +106,7 @@ def facts_request(spec: AppSpec, host, tls, dry_run: bool, files=None) -> FactsR
     req.paths = list(dict.fromkeys(req.paths))
     units = ["nginx.service"] if spec.nginx else []
     if spec.has_unit:
-        units.append(f"{spec.name}@{spec.unit_port}.service" if spec.strategy == "blue_green"
-                     else f"{spec.name}.service")
+        units += blue_green_instances(spec) if spec.strategy == "blue_green" else [f"{spec.name}.service"]
     if spec.kind in ("docker", "compose"):
         units.append("docker.service")
     if tls:
@@ -400,13 +399,25 @@ def app_unit(spec: AppSpec):
         extra=spec.unit["extra"])
 
 
+def blue_green_instances(spec: AppSpec) -> list[str]:
+    """APP@PORT.service of every deploy port, the first (the one bootstrap enables) first."""
+    return [f"{spec.name}@{p}.service" for p in dict.fromkeys([spec.unit_port, *spec.ports])]
+
+
 def step_units(ctx, spec, facts) -> None:
     from ..resources.units import apply_units, enable_name
 
     if not spec.has_unit:
         return
     unit = app_unit(spec)
-    apply_units(ctx, [unit], [enable_name(unit, spec.unit_port)], facts=facts)
+    enable = [enable_name(unit, spec.unit_port)]
+    if spec.strategy == "blue_green" and facts is not None and any(
+            facts.unit_enabled(u) for u in blue_green_instances(spec)[1:]):
+        # a deploy made another port's instance the one that starts at boot (the
+        # one nginx points at): enabling the first port again would be a change
+        # at every bootstrap, and boot an instance nothing sends traffic to
+        enable = []
+    apply_units(ctx, [unit], enable, facts=facts)
 
 
 def nginx_files(spec: AppSpec, p, host, facts, tls, tls_ready: bool, health_path: str = "/health") -> list[FileSpec]:

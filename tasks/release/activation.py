@@ -317,8 +317,12 @@ def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
                                    diag, health=h, old_serving=True)
         try:
             switching = True
+            # the new instance is enabled in the switch's own round trip, before nginx
+            # moves: a host that reboots from then on boots the side nginx points at
+            # (a refused or cut switch disables it again with the stop below)
             ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                       upstream_switch_cmd(lay, upstream_text(lay, idle)), timeout=DRAIN_SECONDS + 60)
+                       and_then(enable_instance_cmd(lay, idle), upstream_switch_cmd(lay, upstream_text(lay, idle))),
+                       timeout=DRAIN_SECONDS + 60)
         except StepFailed as e:
             raise ActivationFailed("nginx refused the new upstream; the old release keeps serving", e.details,
                                    health=h, old_serving=True) from None

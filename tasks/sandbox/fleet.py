@@ -1236,6 +1236,85 @@ class SandboxFleet:
                        key_file=self.key_file, known_hosts=self.known_hosts)
 
 
+def _host_rec(state: dict, name: str) -> dict:
+    for rec in state.get("hosts", []):
+        if rec["name"] == name:
+            return rec
+    raise FabshipError(f"no sandbox host {name!r}")
+
+
+def power_cycle(name: str, command: str = "systemctl reboot", timeout: float = POWEROFF_TIMEOUT,
+                out: Out = print) -> None:
+    """Take one host down the way a reboot does (the fault suite): `command`
+    inside it (default `systemctl reboot`: an orderly stop of every unit and
+    session, then the container's reboot request, on which systemd-nspawn
+    exits), waited for until its systemd-nspawn is gone. `boot_again(name)`
+    then boots the same root, network namespace and host key, as firmware
+    would after the reset. What differs from a VM: the kernel and the network
+    namespace (addresses, the veth) survive, and nothing on disk is lost that
+    the overlay root had written (no page cache to lose)."""
+    require_root("sandbox reboot")
+    state = load_state()
+    if not state or state.get("phase") != "up":
+        raise FabshipError("the sandbox is not up")
+    rec = _host_rec(state, name)
+    proc = Proc(rec["pid"], rec["start"])
+    with contextlib.suppress(Exception):   # the session dies with sshd: that is the point
+        ssh_run(rec["address"], command, timeout=10)
+    deadline = time.monotonic() + timeout
+    while proc.alive():
+        if time.monotonic() > deadline:
+            raise FabshipError(f"host {name}: systemd-nspawn (pid {proc.pid}) still running {timeout:.0f}s "
+                               f"after {command!r}")
+        time.sleep(0.1)
+    out(f"{name} is down ({command})")
+
+
+def boot_again(name: str, out: Out = print) -> float:
+    """Boot a host that `power_cycle` took down; returns the seconds it took
+    until sshd and systemd were up."""
+    require_root("sandbox reboot")
+    t0 = time.monotonic()
+    with _locked(out):
+        state = load_state()
+        rec = _host_rec(state, name)
+        if rec.get("pid") and Proc(rec["pid"], rec["start"]).alive():
+            raise FabshipError(f"host {name} is still running (pid {rec['pid']})")
+        plan = plan_fleet(state["count"], state["docker"], state["subnet"], state["bridge"])
+        h = next(x for x in plan.hosts if x.name == name)
+        proc = boot_host(plan, h)
+        rec.update(pid=proc.pid, start=proc.start)
+        save_state(state)
+    wait_host_ready(h, proc, time.monotonic() + BOOT_TIMEOUT)
+    out(f"{name} booted again in {time.monotonic() - t0:.1f}s")
+    return time.monotonic() - t0
+
+
+def stop_service(name: str, out: Out = print) -> None:
+    """Stop one stand-in (the fault suite: the apt mirror or the registry
+    down); `start_services()` brings it back with its state on disk."""
+    require_root("sandbox service")
+    with _locked(out):
+        state = load_state()
+        rec = (state or {}).get("services", {}).get(name)
+        if not rec:
+            raise FabshipError(f"no sandbox stand-in {name!r} is running")
+        svc.stop_proc(Service.from_json(rec).proc, timeout=10)
+    out(f"{name} stopped")
+
+
+def start_services(names: Sequence[str], out: Out = print) -> List[str]:
+    """Start the stand-ins among `names` that are not running; returns them."""
+    require_root("sandbox service")
+    with _locked(out):
+        state = load_state()
+        if not state or state.get("phase") != "up":
+            raise FabshipError("the sandbox is not up")
+        started = _start_missing_services(state, list(names), out)
+        save_state(state)
+        return started
+
+
 def load_fleet() -> Optional[SandboxFleet]:
     state = load_state()
     if not state or state.get("phase") != "up":

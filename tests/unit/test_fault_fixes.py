@@ -253,3 +253,107 @@ def test_record_release_whose_transport_the_interruption_closed_is_written_again
     ctx = Ctx()
     dep.finish_release(ctx, [Cmd("true")], "release log + audit")
     assert ctx.tries == 2 and ctx.recorded == [("record release", "changed")]
+
+
+# -- the host rebooted after "switch traffic" (tests/integration/faults/test_faults_host.py) --
+# nginx pointed at the new port while only the old instance was enabled: the
+# host booted the old one and answered 502 until someone deployed again.
+
+class _SwitchCtx(_Ctx):
+    def __init__(self, fail_switch=False):
+        super().__init__()
+        self.steps, self.data, self.dry_run, self.fail_switch = [], {}, False, fail_switch
+
+    def change(self, step, msg, *cmds, **kw):
+        self.steps.append((step, " && ".join(c.render() for c in cmds)))
+        if step == "switch traffic" and self.fail_switch:
+            from tasks.core.errors import StepFailed
+            raise StepFailed("nginx -t failed")
+
+    def record(self, *a, **kw):
+        pass
+
+
+class _State:
+    def __init__(self):
+        self.upstream_port, self.slots, self.current = 3001, {3001: ("active", "r1")}, "r1"
+
+    def live_port(self):
+        return 3001
+
+
+def _blue_green(monkeypatch, ctx):
+    import tasks.release.activation as act
+    from tasks.release.health import HealthResult
+
+    monkeypatch.setattr(act, "check_health", lambda *a, **kw: HealthResult(True, 200))
+    monkeypatch.setattr(act, "gated", lambda ctx, h: h)
+    quiet = []
+    monkeypatch.setattr(act, "_quietly", lambda ctx, step, *cmds: quiet.append((step, [c.render() for c in cmds])))
+    return act, quiet
+
+
+def test_the_new_instance_is_enabled_before_nginx_points_at_it(monkeypatch):
+    ctx = _SwitchCtx()
+    act, _ = _blue_green(monkeypatch, ctx)
+    act._systemd_blue_green(ctx, _lay(), _State(), "r2", 0, None)
+    steps = dict(ctx.steps)
+    assert "enable" not in steps["start new instance"]
+    switch = steps["switch traffic"]
+    assert "systemctl enable --no-reload --quiet web@3002.service" in switch
+    assert switch.index("web@3002.service") < switch.index("nginx -t")   # enabled first, then the upstream
+    assert "disable --no-reload --quiet web@3001.service" in steps["stop old instance"]
+
+
+def test_a_refused_switch_disables_the_new_instance_again(monkeypatch):
+    import pytest
+
+    ctx = _SwitchCtx(fail_switch=True)
+    act, quiet = _blue_green(monkeypatch, ctx)
+    with pytest.raises(act.ActivationFailed):
+        act._systemd_blue_green(ctx, _lay(), _State(), "r2", 0, None)
+    assert [s for s, _ in quiet] == ["stop new instance"] and "disable" in quiet[0][1][0] \
+        and "web@3002.service" in quiet[0][1][0]
+
+
+# -- `fab bootstrap` right after a deploy to the second blue/green port said "changed" --
+# (it enabled APP@<first port> again, which the deploy had disabled)
+
+class _Facts:
+    def __init__(self, enabled):
+        self.enabled = set(enabled)
+
+    def unit_enabled(self, unit):
+        return unit in self.enabled
+
+
+def _bootstrap_units(tmp_path, monkeypatch, enabled):
+    import tasks.resources.units as units
+    from tasks.cli import bootstrap
+    from tasks.config.app import app_spec
+
+    spec = app_spec(load_inv(tmp_path))
+    seen = []
+    monkeypatch.setattr(units, "apply_units", lambda ctx, u, enable, facts=None: seen.append(enable))
+    bootstrap.step_units(None, spec, _Facts(enabled))
+    return spec, seen[0]
+
+
+def test_bootstrap_leaves_the_instance_a_deploy_enabled_on_the_second_port(tmp_path, monkeypatch):
+    spec, enable = _bootstrap_units(tmp_path, monkeypatch, {"demo@3002.service"})
+    assert list(spec.ports) == [3001, 3002] and enable == []
+
+
+def test_bootstrap_enables_the_first_port_before_any_deploy(tmp_path, monkeypatch):
+    assert _bootstrap_units(tmp_path, monkeypatch, set())[1] == ["demo@3001.service"]
+    assert _bootstrap_units(tmp_path, monkeypatch, {"demo@3001.service"})[1] == ["demo@3001.service"]
+
+
+def test_bootstrap_reads_whether_each_port_s_instance_is_enabled(tmp_path):
+    from tasks.cli import bootstrap
+    from tasks.config.app import app_spec
+    from tasks.config.hosts import Host
+
+    spec = app_spec(load_inv(tmp_path))
+    req = bootstrap.facts_request(spec, Host("h1", "10.255.255.1", "root", 22, "static"), None, False)
+    assert {"demo@3001.service", "demo@3002.service"} <= set(req.units)

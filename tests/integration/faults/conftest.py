@@ -59,6 +59,7 @@ def fault_results(request):
     (.fabship/faults/last-run.json; the figures of the last full run)."""
     from faultapp import Results
 
-    res = Results(full=full_matrix(request.config))
+    # a -k selection of the matrix is not a full run: it goes to last-run.json
+    res = Results(full=full_matrix(request.config) and not request.config.option.keyword)
     yield res
     res.write()

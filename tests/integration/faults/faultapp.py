@@ -31,10 +31,16 @@ HOST = "h7"
 APP = "faultapp"
 PORT = 3560
 SECRET = "fault-suite-secret-0123456789"
-ENVS = {name: f"APP_SECRET={SECRET}\nLOG_LEVEL=info\nROTATION={name}\n".encode() for name in ("one", "two")}
+ENVS = {name: f"APP_SECRET={SECRET}\nLOG_LEVEL=info\nROTATION={name}\n".encode() for name in ("one", "two", "three")}
 SLOW = f"/tmp/{APP}-slow-build"   # present on the host: the build sleeps (a long step to fault inside)
 SLEEP_MARK = "sleep 4[2]"         # pgrep pattern that matches the build's sleep only
 BUILD = ["npm ci --no-audit --no-fund --offline", f"if [ -e {SLOW} ]; then sleep 42; fi", "npm run build"]
+# present on the host: a new instance sleeps before it listens (a long health-check wait to fault inside;
+# the health loop waits up to retries 20 x interval 0.5 = 10 s)
+SLOW_START = f"/var/lib/{APP}-slow-start"
+START_MARK = "sleep 6[.]5"
+START = f"sh -c 'if [ -e {SLOW_START} ]; then sleep 6.5; fi; exec npm run start'"
+UPLOAD_MARK = "sftp-server"      # the host's side of an SFTP upload (the git bundle)
 RESULTS = REPO / ".fabship" / "faults"   # last-full.json (the whole matrix), last-run.json (any other run)
 
 
@@ -45,7 +51,7 @@ def write_inventory(base: Path, repo: Path) -> Path:
     data = {
         "include": [str(REPO / "inventories" / "sandbox.yaml")],
         "packages": ["git"],
-        "app": {"name": APP, "kind": "node", "port": PORT, "start": "npm run start", "node_version": "18"},
+        "app": {"name": APP, "kind": "node", "port": PORT, "start": START, "node_version": "18"},
         "nginx": {"server_name": APP + ".{host}.sandbox.test"},
         "env": {"source": {"type": "file", "file": str(env)}},
         "deploy": {"source": "git", "repo": str(repo), "ref": "v1", "build": BUILD, "keep_releases": 3},
@@ -113,10 +119,11 @@ class FaultApp:
             pytest.skip(f"the fleet has no {HOST}")
         repo = make_repo(base)
         app = cls(fleet, base, write_inventory(base, repo))
+        app.repo = repo
         # a clean slate for this app: earlier sessions' releases, locks, units, fault mounts
         fleet.run(HOST, f"for m in /opt/{APP} /etc/{APP}; do mountpoint -q $m && umount -l $m; done; "
                         f"systemctl stop '{APP}@*' 2>/dev/null; rm -rf /opt/{APP}/releases /opt/{APP}/current "
-                        f"/opt/{APP}/.fabship /opt/{APP}/repo {SLOW}; true")
+                        f"/opt/{APP}/.fabship /opt/{APP}/repo {SLOW} {SLOW_START}; true")
         rc, out = app.c.fab("bootstrap", "--no-gate", timeout=1200)
         assert rc == 0, out[-4000:]
         for ref in ("v1", "v2"):
@@ -136,6 +143,29 @@ class FaultApp:
             assert rc == 0, f"baseline deploy: {out[-3000:]}"
             f = inv.host_facts(c)
         return f
+
+    def big_ref(self, mib: int = 24) -> str:
+        """A new tag on v2 that adds `mib` MiB of random bytes, so the host
+        lacks it and the deploy uploads a git bundle that size (a long upload
+        to fault inside). VERSION says the tag, as the invariants expect."""
+        import subprocess
+
+        self._big = getattr(self, "_big", 0) + 1
+        tag = f"up{self._big}-{int(time.time())}"
+        env = dict(os.environ, GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@fabship", GIT_COMMITTER_NAME="ci",
+                   GIT_COMMITTER_EMAIL="ci@fabship")
+
+        def g(*a):
+            subprocess.run(["git", *a], cwd=self.repo, check=True, capture_output=True, env=env)
+
+        g("checkout", "-q", "--detach", "v2")
+        (self.repo / "pad.bin").write_bytes(os.urandom(mib << 20))
+        (self.repo / "VERSION").write_text(tag + "\n")
+        g("add", "-A")
+        g("commit", "-qm", tag)
+        g("tag", tag)
+        g("checkout", "-q", "main")
+        return tag
 
     def env_now(self) -> bytes:
         return base64.b64decode(self.c.must(f"base64 -w0 {self.c.env_path}"))
@@ -191,26 +221,28 @@ class FaultApp:
 
     def case(self, results: Results, task: str, point: tuple[str, str], action, *, fault: str = "",
              extra: tuple = (), inside_probe: str = "", after_fault=None, audit_action: str | None = None,
-             waive: tuple = (), before=None) -> inv.Checker:
+             waive: tuple = (), before=None, plan=None, probe_cmd: str = "") -> inv.Checker:
         c = self.c
-        p = self.plan(task)
+        p = plan() if plan is not None else self.plan(task)
         args = p.args
         label = f"{task} {fault or action.__name__} {point[0]} {point[1]}"
         chk = inv.Checker(label)
         if point == ("inside", "build"):
             c.must(f"touch {SLOW}")
+        if point == ("inside", "health check"):
+            c.must(f"touch {SLOW_START}")
         if before is not None:
             before()   # a fault in place before the run starts (a full disk)
         t0 = time.time()
         started = time.monotonic()
         fab = Fab(task, "-i", str(self.inv), "--limit", HOST, "-v", "--no-gate", *args, *extra, runs_dir=self.runs)
-        reached = at_point(fab, point, self.fleet, HOST, action, inside_probe=inside_probe)
+        reached = at_point(fab, point, self.fleet, HOST, action, inside_probe=inside_probe, probe_cmd=probe_cmd)
         try:
             rc, out = fab.wait(timeout=300)
         finally:
             if after_fault is not None:
                 after_fault()   # the link back, the space freed: before anything else talks to the host
-            c.sh(f"rm -f {SLOW}; pkill -f '{SLEEP_MARK}'; true")
+            c.sh(f"rm -f {SLOW} {SLOW_START}; pkill -f '{SLEEP_MARK}'; true")
         if not reached:
             chk.failed["point"] = f"fab never reached {point} (exit {rc}): {out[-800:]}"
             results.add(Outcome(task, fault or action.__name__, f"{point[0]} {point[1]}", chk.failed,

@@ -103,10 +103,13 @@ class Fab:
 
 
 def at_point(fab: Fab, point: tuple[str, str], fleet, host: str, action, *, inside_probe: str = "",
-             timeout: float = 240) -> bool:
+             probe_cmd: str = "", timeout: float = 240) -> bool:
     """Freeze `fab` at `point`, run `action(fab)` (which injects the fault and
-    may thaw or kill fab), and return whether the point was reached."""
+    may thaw or kill fab), and return whether the point was reached. Inside a
+    step: `inside_probe` is a pgrep pattern of the step's remote process, or
+    `probe_cmd` a host command that succeeds while the step runs."""
     kind, step = point
+    probe_cmd = probe_cmd or f"pgrep -f {inside_probe} >/dev/null"
     hit = threading.Event()
 
     def fire():
@@ -118,7 +121,7 @@ def at_point(fab: Fab, point: tuple[str, str], fleet, host: str, action, *, insi
     elif kind == "inside":
         def probe():
             while fab.p.poll() is None and not hit.is_set():
-                if fleet.run(host, f"pgrep -f {inside_probe} >/dev/null", timeout=20)[0] == 0:
+                if fleet.run(host, probe_cmd, timeout=20)[0] == 0:
                     fire()
                     return
                 time.sleep(0.3)
@@ -217,3 +220,61 @@ def record_of(runs: Path, task: str, pid: int) -> dict | None:
         except ValueError:
             return {"unreadable": str(p)}
     return None
+
+
+def shape_link(name: str, rate: str | None) -> None:
+    """Rate-limit what the control machine sends to the host (tbf on the
+    bridge side of its veth), or lift the limit (rate None)."""
+    dev = veth_of(name)
+    if rate is None:
+        subprocess.run(["tc", "qdisc", "del", "dev", dev, "root"], capture_output=True)
+        return
+    subprocess.run(["tc", "qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb",
+                    "latency", "2s"], check=True)
+
+
+class Reboot:
+    """The host rebooted: `systemctl reboot` inside it (every unit stopped in
+    order, sshd and fab's session with them, then systemd-nspawn exits on the
+    container's reboot request), and `down` seconds later the same container
+    booted again (tasks/sandbox/fleet.py power_cycle/boot_again). fab stays
+    frozen until the host is down, so the reboot lands exactly at the point;
+    then it runs on against a host that refuses connections until it is back."""
+
+    def __init__(self, host: str, down: float = 5.0, command: str = "systemctl reboot"):
+        self.host, self.down, self.command = host, down, command
+        self.booted = threading.Event()
+        self.error: BaseException | None = None
+        self.__name__ = "reboot"
+
+    def __call__(self, fab: Fab) -> None:
+        quiet = lambda m: None  # noqa: E731
+        sandbox.power_cycle(self.host, self.command, out=quiet)
+        fab.thaw()
+
+        def later():
+            try:
+                time.sleep(self.down)
+                sandbox.boot_again(self.host, out=quiet)
+            except BaseException as e:  # reported by wait_back
+                self.error = e
+            finally:
+                self.booted.set()
+        threading.Thread(target=later, daemon=True).start()
+
+    def wait_back(self) -> None:
+        """after_fault: the host is up again before anything is checked."""
+        if not self.booted.wait(self.down + 120):
+            raise AssertionError(f"{self.host} did not boot again")
+        if self.error:
+            raise AssertionError(f"{self.host} did not boot again: {self.error}")
+
+
+def ensure_up(host: str) -> None:
+    """After a reboot case that failed half-way: the host running again."""
+    st = sandbox.load_state() or {}
+    for h in st.get("hosts", []):
+        if h["name"] == host:
+            from tasks.sandbox.services import Proc
+            if not Proc(h["pid"], h["start"]).alive():
+                sandbox.boot_again(host, out=lambda m: None)

@@ -18,7 +18,19 @@ PAIRS = [
     pytest.param("deploy", "deploy", id="deploy+deploy", marks=[pytest.mark.faults_ci]),
     pytest.param("deploy", "rotate-env", id="deploy+rotate-env"),
     pytest.param("rotate-env", "rollback", id="rotate-env+rollback"),
+    pytest.param("rotate-env", "rotate-env", id="rotate-env+rotate-env"),   # different files
 ]
+
+
+def other_env_plan(fault_app, p):
+    """The second controller's rotate-env: a third file (ROTATION=three, or
+    one when three is what the host has)."""
+    from faultapp import Plan
+
+    cur = p.envs[0].decode().rsplit("ROTATION=", 1)[-1].strip()
+    new = "one" if cur == "three" or p.envs[-1].endswith(b"ROTATION=three\n") else "three"
+    return Plan(["--env-file", str(fault_app.env_file(new))], p.old, p.old,
+                [p.envs[0], p.envs[0].replace(f"ROTATION={cur}".encode(), f"ROTATION={new}".encode())])
 
 
 @pytest.mark.faults_full
@@ -31,6 +43,8 @@ def test_two_controllers(fault_app, fault_results, first, second):
     if second == first == "deploy":   # the second controller deploys the other ref
         plans = [plans[first], fault_app.plan(first)]
         plans[1].args = ["--ref", plans[0].old]
+    elif second == first == "rotate-env":
+        plans = [plans[first], other_env_plan(fault_app, plans[first])]
     else:
         plans = [plans[first], plans[second]]
     runs = [Fab(task, "-i", str(fault_app.inv), "--limit", HOST, "--no-gate", *p.args, runs_dir=fault_app.runs)
@@ -53,8 +67,14 @@ def test_two_controllers(fault_app, fault_results, first, second):
             chk.failed[inv.RERUN] = f"{task} rerun exit {rc}: {out.strip().splitlines()[-1][:300]}"
         else:
             chk.passed.add(inv.RERUN)
+    if first == second == "rotate-env" and held:   # the loser's file is the one installed and running
+        c.envs = plans[held[0]].envs[-1:]
     chk.state(c, "after the rerun")
-    second_rerun(chk, c, "deploy", [])
+    if first == second == "rotate-env":
+        last = plans[held[0]] if held else plans[1]
+        second_rerun(chk, c, "rotate-env", last.args)
+    else:
+        second_rerun(chk, c, "deploy", [])
     fault_results.add(Outcome(f"{first}+{second}", "two controllers", "at once",
                                                      chk.failed, round(time.monotonic() - started, 1),
                               checked=sorted(chk.passed | set(chk.failed))))

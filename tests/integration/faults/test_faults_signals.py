@@ -50,3 +50,43 @@ def test_signal_at_every_step(fault_app, fault_results, task, sig):
         if chk.failed:
             broken.append(chk.report())
     assert not broken, f"{len(broken)} of {len(points)} points broke invariants:\n" + "\n".join(broken)
+
+
+# Inside long steps other than the build: the health-check wait (a new
+# instance that sleeps 6.5 s before it listens, inside the 10 s health window)
+# and the upload of a 24 MiB git bundle with the link held to 16 Mbit/s (~12 s)
+LONG_STEPS = [
+    pytest.param("deploy", signal.SIGKILL, "health check", id="deploy-SIGKILL-inside-health_check",
+                 marks=[pytest.mark.faults_ci]),
+    pytest.param("deploy", signal.SIGTERM, "health check", id="deploy-SIGTERM-inside-health_check"),
+    pytest.param("rollback", signal.SIGTERM, "health check", id="rollback-SIGTERM-inside-health_check"),
+    pytest.param("rollback", signal.SIGKILL, "health check", id="rollback-SIGKILL-inside-health_check"),
+    pytest.param("rotate-env", signal.SIGKILL, "health check", id="rotate-env-SIGKILL-inside-health_check"),
+    pytest.param("rotate-env", signal.SIGTERM, "health check", id="rotate-env-SIGTERM-inside-health_check",
+                 marks=[pytest.mark.faults_ci]),
+    pytest.param("deploy", signal.SIGKILL, "git bundle", id="deploy-SIGKILL-inside-upload",
+                 marks=[pytest.mark.faults_ci]),
+    pytest.param("deploy", signal.SIGTERM, "git bundle", id="deploy-SIGTERM-inside-upload"),
+]
+
+
+@pytest.mark.faults_full
+@pytest.mark.parametrize("task,sig,step", LONG_STEPS)
+def test_signal_inside_long_step(fault_app, fault_results, task, sig, step):
+    from faultapp import HOST, START_MARK, UPLOAD_MARK, Plan
+    from inject import shape_link
+
+    kw = {}
+    if step == "health check":
+        kw["inside_probe"] = f"'{START_MARK}'"
+    else:
+        def big_plan():   # a ref the host lacks: the deploy uploads its bundle
+            old, ref = fault_app.baseline()["served"].strip(), fault_app.big_ref()
+            return Plan(["--ref", ref], old, ref, [fault_app.env_now()])
+        kw.update(plan=big_plan, before=lambda: shape_link(HOST, "16mbit"), after_fault=lambda: shape_link(HOST, None),
+                  probe_cmd=f"pgrep -f {UPLOAD_MARK} >/dev/null && "
+                            "find /tmp -maxdepth 1 -name 'fabship-upload.*' -size +256k | grep -q .")
+    try:
+        _fail_on(fault_app.case(fault_results, task, ("inside", step), kill(sig), **kw))
+    finally:
+        shape_link(HOST, None)
