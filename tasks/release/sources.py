@@ -428,11 +428,20 @@ def _q(s: str) -> str:
 
 # -- prepare on a host --------------------------------------------------------------------------
 
+def upload_tmp_cmd(app: str) -> Cmd:
+    """mktemp for an upload, after removing the app's uploads a dead run left
+    behind (a deploy killed mid-upload left its partial bundle or tarball in
+    /tmp, megabytes each time; the deploy lock is held, so no other run of the
+    app is uploading now)."""
+    prefix = f"/tmp/fabship-upload.{safe_part(app, 40)}"
+    return Cmd(Raw(f"rm -f -- {prefix}.????????; mktemp {prefix}.XXXXXXXX"))  # exactly mktemp's 8: not app.b's
+
+
 def upload(ctx, data: bytes, what: str) -> str:
     """Put bytes into a fresh private temp file on the host; return its path.
     SFTP into a mktemp'd file (0600 from the start, never readable by others):
     pipelined writes for bundles and tarballs of any size."""
-    r = ctx.run(Cmd(Raw("mktemp /tmp/fabship-upload.XXXXXXXX")), what=f"upload {what}", root=False)
+    r = ctx.run(upload_tmp_cmd(str(ctx.inv.get("app.name") or "app")), what=f"upload {what}", root=False)
     path = r.stdout.strip().splitlines()[-1]
     sftp = ctx.connect().sftp()
     with sftp.open(path, "wb") as f:  # the existing 0600 file: opened for writing, mode kept

@@ -122,25 +122,39 @@ def timer_name(platform) -> str:
 # ACME errors worth another try: a rejected anti-replay nonce (certbot retries
 # once; a second one in a row ends in an unhelpful crash on Debian's certbot) and
 # a CA-side hiccup. Never a failed validation: that would burn the CA's
-# failed-validation rate limit for nothing. Five attempts: a CA that rejects a
-# fifth of nonces (Pebble asked to; its default is 5%) crashes about one certbot
-# run in three (tests/integration/faults/test_faults_services.py), so three
-# attempts failed one bootstrap in thirty; five, about one in 250.
+# failed-validation rate limit for nothing. Five attempts: certbot survives one
+# rejected nonce per request, not two in a row; a CA that rejects a fifth of
+# them (Pebble asked to, tests/integration/faults/test_faults_services.py; its
+# default is 5%) ends about one certbot run in three (4% per request, ~10
+# requests), which three attempts would turn into one failed bootstrap in 27,
+# five into one in 250.
 TRANSIENT_ACME = "urn:ietf:params:acme:error:(badNonce|serverInternal)"
+ACME_ERROR = "urn:ietf:params:acme:error:[A-Za-z]+"
 CERTBOT_LOG = "/var/log/letsencrypt/letsencrypt.log"
 RETRY_PAUSE = 2  # seconds times the attempt number
 
 
 def with_acme_retries(cmd: Cmd, attempts: int = 5) -> Cmd:
-    """Run a certbot command, again (up to `attempts`) while its log shows a
-    transient ACME error; print the last attempt's output, keep its status."""
+    """Run a certbot command, again (up to `attempts`) while the ACME error
+    that ended it is a transient one; print the last attempt's output, keep
+    its status. Only this attempt's part of certbot's log counts, and in it
+    the last ACME error: Debian's certbot appends every run to one log
+    (max-log-backups = 0, logrotate's job), so a badNonce of any earlier run,
+    or one certbot itself retried in this run, must not make a failed
+    validation or an unknown account look transient."""
+    log = CERTBOT_LOG
     body = "\n".join([
         "n=1",
         "while :; do",
+        sh("  set -- $(stat -c '%i %s' {} 2>/dev/null || echo 0 0); ino=$1; off=$2", log).render(),
         f"  out=$({cmd.render()} 2>&1); rc=$?",
         '  if [ "$rc" -eq 0 ]; then printf \'%s\\n\' "$out"; exit 0; fi',
-        sh('  if [ "$n" -lt {} ] && grep -qE {} {} 2>/dev/null; then', str(attempts), TRANSIENT_ACME,
-           CERTBOT_LOG).render(),
+        # rotated by certbot (another file) or logrotate (shorter) meanwhile: this attempt's log is all of it
+        sh("  set -- $(stat -c '%i %s' {} 2>/dev/null || echo 0 0)", log).render(),
+        '  if [ "$1" != "$ino" ] || [ "$2" -lt "$off" ]; then off=0; fi',
+        sh('  last=$(tail -c +$((off + 1)) {} 2>/dev/null | grep -oE {} | tail -n 1)', log, ACME_ERROR).render(),
+        sh('  if [ "$n" -lt {} ] && printf "%s" "$last" | grep -qE {}; then', str(attempts),
+           TRANSIENT_ACME).render(),
         '    echo "transient ACME error (attempt $n): retrying" >&2; '
         f'sleep $((n * {int(RETRY_PAUSE)})); n=$((n + 1)); continue',
         "  fi",

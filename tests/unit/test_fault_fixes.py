@@ -357,3 +357,19 @@ def test_bootstrap_reads_whether_each_port_s_instance_is_enabled(tmp_path):
     spec = app_spec(load_inv(tmp_path))
     req = bootstrap.facts_request(spec, Host("h1", "10.255.255.1", "root", 22, "static"), None, False)
     assert {"demo@3001.service", "demo@3002.service"} <= set(req.units)
+
+
+# -- a deploy killed inside its upload left the partial bundle in /tmp (24 MiB in the fault suite) --
+
+def test_an_upload_first_removes_what_a_dead_upload_of_the_app_left(tmp_path):
+    from tasks.release.sources import upload_tmp_cmd
+
+    script = upload_tmp_cmd("shop").render().replace("/tmp/", f"{tmp_path}/")
+    for name in ("fabship-upload.shop.AbCdEf12", "fabship-upload.shop.b.XyZ12345", "fabship-upload.shopx.QwErTy12"):
+        (tmp_path / name).write_bytes(b"partial")
+    r = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True)
+    made = r.stdout.strip()
+    left = sorted(p.name for p in tmp_path.iterdir())
+    # the dead upload of shop is gone; app "shop.b"'s and "shopx"'s are not shop's
+    assert left == sorted(["fabship-upload.shop.b.XyZ12345", "fabship-upload.shopx.QwErTy12", os.path.basename(made)])
+    assert os.path.basename(made).startswith("fabship-upload.shop.") and os.stat(made).st_mode & 0o777 == 0o600

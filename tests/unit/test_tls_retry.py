@@ -7,9 +7,10 @@ from tasks.core.commands import Cmd
 
 
 def fake_certbot(tmp_path, outcomes):
-    """A stand-in that plays `outcomes` in turn: (exit code, log line)."""
+    """A stand-in that plays `outcomes` in turn: (exit code, log line); like
+    certbot with its own log rotation, each run starts a new log."""
     counter, log = tmp_path / "n", tmp_path / "letsencrypt.log"
-    cases = "\n".join(f"  {i}) echo {line!r} > {log}; echo attempt{i}; exit {code};;"
+    cases = "\n".join(f"  {i}) mv -f {log} {log}.1 2>/dev/null; echo {line!r} > {log}; echo attempt{i}; exit {code};;"
                       for i, (code, line) in enumerate(outcomes, 1))
     script = (f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}\n"
               f"case $n in\n{cases}\nesac")
@@ -50,3 +51,37 @@ def test_four_crashes_in_a_row_still_end_in_a_certificate(tmp_path, monkeypatch)
     cmd, counter, log = fake_certbot(tmp_path, [(1, "urn:ietf:params:acme:error:badNonce")] * 4 + [(0, "ok")])
     r = run(cmd, log, monkeypatch)
     assert r.returncode == 0 and r.stdout == "attempt5\n"
+
+
+def appending_certbot(tmp_path, outcomes, history=""):
+    """Like Debian's certbot (max-log-backups = 0): every run appends to one log."""
+    counter, log = tmp_path / "n", tmp_path / "letsencrypt.log"
+    log.write_text(history)
+    cases = "\n".join(f"  {i}) printf '%s\\n' {' '.join(repr(x) for x in lines)} >> {log}; echo attempt{i}; "
+                      f"exit {code};;" for i, (code, lines) in enumerate(outcomes, 1))
+    script = (f"n=$(cat {counter} 2>/dev/null || echo 0); n=$((n + 1)); echo $n > {counter}\n"
+              f"case $n in\n{cases}\nesac")
+    return Cmd("sh", "-c", script), counter, log
+
+
+def test_an_earlier_runs_bad_nonce_in_the_log_does_not_make_a_failed_validation_transient(tmp_path, monkeypatch):
+    cmd, counter, log = appending_certbot(
+        tmp_path, [(1, ["urn:ietf:params:acme:error:unauthorized"]), (0, ["ok"])],
+        history="old run\nurn:ietf:params:acme:error:badNonce\n")
+    r = run(cmd, log, monkeypatch)
+    assert r.returncode == 1 and counter.read_text().strip() == "1"
+
+
+def test_a_bad_nonce_certbot_retried_itself_before_an_unknown_account_is_not_transient(tmp_path, monkeypatch):
+    cmd, counter, log = appending_certbot(tmp_path, [
+        (1, ["urn:ietf:params:acme:error:badNonce", "urn:ietf:params:acme:error:accountDoesNotExist"]), (0, ["ok"])])
+    r = run(cmd, log, monkeypatch)
+    assert r.returncode == 1 and counter.read_text().strip() == "1"
+
+
+def test_appended_bad_nonces_are_retried(tmp_path, monkeypatch):
+    cmd, counter, log = appending_certbot(tmp_path, [
+        (1, ["urn:ietf:params:acme:error:badNonce"]), (1, ["x", "urn:ietf:params:acme:error:serverInternal"]),
+        (0, ["ok"])], history="urn:ietf:params:acme:error:unauthorized\n")
+    r = run(cmd, log, monkeypatch)
+    assert r.returncode == 0 and r.stdout == "attempt3\n"

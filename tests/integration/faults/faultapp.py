@@ -104,7 +104,9 @@ class Results:
                 "load": [round(self.load0, 2), *[round(x, 2) for x in os.getloadavg()]],
                 "violations": sum(len(o.failed) for o in self.cases),
                 "results": [o.__dict__ for o in self.cases]}
-        (RESULTS / ("last-full.json" if self.full else "last-run.json")).write_text(json.dumps(data, indent=1))
+        # FABSHIP_FAULTS_OUT: a part of the full matrix run in its own session (table.py merges the parts)
+        out = os.environ.get("FABSHIP_FAULTS_OUT") or RESULTS / ("last-full.json" if self.full else "last-run.json")
+        Path(out).write_text(json.dumps(data, indent=1))
 
 
 class FaultApp:
@@ -221,7 +223,7 @@ class FaultApp:
 
     def case(self, results: Results, task: str, point: tuple[str, str], action, *, fault: str = "",
              extra: tuple = (), inside_probe: str = "", after_fault=None, audit_action: str | None = None,
-             waive: tuple = (), before=None, plan=None, probe_cmd: str = "") -> inv.Checker:
+             waive: tuple = (), before=None, plan=None, probe_cmd: str = "", after_rerun=None) -> inv.Checker:
         c = self.c
         p = plan() if plan is not None else self.plan(task)
         args = p.args
@@ -269,6 +271,8 @@ class FaultApp:
             f2 = chk.state(c, "after the rerun")
             if f2.get("lock") == "held":
                 chk.failed[inv.LOCK] = "the rerun left the lock held"
+            if after_rerun is not None:
+                after_rerun(chk)   # the point's own checks on what the rerun left
         second(chk, c, task, args)
         results.add(Outcome(task, fault or action.__name__, f"{point[0]} {point[1]}", chk.failed,
                             round(time.monotonic() - started, 1), checked=sorted(chk.passed | set(chk.failed))))

@@ -83,7 +83,15 @@ def test_signal_inside_long_step(fault_app, fault_results, task, sig, step):
         def big_plan():   # a ref the host lacks: the deploy uploads its bundle
             old, ref = fault_app.baseline()["served"].strip(), fault_app.big_ref()
             return Plan(["--ref", ref], old, ref, [fault_app.env_now()])
+        def no_partial_upload(chk):
+            left = fault_app.c.sh("ls /tmp | grep '^fabship-upload' || true")[1].split()
+            if left:
+                chk.failed["no upload left in /tmp"] = f"after the rerun: {left}"
+            else:
+                chk.passed.add("no upload left in /tmp")
+
         kw.update(plan=big_plan, before=lambda: shape_link(HOST, "16mbit"), after_fault=lambda: shape_link(HOST, None),
+                  after_rerun=no_partial_upload,
                   probe_cmd=f"pgrep -f {UPLOAD_MARK} >/dev/null && "
                             "find /tmp -maxdepth 1 -name 'fabship-upload.*' -size +256k | grep -q .")
     try:
