@@ -193,7 +193,7 @@ TASKS = (init, hosts, config, provision, bootstrap, deploy, rollback, releases, 
 
 def collection() -> Collection:
     """A fresh collection of fabship's tasks (a fabfile may add its own to it)."""
-    from .app_exec import install_executor
+    from .remainder import install_executor  # not app_exec: it loads the command layer
 
     install_executor()  # `fab exec -- CMD`: the text after -- is the task's, not fabric's
     return Collection(*TASKS)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     # `init` takes a positional DIR and `--ec2 REGION TAG`, which invoke's parser has no form for
     if rest and rest[0] == "init":
         raise SystemExit(init_main(rest[1:]))
-    from .app_exec import RemainderExecutor  # `fabship exec -- CMD`
+    from .remainder import RemainderExecutor  # `fabship exec -- CMD`
     from .namespace import ns
 
     FabshipProgram(name="fabship", binary="fabship", binary_names=["fabship"], version=__version__, namespace=ns,

@@ -27,6 +27,7 @@ from typing import Callable, Iterable
 from .commands import Cmd, Secret, become, mask_text
 from .errors import ConnectError, FabshipError, HostKeyError, LockError, StepFailed
 from .output import JSON_FORMAT, JSON_VERSION, exit_code_for, register_run, result_of
+from .table import print_table  # noqa: F401  (its home since issue 17: `fab hosts` loads no runner)
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
 
@@ -785,17 +786,3 @@ def _release_before(ctx) -> str | None:
     cur = getattr(st, "current", None)
     return cur if isinstance(cur, str) and cur else None
 
-
-def print_table(head: list[str], rows: list[list[str]], out: Output | None = None, title: str = "") -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)] if rows else [len(h) for h in head]
-    lines = []
-    if title:
-        lines.append(title)
-    lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)).rstrip())
-    for r in rows:
-        lines.append("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
-    text = "\n".join(lines)
-    if out:
-        out.line("", text)
-    else:
-        print(text)
