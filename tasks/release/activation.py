@@ -300,51 +300,80 @@ def pick_ports(lay: Layout, st: HostState, live: int | None) -> tuple[int | None
     return live, idle
 
 
-def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
-    live, idle = pick_ports(lay, st, st.live_port())
-    new_unit = lay.instance(idle)
+@dataclass(frozen=True)
+class NewSlot:
+    """The new side of a blue/green switch, as systemd or docker runs it. The
+    sequence itself (start, health check, switch traffic, gate, retire the old
+    side; on any failure or interruption traffic back to the live port and the
+    new side removed) is blue_green()'s, written once for both."""
+
+    kind: str                 # "instance" | "container": in the step names
+    old: str                  # the old side as the failure messages call it: "release" | "container"
+    remove_step: str          # the cleanup's step name: "stop new instance" | "remove new container"
+    release: str              # "release R" / "release R (IMAGE)": in the failure messages
+    start_message: str
+    start: tuple              # Cmds that start it on the idle port
+    dead_if: str              # health.check_health's "gave up early" probe
+    diagnostics: dict         # collect_diagnostics(units=...) / (containers=...)
+    remove: tuple             # Cmds that remove it (cleanup)
+    before_switch: tuple      # Cmds in the switch's own round trip, before nginx moves (systemd: enable the
+                              # new unit, so a reboot from then on boots the side nginx points at)
+    retire_message: str
+    retire: tuple             # Cmds that retire the old side once the new one serves
+    old_keeps_serving: str    # what a failed health check says about the old side
+    container: str = ""       # docker: the new container's name (Activation.container)
+
+
+def blue_green(ctx, lay: Layout, st: HostState, rid: str, since, spec, live: int | None, idle: int,
+               new: NewSlot) -> Activation:
     switching = False
     try:
-        ctx.change("start new instance", f"{new_unit} on release {rid}", start_instance_cmd(lay, idle, rid))
+        ctx.change(f"start new {new.kind}", new.start_message, *new.start)
         check_cancel(ctx)
-        h = check_health(ctx, idle, dead_if=unit_dead(new_unit), spec=spec)
+        h = check_health(ctx, idle, dead_if=new.dead_if, spec=spec)
         check_cancel(ctx)
         if not h.ok:
-            diag = collect_diagnostics(ctx, lay, since, h, units=[new_unit])
+            diag = collect_diagnostics(ctx, lay, since, h, **new.diagnostics)
             ctx.record("health check", "failed", h.describe())
-            raise ActivationFailed(f"release {rid} failed its health check on port {idle}; " +
-                                   ("the old release keeps serving" if live else "nothing was serving before"),
+            raise ActivationFailed(f"{new.release} failed its health check on port {idle}; {new.old_keeps_serving}",
                                    diag, health=h, old_serving=True)
         try:
             switching = True
-            # the new instance is enabled in the switch's own round trip, before nginx
-            # moves: a host that reboots from then on boots the side nginx points at
-            # (a refused or cut switch disables it again with the stop below)
             ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                       and_then(enable_instance_cmd(lay, idle), upstream_switch_cmd(lay, upstream_text(lay, idle))),
+                       and_then(*new.before_switch, upstream_switch_cmd(lay, upstream_text(lay, idle))),
                        timeout=DRAIN_SECONDS + 60)
         except StepFailed as e:
-            raise ActivationFailed("nginx refused the new upstream; the old release keeps serving", e.details,
+            raise ActivationFailed(f"nginx refused the new upstream; the old {new.old} keeps serving", e.details,
                                    health=h, old_serving=True) from None
         gate_or_switch_back(ctx, lay, live, h)
     except BaseException as e:
-        # never switched (or switched back): the new instance goes, the old one serves
+        # never switched (or switched back): the new side goes, the old one serves
         if back_to_live(ctx, lay, live, e, switching):
-            _quietly(ctx, "stop new instance", stop_instance_cmd(lay, idle))
+            _quietly(ctx, new.remove_step, *new.remove)
         raise
     # From here the new release serves: callers roll back by activating the old one.
     ctx.data["switched"] = True
-    cmds = [switch_current(lay, rid), enable_instance_cmd(lay, idle)]
-    if live is not None and live != idle:
-        cmds.append(stop_instance_cmd(lay, live))
-    ctx.change("stop old instance", f"{lay.instance(live)} stopped" if live else "current -> " + rid,
-               and_then(*cmds))  # one round trip
+    ctx.change(f"stop old {new.kind}", new.retire_message, and_then(switch_current(lay, rid), *new.retire))
     st.upstream_port = idle
+    st.current = rid
+    return Activation(rid, port=idle, previous_port=live, health=h, container=new.container)
+
+
+def _systemd_blue_green(ctx, lay, st, rid, since, spec) -> Activation:
+    live, idle = pick_ports(lay, st, st.live_port())
+    unit = lay.instance(idle)
+    retire = (stop_instance_cmd(lay, live),) if live not in (None, idle) else ()
+    a = blue_green(ctx, lay, st, rid, since, spec, live, idle, NewSlot(
+        kind="instance", old="release", remove_step="stop new instance", release=f"release {rid}",
+        start_message=f"{unit} on release {rid}", start=(start_instance_cmd(lay, idle, rid),),
+        dead_if=unit_dead(unit), diagnostics={"units": [unit]}, remove=(stop_instance_cmd(lay, idle),),
+        before_switch=(enable_instance_cmd(lay, idle),),
+        retire_message=f"{lay.instance(live)} stopped" if live else "current -> " + rid, retire=retire,
+        old_keeps_serving="the old release keeps serving" if live else "nothing was serving before"))
     st.slots[idle] = ("active", rid)
     if live is not None:
         st.slots[live] = ("inactive", st.slots.get(live, (None, None))[1])
-    st.current = rid
-    return Activation(rid, port=idle, previous_port=live, health=h)
+    return a
 
 
 def _systemd_restart(ctx, lay, st, rid, since, spec, previous) -> Activation:
@@ -389,37 +418,16 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
         olds = [c["name"] for c in st.containers if c["name"] != name]
         if live_c and live_c["name"] == name:  # restart_app: the live one is renamed aside
             olds.append(f"{name}-prev")
-        switching = False
-        try:
-            ctx.change("start new container", f"{name} ({image}) on 127.0.0.1:{idle}",
-                       docker_free_name_cmd(name),
-                       docker_run_cmd(lay, name, rid, image, idle, cport, restart=restart, run_args=run_args))
-            check_cancel(ctx)
-            h = check_health(ctx, idle, dead_if=container_dead(name), spec=spec)
-            check_cancel(ctx)
-            if not h.ok:
-                diag = collect_diagnostics(ctx, lay, since, h, containers=[name])
-                ctx.record("health check", "failed", h.describe())
-                raise ActivationFailed(f"release {rid} ({image}) failed its health check on port {idle}; "
-                                       "the old container keeps serving", diag, health=h, old_serving=True)
-            try:
-                switching = True
-                ctx.change("switch traffic", f"nginx upstream -> 127.0.0.1:{idle}; current -> {rid}",
-                           upstream_switch_cmd(lay, upstream_text(lay, idle)), timeout=DRAIN_SECONDS + 60)
-            except StepFailed as e:
-                raise ActivationFailed("nginx refused the new upstream; the old container keeps serving",
-                                       e.details, health=h, old_serving=True) from None
-            gate_or_switch_back(ctx, lay, live, h)
-        except BaseException as e:
-            if back_to_live(ctx, lay, live, e, switching):
-                _quietly(ctx, "remove new container", docker_remove_cmd(name), _restore_name_cmd(name))
-            raise
-        ctx.data["switched"] = True
-        cmds = [switch_current(lay, rid)] + [docker_remove_cmd(o) for o in dict.fromkeys(olds)]
-        ctx.change("stop old container", ", ".join(dict.fromkeys(olds)) or "none running", *cmds)
-        st.upstream_port = idle
-        st.current = rid
-        return Activation(rid, port=idle, previous_port=live, health=h, container=name)
+        olds = list(dict.fromkeys(olds))
+        return blue_green(ctx, lay, st, rid, since, spec, live, idle, NewSlot(
+            kind="container", old="container", remove_step="remove new container",
+            release=f"release {rid} ({image})", start_message=f"{name} ({image}) on 127.0.0.1:{idle}",
+            start=(docker_free_name_cmd(name),
+                   docker_run_cmd(lay, name, rid, image, idle, cport, restart=restart, run_args=run_args)),
+            dead_if=container_dead(name), diagnostics={"containers": [name]},
+            remove=(docker_remove_cmd(name), _restore_name_cmd(name)), before_switch=(),
+            retire_message=", ".join(olds) or "none running", retire=tuple(docker_remove_cmd(o) for o in olds),
+            old_keeps_serving="the old container keeps serving", container=name))
 
     # restart: one port, stop the old container first (it holds the port)
     port = lay.port
