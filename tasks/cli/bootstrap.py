@@ -16,13 +16,13 @@ host in total.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..config import platforms as plat
 from ..config.app import AppSpec, app_spec, layout_dirs
 from ..core.commands import Cmd, script, sh
 from ..core.errors import FabshipError, StepFailed
+from ..core.step import DEFAULT_FAILED, OK, Change, Record
 from ..facts.script import (
     FactsRequest,
     FileSpec,
@@ -118,7 +118,7 @@ def facts_request(spec: AppSpec, host, tls, dry_run: bool, files=None) -> FactsR
         req.users += [fs.owner] if fs.owner not in req.users else []
         req.groups += [fs.group] if fs.group not in req.groups else []
     req.commands = ["certbot", "docker-compose", "node", "python3"]
-    if dry_run:
+    if dry_run:  # not a step: what the fact script reads (old bytes for the dry run's diffs)
         # templated files only: the env file and docker secret/cert files are never read back
         req.contents = [h for h in req.hash_paths if h != spec.env_path and h not in secret_paths]
         req.env_key_hashes = spec.env_path
@@ -289,10 +289,12 @@ def step_runtime(ctx, spec, p, facts) -> None:
     if spec.kind == "node":
         v = facts.packages.get("nodejs") or next((facts.packages[k] for k in facts.packages
                                                    if k.startswith("nodejs") and not k.endswith("npm")), None)
-        if ctx.dry_run and not v:
-            ctx.ok("runtime", "Node.js comes with the packages step")
-        else:
-            ctx.ok("runtime", f"Node.js {v or '(installed)'} with npm")
+        if v:
+            ctx.ok("runtime", f"Node.js {v} with npm")
+        else:  # the packages step installs it (a dry run's says it would): nothing of its own to run
+            ctx.apply("runtime", Change("Node.js (installed) with npm", dry_status=OK,
+                                        dry_message="Node.js comes with the packages step",
+                                        outcome=lambda _: [Record(OK, "Node.js (installed) with npm")]))
     elif spec.kind == "python":
         step_python(ctx, spec, p, facts)
     elif spec.kind in ("docker", "compose"):
@@ -335,15 +337,8 @@ def step_docker(ctx, spec, facts, compose: bool) -> None:
         L.append("systemctl start docker")
     msg = "; ".join((["write /etc/docker/daemon.json"] if stale else []) +
                     (["enable and start docker"] if not running else ["restart docker"] if stale else []))
-    cmd = script(L)
-    if ctx.dry_run:
-        ctx.change("runtime", msg, cmd, diff=diff_for(facts, stale))
-        return
-    t0 = time.monotonic()
-    res = ctx.run(cmd, stdin=tar_payload(files) if stale else None, check=False, what="runtime")
-    if not res.ok:
-        ctx.fail("runtime", f"{msg}: failed (exit {res.exited})", res.tail())
-    ctx.record("runtime", "changed", msg, t0)
+    ctx.apply("runtime", Change(msg, (script(L),), stdin=tar_payload(files) if stale else None,
+                                diff=lambda: diff_for(facts, stale), failed=DEFAULT_FAILED))
 
 
 def step_env(ctx, spec, facts, env: EnvInput) -> None:
@@ -366,7 +361,9 @@ def step_env(ctx, spec, facts, env: EnvInput) -> None:
     elif have == want and owner_ok:
         ctx.ok("env file", f"{spec.env_path} up to date (sha256 {want[:12]}, from {env.label})")
         return
-    if ctx.dry_run:
+
+    def preview() -> str:
+        """The dry run's message: key names that change (the dry-run facts hold their hashes)."""
         keys = ""
         if env.values is not None:
             old = facts.env_keys or {}
@@ -375,11 +372,11 @@ def step_env(ctx, spec, facts, env: EnvInput) -> None:
                 "keys " + ", ".join(env.values) if env.values else "no keys"
         what = (f"{spec.env_path}: {keys}" if env.values is not None else
                 f"create empty {spec.env_path} (no env source given)")
-        ctx.change("env file", f"{what} (sha256 {(have or '-')[:12]} -> {want[:12]}; "
-                               f"{spec.env_owner}:{spec.env_group} {spec.env_mode})")
-        return
+        return (f"{what} (sha256 {(have or '-')[:12]} -> {want[:12]}; "
+                f"{spec.env_owner}:{spec.env_group} {spec.env_mode})")
+
     install_env_file(ctx, env.content, spec.env_path, spec.env_owner, spec.env_group, spec.env_mode,
-                     keep_previous=spec.env_keep if env.values is not None else 0, step="env file")
+                     keep_previous=spec.env_keep if env.values is not None else 0, step="env file", preview=preview)
 
 
 def app_unit(spec: AppSpec):
@@ -465,8 +462,8 @@ def step_tls(ctx, spec, p, host, facts, tls) -> None:
     if good:
         ctx.skipped("tls", tlsmod.cert_state(facts, tls)[1])
         return
-    if tlsmod.obtain(ctx, facts, tls, ACME_ROOT) and not ctx.dry_run:
-        # now the HTTPS server block and the HTTP->HTTPS redirect
+    if tlsmod.obtain(ctx, facts, tls, ACME_ROOT):
+        # obtained (a dry run obtains none): now the HTTPS server block and the HTTP->HTTPS redirect
         step_nginx(ctx, spec, p, host, facts, tls, tls_ready=True, use_facts=False)
 
 
@@ -475,7 +472,7 @@ def step_gate(ctx) -> None:
     promises (packages, swap, layout, env file, nginx, certificate...)."""
     from ..verify.gate import gate_failure_message, run_gate
 
-    if ctx.changed_count == 0 and not ctx.dry_run:
+    if ctx.changed_count == 0 and not ctx.dry_run:  # not a change: a dry run's gate says what it would check
         # Nothing changed: this run's fact script just confirmed every promise,
         # and the idempotent run stays at one remote command per host.
         ctx.skipped("verify gate", "nothing changed (the fact script confirmed the state)")

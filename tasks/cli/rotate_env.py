@@ -36,6 +36,7 @@ from ..core.dotenv import (
     value_hashes,
 )
 from ..core.errors import StepFailed
+from ..core.step import CHANGED, FAILED, SKIP, Change, Failure, Record
 from ..release.envsnap import (
     EnvTarget,
     _put_in_place,
@@ -224,12 +225,11 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
             ctx.note = "unchanged"
             audit(ctx, "rotate-env", facts.current, "unchanged", f"env sha256 {p.sha[:12]}")
             return
-        if not ctx.dry_run and facts.exists and facts.current and _is_release(facts.current) \
-                and not facts.applied:
+        if facts.exists and facts.current and _is_release(facts.current) and not facts.applied:
             # No record of what the app runs yet (released before snapshots): record
             # the file it runs with now, so a run killed after the install below is
-            # detected as installed-but-not-applied by the next one.
-            ctx.run(snapshot_cmd(t, facts.current), what="env snapshot")
+            # detected as installed-but-not-applied by the next one (no step of its own).
+            ctx.apply("env snapshot", Change(commands=(snapshot_cmd(t, facts.current),), dry_run=SKIP))
             facts.applied = facts.sha
         ctx.note = diff
         inst = None
@@ -238,7 +238,7 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
                                     step="env file")
         else:
             ctx.ok("env file", f"{t.path} up to date (sha256 {p.sha[:12]}), not applied yet")
-        if ctx.dry_run:
+        if ctx.dry_run:  # the restart below is activation's sequence (activation.py): a dry run plans it as one step
             if not same_bytes or pending:
                 ctx.change("restart", "restart the app with the new env and health-check it "
                                       "(on failure: restore the previous env file and restart)")
@@ -317,19 +317,22 @@ def _is_release(rid: str) -> bool:
 
 
 def _restore(ctx, t: EnvTarget, old_sha: str | None) -> None:
-    r = ctx.run(restore_previous_cmd(t, old_sha), check=False, what="restore previous env file")
-    if not r.ok:
-        ctx.fail("restore env file", f"could not restore {t.path}: {ctx.mask(r.tail(3))}")
-    ctx.changed("restore env file", f"{t.path} restored (sha256 {(old_sha or 'none')[:12]})")
+    ctx.apply("restore env file", Change(
+        f"{t.path} restored (sha256 {(old_sha or 'none')[:12]})", (restore_previous_cmd(t, old_sha),),
+        what="restore previous env file",
+        failed=lambda r: Failure(f"could not restore {t.path}: {ctx.mask(r.tail(3))}", details="")))
 
 
 def _restore_applied(ctx, t: EnvTarget, rid: str) -> None:
     """Put back the env the running release was started with (its snapshot)."""
-    r = ctx.run(release_env_restore_cmd(t, rid), check=False, what="restore the applied env file")
-    if not r.ok or r.stdout.strip().split()[:1] == ["missing"]:
-        ctx.fail("restore env file", f"could not restore {t.path} from {t.snapshot(rid)}: "
-                                     f"{ctx.mask(r.tail(3)) or 'no snapshot'}")
-    ctx.changed("restore env file", f"{t.path} restored to the env release {rid} ran with")
+    def restored(r) -> list[Record]:
+        if not r.ok or r.stdout.strip().split()[:1] == ["missing"]:
+            return [Record(FAILED, f"could not restore {t.path} from {t.snapshot(rid)}: "
+                                   f"{ctx.mask(r.tail(3)) or 'no snapshot'}")]
+        return [Record(CHANGED, f"{t.path} restored to the env release {rid} ran with")]
+
+    ctx.apply("restore env file", Change(commands=(release_env_restore_cmd(t, rid),), check=False,
+                                         what="restore the applied env file", outcome=restored))
 
 
 def restart(ctx) -> None:

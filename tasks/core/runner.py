@@ -28,6 +28,7 @@ from .commands import Cmd, Secret, become, mask_text
 from .errors import ConnectError, FabshipError, HostKeyError, LockError, StepFailed
 from .output import JSON_FORMAT, JSON_VERSION, exit_code_for, register_run, result_of
 from .table import print_table  # noqa: F401  (its home since issue 17: `fab hosts` loads no runner)
+from .step import Steps
 
 OK, CHANGED, SKIPPED, FAILED = "ok", "changed", "skipped", "failed"
 
@@ -107,9 +108,10 @@ class PrefixWriter(io.TextIOBase):
             self.buf = ""
 
 
-class HostContext:
+class HostContext(Steps):
     """Everything one host's steps need: its connection, facts, options and
-    the record of what ran. Steps call run()/change() and report results."""
+    the record of what ran. Steps describe a Change and call apply() (or
+    run() for what is no change: reads, probes) and report results."""
 
     def __init__(self, run: "Run", host):
         self.run_ = run
@@ -373,27 +375,8 @@ class HostContext:
     def changed(self, name: str, message: str = "") -> StepResult:
         return self.record(name, CHANGED, message)
 
-    def change(self, name: str, message: str, *cmds: Cmd, stdin=None, diff: str = "",
-               timeout: float | None = None) -> StepResult:
-        """Apply a change: in dry-run, show what would run (and the diff) and
-        run nothing; otherwise run each command, failing the step on error."""
-        t0 = time.monotonic()
-        if self.dry_run:
-            sr = self.record(name, CHANGED, message, t0)
-            if diff:
-                self.say(diff.rstrip("\n"))
-            for c in cmds:
-                self.say(f"  would run: {_short(become(c, self.host.user).render(), 300)}")
-            return sr
-        try:
-            for c in cmds:
-                self.run(c, stdin=stdin, timeout=timeout, what=name)
-        except StepFailed as e:
-            self.record(name, FAILED, f"{e.message}", t0)
-            raise
-        if diff and self.verbose >= 1:
-            self.say(diff.rstrip("\n"))
-        return self.record(name, CHANGED, message, t0)
+    # apply(step, Change) and change(step, msg, *cmds): tasks/core/step.py (Steps), the one
+    # implementation of a step's dry-run, timing, remote call, exit mapping and record
 
     def fail(self, name: str, message: str, details: str = ""):
         message, details = self.explain_timeout(message, details)

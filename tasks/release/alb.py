@@ -257,7 +257,7 @@ class AlbTarget:
         if not self.was_registered:
             ctx.ok(step, f"{self.label}: not registered ({st})")
             return False
-        if ctx.dry_run:
+        if ctx.dry_run:  # not a host Change: boto3 calls from the control machine; a dry run only reads
             others, alone = self._others_in_service()
             if not alone and others < cfg.min_in_service:
                 self._refuse(others)
@@ -309,7 +309,7 @@ class AlbTarget:
         """Register and wait until the ALB reports the target healthy."""
         ctx, cfg = self.ctx, self.cfg
         step = "alb register"
-        if ctx.dry_run:
+        if ctx.dry_run:  # not a host Change: boto3 calls from the control machine (see take_out)
             ctx.change(step, f"{self.label}: would register and wait up to {cfg.register_timeout:g}s for healthy")
             return
         t_start = time.monotonic()
@@ -366,7 +366,7 @@ def alb_out_of_service(ctx, cfg: AlbConfig | None = None, client=None):
             _put_back_after_failure(t)
         raise
     except BaseException:
-        if t.was_registered and not ctx.dry_run:
+        if t.was_registered and not ctx.dry_run:  # not a step: a dry run took nothing out to put back
             try:
                 t.put_back(wait=False)
             except Exception:

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from ..config.app import Layout
 from ..core.commands import Cmd
+from ..core.step import SKIP, Change
 from ..core.templates import render
 from .releases import append_lines_script
 
@@ -34,17 +35,19 @@ def audit_cmd(lay: Layout, line: str) -> Cmd:
 
 def audit(ctx, action: str, release: str | None, result: str, detail: str = "") -> None:
     """Append one audit line on ctx's host. Best effort: an audit failure is
-    reported, it does not undo the action it describes. Nothing in dry-run."""
-    if ctx.dry_run:
-        return
-    from .audit import who
-
+    reported, it does not undo the action it describes. Nothing in dry-run
+    (no step of its own)."""
     lay = Layout.from_inventory(ctx.inv)
     line = ctx.mask(audit_line(action, release, result, who(), detail))
-    try:
-        r = ctx.run(audit_cmd(lay, line), check=False, timeout=30, what="audit")
+
+    def warn(r) -> list:
         if not r.ok:
             ctx.say(f"warning: could not append to {lay.audit_log}: {ctx.mask(r.tail(2))}")
+        return []
+
+    try:
+        ctx.apply("audit", Change(commands=(audit_cmd(lay, line),), check=False, timeout=30, dry_run=SKIP,
+                                  outcome=warn))
     except Exception as e:
         ctx.say(f"warning: could not append to {lay.audit_log}: {e}")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.commands import Cmd, script, sh
+from ..core.step import CHANGED, OK, SKIP, SKIPPED, Change, Record
 from ..resources.envfile import put_in_place_lines
 
 
@@ -111,10 +112,8 @@ def snapshot_delete_cmd(t: EnvTarget, rids: list[str]) -> Cmd | None:
 def snapshot_release_env(ctx, rid: str) -> str | None:
     """After a release went live: record its env file. Returns the sha256 (or None)."""
     t = EnvTarget.from_inventory(ctx.inv)
-    if ctx.dry_run:
-        return None
-    r = ctx.run(snapshot_cmd(t, rid), what="env snapshot")
-    out = r.stdout.strip().split()
+    done = ctx.apply("env snapshot", Change(commands=(snapshot_cmd(t, rid),), dry_run=SKIP))  # no step of its own
+    out = done.stdout.strip().split()
     return out[1] if len(out) == 2 and out[0] == "snapshot" else None
 
 
@@ -122,18 +121,19 @@ def restore_release_env(ctx, rid: str) -> str:
     """Before rollback restarts <rid>: restore the env it ran with.
     Returns "missing" (no snapshot: env left as it is), "unchanged" or "changed"."""
     t = EnvTarget.from_inventory(ctx.inv)
-    cmd = release_env_restore_cmd(t, rid)
-    if ctx.dry_run:
-        ctx.change("env file", f"restore the env file release {rid} ran with (if it differs)", cmd)
-        return "changed"
-    r = ctx.run(cmd, what="restore release env")
-    word = (r.stdout.strip().split() or ["missing"])[0]
+    done = ctx.apply("env file", Change(f"restore the env file release {rid} ran with (if it differs)",
+                                        (release_env_restore_cmd(t, rid),), what="restore release env",
+                                        outcome=lambda r: [restored(t, rid, r.stdout)]))
+    return {CHANGED: "changed", OK: "unchanged"}.get(done.records[-1].status, "missing")
+
+
+def restored(t: EnvTarget, rid: str, stdout: str) -> Record:
+    """release_env_restore_cmd's output -> the env file step's record."""
+    word = (stdout.strip().split() or ["missing"])[0]
     if word == "changed":
-        kv = dict(p.split("=", 1) for p in r.stdout.split() if "=" in p)
-        ctx.changed("env file", f"{t.path}: restored the env of {rid} (sha256 {kv.get('old', '-')[:12]} -> "
-                                f"{kv.get('new', '')[:12]})")
-    elif word == "unchanged":
-        ctx.ok("env file", f"{t.path} already is the env of {rid}")
-    else:
-        ctx.skipped("env file", f"no env snapshot for {rid}: env file left as it is")
-    return word
+        kv = dict(p.split("=", 1) for p in stdout.split() if "=" in p)
+        return Record(CHANGED, f"{t.path}: restored the env of {rid} (sha256 {kv.get('old', '-')[:12]} -> "
+                               f"{kv.get('new', '')[:12]})")
+    if word == "unchanged":
+        return Record(OK, f"{t.path} already is the env of {rid}")
+    return Record(SKIPPED, f"no env snapshot for {rid}: env file left as it is")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core.commands import Cmd, sh
+from ..core.step import OK, Change, Record
 
 MARK = "FABSHIP_HEALTH"
 BODY_BYTES = 500
@@ -170,17 +171,19 @@ def check_health(ctx, port: int | None = None, *, attempts: int | None = None, d
     if not port:
         raise ctx.inv.error("health.port", "no port to health-check: set health.port or app.port")
     url = url_for(spec, port)
-    if ctx.dry_run:
-        ctx.ok("health check", f"{url} (dry run: not checked)")
-        return HealthResult(True, url=url, error="dry run")
-    cmd = health_cmd(spec, port, dead_if=dead_if, attempts=attempts)
-    r = ctx.run(cmd, stdin=headers_stdin(spec), check=False,
-                timeout=spec.budget() if not attempts else attempts * (spec.timeout + spec.interval) + 30,
-                what="health check")
-    res = parse_health(ctx.mask(r.stdout), url)
-    if not quiet:
+    found = [HealthResult(True, url=url, error="dry run")]   # a dry run checks nothing (no new instance)
+
+    def judged(r) -> list[Record]:
+        res = found[0] = parse_health(ctx.mask(r.stdout), url)
+        if quiet:
+            return []
         if res.ok:
-            ctx.ok("health check", res.describe())
-        else:
-            ctx.debug(res.describe())
-    return res
+            return [Record(OK, res.describe())]
+        ctx.debug(res.describe())
+        return []
+
+    ctx.apply("health check", Change(
+        f"{url} (dry run: not checked)", (health_cmd(spec, port, dead_if=dead_if, attempts=attempts),),
+        stdin=headers_stdin(spec), check=False, dry_status=OK, shown=(), outcome=judged,
+        timeout=spec.budget() if not attempts else attempts * (spec.timeout + spec.interval) + 30))
+    return found[0]

@@ -22,13 +22,13 @@ failures are reported as failed steps but undo nothing (the release serves).
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass
 
 from ..config.app import Layout
 from ..core.commands import Cmd, quote, sh
 from ..core.dotenv import MASK_MIN, SENSITIVE
 from ..core.errors import StepFailed
+from ..core.step import CHANGED, FAILED, Change, Record
 
 STAGES = ("before_build", "before_switch", "after_switch", "after_rollback")
 # a failure of these stops the host before its switch; the others only report
@@ -260,7 +260,7 @@ def run_hooks(ctx, stage: str, rid: str, *, image: str = "") -> None:
 
 def _follow_claim(ctx, hook: Hook, claim: dict) -> None:
     """Another host runs this once-hook: wait for it, then go on or fail alike."""
-    if ctx.dry_run:
+    if ctx.dry_run:  # not a change: a dry run's claimer runs nothing, so there is nothing to wait for
         ctx.skipped(hook.step, f"once: would run on {claim['host']} only")
         _record(ctx, hook, "skipped", None, 0.0, f"once: on {claim['host']}")
         return
@@ -278,25 +278,24 @@ def _follow_claim(ctx, hook: Hook, claim: dict) -> None:
 
 
 def _run_one(ctx, lay: Layout, hook: Hook, rid: str, image: str) -> bool:
-    cmd = hook_cmd(ctx.inv, lay, hook, rid, image=image)
     what = f"{hook.run}" + (" (once)" if hook.once else "")
-    if ctx.dry_run:
-        ctx.change(hook.step, f"would run as {lay.user} in {lay.release_dir(rid)} with {lay.env_path}: {what}", cmd)
-        _record(ctx, hook, "dry-run", None, 0.0, "")
-        return True
-    ctx.say(f"{hook.step}: {hook.run}")
-    t0 = time.monotonic()
-    r = ctx.run(cmd, check=False, stream=True, timeout=hook.timeout + 60, what=hook.step)
-    dur = time.monotonic() - t0
-    if r.ok:
-        ctx.record(hook.step, "changed", f"{what}: exit 0", t0)
-        _record(ctx, hook, "ok", 0, dur, "")
-        return True
-    why = {MISSING_ENV: f"the env file {lay.env_path} is missing", 124: f"timed out after {hook.timeout:g}s",
-           97: f"cannot enter {lay.release_dir(rid)} as {lay.user}"}.get(r.exited, f"exit {r.exited}")
-    ctx.record(hook.step, "failed", f"{what}: {why}", t0)
-    _record(ctx, hook, "failed", r.exited, dur, why)
-    return False
+    ran = ["dry-run", None, ""]   # the run record's result, exit and note (a dry run runs nothing)
+
+    def judged(r) -> list[Record]:
+        if r.ok:
+            ran[:] = ["ok", 0, ""]
+            return [Record(CHANGED, f"{what}: exit 0")]
+        why = {MISSING_ENV: f"the env file {lay.env_path} is missing", 124: f"timed out after {hook.timeout:g}s",
+               97: f"cannot enter {lay.release_dir(rid)} as {lay.user}"}.get(r.exited, f"exit {r.exited}")
+        ran[:] = ["failed", r.exited, why]
+        return [Record(FAILED, f"{what}: {why}", fatal=False)]   # the caller decides (before/after the switch)
+
+    done = ctx.apply(hook.step, Change(
+        f"would run as {lay.user} in {lay.release_dir(rid)} with {lay.env_path}: {what}",
+        (hook_cmd(ctx.inv, lay, hook, rid, image=image),), check=False, stream=True, timeout=hook.timeout + 60,
+        announce=f"{hook.step}: {hook.run}", outcome=judged))
+    _record(ctx, hook, ran[0], ran[1], done.duration, ran[2])
+    return ran[0] != "failed"
 
 
 def _record(ctx, hook: Hook, result: str, exited, duration: float, note: str) -> None:

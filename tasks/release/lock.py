@@ -23,6 +23,7 @@ from datetime import datetime, timezone
 from ..config.app import Layout
 from ..core.commands import Cmd, sh
 from ..core.errors import LockError, StepFailed
+from ..core.step import OK, RUN, Change, Record
 from ..core.templates import render
 from .audit import who
 
@@ -219,32 +220,42 @@ def acquire(ctx, action: str, release: str | None = None, wait: float | None = N
     lay = Layout.from_inventory(ctx.inv)
     wait = float(ctx.inv.get("deploy.lock_wait") or 0) if wait is None else float(wait)
     holder = make_holder(action, release, ctx.run_.task)
-    if ctx.dry_run:  # dry run: report who holds it, take nothing
-        r = ctx.run(read_cmd(lay), what="read deploy lock")
+    taken: dict = {}
+
+    def take() -> tuple:
+        """mkdir the lock (polling while another run holds it, up to `wait`)."""
+        t0 = time.monotonic()
+        while True:
+            r = ctx.run(acquire_cmd(lay, holder_text(holder)), what="take deploy lock")
+            if r.stdout.startswith(ACQUIRED):
+                ctx.data["lock_holder"] = holder
+                ctx.debug(f"deploy lock taken ({lay.lock_dir})")
+                taken.update(holder)
+                return ()
+            other = parse_holder(r.stdout[len(HELD):] if r.stdout.startswith(HELD) else "")
+            waited = time.monotonic() - t0
+            if not wait or waited >= wait or stale_reason(other, max_age=max_age_of(ctx)):
+                raise lock_error(ctx, other, waited)
+            if ctx.run_.__dict__.get("cancel") is not None and ctx.run_.cancel.is_set():
+                raise lock_error(ctx, other, waited)
+            ctx.say(f"waiting for the deploy lock: held by {describe(other)}")
+            time.sleep(min(POLL * 2, max(0.2, wait - waited)))
+
+    def free(r) -> list[Record]:
         if r.stdout.startswith(HELD):
             raise lock_error(ctx, parse_holder(r.stdout[len(HELD):]))
-        ctx.ok("deploy lock", "free (dry run: not taken)")
-        return {}
-    t0 = time.monotonic()
-    while True:
-        r = ctx.run(acquire_cmd(lay, holder_text(holder)), what="take deploy lock")
-        if r.stdout.startswith(ACQUIRED):
-            ctx.data["lock_holder"] = holder
-            ctx.debug(f"deploy lock taken ({lay.lock_dir})")
-            return holder
-        other = parse_holder(r.stdout[len(HELD):] if r.stdout.startswith(HELD) else "")
-        waited = time.monotonic() - t0
-        if not wait or waited >= wait or stale_reason(other, max_age=max_age_of(ctx)):
-            raise lock_error(ctx, other, waited)
-        if ctx.run_.__dict__.get("cancel") is not None and ctx.run_.cancel.is_set():
-            raise lock_error(ctx, other, waited)
-        ctx.say(f"waiting for the deploy lock: held by {describe(other)}")
-        time.sleep(min(POLL * 2, max(0.2, wait - waited)))
+        return [Record(OK, "free (dry run: not taken)")]
+
+    # taking it is recorded by nothing but the holder (debug); a dry run reports who holds it, takes nothing
+    ctx.apply("deploy lock", Change(commands=take, outcome=lambda _: [], dry_run=Change(
+        commands=(read_cmd(lay),), what="read deploy lock", dry_run=RUN, outcome=free)))
+    return taken
 
 
 def release(ctx, holder: dict) -> bool:
-    """Release our lock; never raises (it runs in finally blocks)."""
-    if not holder or ctx.dry_run:
+    """Release our lock; never raises (it runs in finally blocks). A dry run
+    took none (acquire gave it an empty holder)."""
+    if not holder:
         return False
     from .activation import ensure_connection
 
@@ -295,9 +306,9 @@ def unlock_host(ctx, force: bool = False) -> None:
         raise StepFailed(f"deploy lock is held by a live run: {held_by}; not breaking it "
                          f"(use --force if you are sure that run is dead)")
     why = reason or "forced (--force)"
-    ctx.change("break deploy lock", f"was held by {held_by}; {why}", break_cmd(lay))
+    broke = ctx.apply("break deploy lock", Change(f"was held by {held_by}; {why}", (break_cmd(lay),)))
     ctx.note = f"broke lock of {_field(holder, 'user')} ({_field(holder, 'action')})"
-    if not ctx.dry_run:
+    if broke.ran:  # the dead run's work is written once its lock is really broken
         from .audit import audit
 
         audit(ctx, "unlock", _field(holder, "release", "-"), "ok",

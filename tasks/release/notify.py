@@ -115,7 +115,7 @@ class Notifier:
         from .audit import who
 
         hooks = [h for h in self.hooks if phase in h.events]
-        if not hooks or self.run.dry_run:
+        if not hooks or self.run.dry_run:  # not a step: webhooks go from the control machine, a dry run sends none
             return
         inv = self.run.inv
         env = inv.get("environment") or os.path.splitext(os.path.basename(str(inv.path)))[0]

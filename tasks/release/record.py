@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..config.app import Layout
 from ..core.commands import Cmd
+from ..core.step import SKIP, Change
 from ..core.templates import render
 from ..facts.releases import Entry, HostState
 from .releases import append_lines_script
@@ -44,10 +45,10 @@ def record_cmd(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> Cmd:
 
 
 def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> None:
-    """Release log entry + audit line on the host, one round trip. Best effort."""
-    if ctx.dry_run:
-        return
+    """Release log entry + audit line on the host, one round trip. Best effort;
+    no step of its own (a dry run writes nothing)."""
     try:
-        ctx.run(record_cmd(ctx, lay, entry, audit_detail), timeout=30, what="release log")
+        ctx.apply("release log", Change(commands=(record_cmd(ctx, lay, entry, audit_detail),), timeout=30,
+                                        dry_run=SKIP))
     except Exception as e:
         ctx.say(f"warning: could not append to {lay.release_log}: {e}")

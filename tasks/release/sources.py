@@ -30,6 +30,7 @@ from pathlib import Path
 from ..config.app import Layout, safe_part
 from ..core.commands import Cmd, Raw, as_user, sh
 from ..core.errors import ConfigError, StepFailed
+from ..core.step import CHANGED, OK, Change, Failure, Record
 from ..core.templates import render
 from ..facts.releases import HostState
 from .releases import NOLINK
@@ -454,44 +455,41 @@ def _prepare_git(ctx, src: Source, lay: Layout, st: HostState, rid: str) -> dict
     ctx.change("release dir", lay.release_dir(rid), make_release_dir_cmd(lay, rid), git_init_cmd(lay))
     if src.local_repo:
         commit = src.commit
-        if commit in st.git_heads and not ctx.dry_run:
-            ctx.ok("git bundle", f"{commit[:12]} already in the host's cache")
-        elif ctx.dry_run:
-            ctx.change("git bundle", f"upload the commits of {src.ref} ({commit[:12]}) the host lacks")
-        else:
-            has = ctx.run(sh("git --git-dir={} cat-file -e {} 2>/dev/null && echo yes || echo no", lay.repo,
-                             commit + "^{commit}"), what="git cache").stdout.strip() == "yes"
-            if has:
-                ctx.ok("git bundle", f"{commit[:12]} already in the host's cache")
-            else:
-                data = make_bundle(src.local_repo, commit, st.git_heads)
-                path = upload(ctx, data, "git bundle")
-                ctx.change("git bundle", f"{len(data)} bytes: {src.ref} ({commit[:12]})",
-                           git_fetch_bundle_cmd(lay, path, commit))
+        sent: list[int] = []
+
+        def bundle() -> tuple:
+            """Only the commits the host's cache lacks (none when it has the commit), by SFTP."""
+            if commit in st.git_heads or ctx.run(sh("git --git-dir={} cat-file -e {} 2>/dev/null && echo yes || "
+                                                    "echo no", lay.repo, commit + "^{commit}"),
+                                                 what="git cache").stdout.strip() == "yes":
+                return ()
+            data = make_bundle(src.local_repo, commit, st.git_heads)
+            sent.append(len(data))
+            return (git_fetch_bundle_cmd(lay, upload(ctx, data, "git bundle"), commit),)
+
+        ctx.apply("git bundle", Change(
+            f"upload the commits of {src.ref} ({commit[:12]}) the host lacks", bundle,
+            outcome=lambda _: [Record(CHANGED, f"{sent[0]} bytes: {src.ref} ({commit[:12]})") if sent
+                               else Record(OK, f"{commit[:12]} already in the host's cache")]))
     else:
-        if ctx.dry_run:
-            ctx.change("git fetch", f"{src.repo_url} @ {src.ref}", git_fetch_url_cmd(lay, src.repo_url, src.ref))
+        fetched = ctx.apply("git fetch", Change(
+            f"{src.repo_url} @ {src.ref}", (git_fetch_url_cmd(lay, src.repo_url, src.ref),), tail=15,
+            failed=Failure(f"{src.repo_url} @ {src.ref}", raised=f"git fetch of {src.ref} from {src.repo_url} failed"),
+            outcome=lambda r: [Record(CHANGED, f"{src.ref} -> {r.stdout.strip().splitlines()[-1][:12]}")]))
+        if not fetched.ran:  # a dry run fetched nothing: no commit to check out
             return {"commit": ""}
-        t0 = __import__("time").monotonic()
-        r = ctx.run(git_fetch_url_cmd(lay, src.repo_url, src.ref), check=False, what="git fetch")
-        if not r.ok:
-            ctx.record("git fetch", "failed", f"{src.repo_url} @ {src.ref}", t0)
-            raise StepFailed(f"git fetch of {src.ref} from {src.repo_url} failed", ctx.mask(r.tail(15)))
-        commit = r.stdout.strip().splitlines()[-1]
-        ctx.record("git fetch", "changed", f"{src.ref} -> {commit[:12]}", t0)
+        commit = fetched.stdout.strip().splitlines()[-1]
     ctx.change("checkout", f"{commit[:12]} into {lay.release_dir(rid)}", git_checkout_cmd(lay, rid, commit))
     return {"commit": commit}
 
 
 def _prepare_artifact(ctx, src: Source, lay: Layout, rid: str) -> dict:
     ctx.change("release dir", lay.release_dir(rid), make_release_dir_cmd(lay, rid))
-    if ctx.dry_run:
-        ctx.change("upload artifact", f"{src.artifact_name} ({len(src.artifact)} bytes) into {lay.release_dir(rid)}")
-        return {}
-    path = upload(ctx, src.artifact, "artifact")
-    ctx.change("upload artifact", f"{src.artifact_name} ({len(src.artifact)} bytes)",
-               artifact_extract_cmd(lay, rid, path, src.strip))
-    return {"artifact_sha256": hashlib.sha256(src.artifact).hexdigest()[:16]}
+    up = ctx.apply("upload artifact", Change(
+        f"{src.artifact_name} ({len(src.artifact)} bytes)",
+        lambda: (artifact_extract_cmd(lay, rid, upload(ctx, src.artifact, "artifact"), src.strip),),
+        dry_message=f"{src.artifact_name} ({len(src.artifact)} bytes) into {lay.release_dir(rid)}"))
+    return {"artifact_sha256": hashlib.sha256(src.artifact).hexdigest()[:16]} if up.ran else {}
 
 
 def _prepare_image(ctx, src: Source, lay: Layout, rid: str) -> dict:
@@ -513,13 +511,10 @@ def _prepare_compose(ctx, src: Source, lay: Layout, st: HostState, rid: str) -> 
     proj = compose_project(ctx, lay)
     d = lay.release_dir(rid)
     ctx.change("release dir", d, make_release_dir_cmd(lay, rid))
-    if ctx.dry_run:
-        ctx.change("compose files", f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})")
-    else:
-        up = upload(ctx, src.compose_file, "compose file")
-        ctx.change("compose files", f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})",
-                   user_file_cmd(lay, f"{d}/docker-compose.yml", from_file=up),
-                   user_file_cmd(lay, f"{d}/compose.env", text=compose_env_text(src, proj)))
+    ctx.apply("compose files", Change(
+        f"{d}/docker-compose.yml, {d}/compose.env ({', '.join(src.tag_vars)}={src.tag})",
+        lambda: (user_file_cmd(lay, f"{d}/docker-compose.yml", from_file=upload(ctx, src.compose_file, "compose file")),
+                 user_file_cmd(lay, f"{d}/compose.env", text=compose_env_text(src, proj)))))
     ctx.change("pull images", f"project {proj}",
                Cmd(Raw(sh("cd {} && ", d).render()), *compose_base(st.compose_cmd, lay, rid, proj), "pull",
                    "--quiet"), timeout=900)

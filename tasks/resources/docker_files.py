@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..core.commands import Cmd, Secret, script, sh
 from ..core.errors import ConfigError
+from ..core.step import Change
 
 SECRETS, CERTS = "secrets", "certs"
 MODES = {SECRETS: ("0700", "0400"), CERTS: ("0755", "0444")}   # (dir, file)
@@ -324,10 +325,8 @@ def apply(ctx, df: DockerFiles, facts) -> bool:
                                for s in df.sets) + (" up to date" if n else " in place"))
         return False
     cmd, payload = apply_cmd(df, changes)
-    if ctx.dry_run:
-        ctx.change(STEP, "; ".join(changes.names), cmd)
-        return True
-    ctx.change(STEP, "; ".join(changes.report), cmd, stdin=payload)
+    # a dry run names the files only; the real run reports sha256 prefixes
+    ctx.apply(STEP, Change("; ".join(changes.report), (cmd,), stdin=payload, dry_message="; ".join(changes.names)))
     return True
 
 

@@ -17,11 +17,11 @@ key names only.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass, field
 
 from ..core.commands import Cmd, Secret, script, sh
 from ..core.dotenv import SENSITIVE, sha256_hex
+from ..core.step import CHANGED, OK, Change, Record
 
 # -- parsing -----------------------------------------------------------------------
 
@@ -133,29 +133,35 @@ def _content_bytes(content: bytes | Secret | str) -> bytes:
 
 
 def install_env_file(ctx, content: bytes | Secret, path: str, owner: str, group: str, mode: str = "0600",
-                     keep_previous: int | bool = True, step: str = "env file") -> EnvInstall:
+                     keep_previous: int | bool = True, step: str = "env file", preview=None) -> EnvInstall:
     """Install `content` as the host's env file (see install_cmd). Reports
-    changed/ok on ctx with sha256 prefixes only; in dry-run runs nothing."""
+    changed/ok on ctx with sha256 prefixes only; in dry-run runs nothing.
+    `preview` (a str or a callable): the dry run's message instead of the
+    install command (bootstrap names the keys that change)."""
     data = _content_bytes(content)
     want = sha256_hex(data)
-    cmd = install_cmd(path, owner, group, mode, want, keep_previous)
-    if ctx.dry_run:
-        ctx.change(step, f"{path} would be written (sha256 {want[:12]}, {owner}:{group} {mode})", cmd)
-        return EnvInstall(True, None, want)
-    t0 = time.monotonic()
-    res = ctx.run(cmd, stdin=data, check=False, what=step)
-    if not res.ok:
-        ctx.fail(step, f"installing {path} failed (exit {res.exited})", ctx.mask(res.tail()))
-    out = dict(ln.split("=", 1) for ln in res.stdout.splitlines() if "=" in ln)
+    done = ctx.apply(step, Change(
+        f"{path} would be written (sha256 {want[:12]}, {owner}:{group} {mode})",
+        (install_cmd(path, owner, group, mode, want, keep_previous),), stdin=data,
+        failed=f"installing {path} failed (exit {{exit}})", dry_message=preview, shown=() if preview else None,
+        outcome=lambda res: [_installed(res.stdout, path, owner, group, mode, want)]))
+    r = done.records[-1]   # a dry run's: "would change" (and no old hash: nothing was read)
+    return EnvInstall(r.status == CHANGED, _old_sha(done.stdout), want, r.message if r.status == CHANGED else "")
+
+
+def _old_sha(stdout: str) -> str | None:
+    out = dict(ln.split("=", 1) for ln in stdout.splitlines() if "=" in ln)
     old = out.get("old")
-    old = None if old in (None, "-") else old
-    if res.stdout.startswith("unchanged"):
-        ctx.ok(step, f"{path} up to date (sha256 {want[:12]})")
-        return EnvInstall(False, old, want)
-    msg = (f"{path}: sha256 {old[:12] if old else '(new file)'} -> {want[:12]} "
-           f"({owner}:{group} {mode})")
-    ctx.record(step, "changed", msg, t0)
-    return EnvInstall(True, old, want, msg)
+    return None if old in (None, "-") else old
+
+
+def _installed(stdout: str, path: str, owner: str, group: str, mode: str, want: str) -> Record:
+    """install_cmd's output -> the step's record (sha256 prefixes only)."""
+    if stdout.startswith("unchanged"):
+        return Record(OK, f"{path} up to date (sha256 {want[:12]})")
+    old = _old_sha(stdout)
+    return Record(CHANGED, f"{path}: sha256 {old[:12] if old else '(new file)'} -> {want[:12]} "
+                           f"({owner}:{group} {mode})")
 
 
 # -- which env values to mask in output (one rule for every task) -------------

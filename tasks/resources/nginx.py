@@ -15,12 +15,12 @@ It also makes sure nginx is enabled and running when nothing changed.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 
 from ..config.app import ACME_ROOT, UPSTREAM_DIR
 from ..config.schema_types import parse_size
 from ..core.commands import Cmd, script, sh
+from ..core.step import CHANGED, DEFAULT_FAILED, OK, Change, Failure, Record
 from ..core.templates import render, sha256, unified_diff
 from ..facts.script import (
     FileSpec,
@@ -199,29 +199,31 @@ def nginx_apply(ctx, files: list[FileSpec], *, facts=None, step: str = "nginx") 
             ctx.ok(step, "site and upstream up to date; nginx running")
             return ApplyResult(False, [])
         msg = "; ".join(describe(f) for f in stale) or "enable and start nginx"
-        diff = diff_for(facts, stale) if ctx.dry_run else ""
+        diff = lambda: diff_for(facts, stale)  # noqa: E731  the dry run's preview (old bytes: dry-run facts)
     else:
         msg, diff = "; ".join(describe(f) for f in files), ""
-    cmd = nginx_apply_cmd(files)
-    if ctx.dry_run:
-        ctx.change(step, msg + (" (then nginx -t, reload)" if "write" in msg or "remove" in msg else ""),
-                   cmd, diff=diff)
-        return ApplyResult(True, [])
-    t0 = time.monotonic()
-    res = ctx.run(cmd, stdin=tar_payload(files), check=False, what=step)
-    if res.exited == NGINX_TEST_FAILED:
-        first = next((ln for ln in res.stderr.splitlines() if "emerg" in ln or "error" in ln.lower()),
-                     res.stderr.strip().splitlines()[0] if res.stderr.strip() else "")
-        # "2026/11/22 00:40:16 [emerg] 5916#5916: unknown directive ..." -> "[emerg] unknown directive ..."
-        first = re.sub(r"^(nginx: )?\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: ", r"\2 ", first.strip())
-        ctx.fail(step, f"nginx -t rejected the new config; previous files restored, nginx still serving "
-                       f"the old config: {first.strip()}", res.stderr.strip())
-    if not res.ok:
-        ctx.fail(step, f"{msg}: failed (exit {res.exited})", res.tail(40))
-    lines = [ln for ln in res.stdout.splitlines() if ln.split(" ", 1)[0] in
-             ("wrote", "removed", "linked", "reloaded", "started", "enabled")]
-    if lines:
-        ctx.record(step, "changed", "; ".join(lines), t0)
-        return ApplyResult(True, lines)
-    ctx.ok(step, "up to date")
-    return ApplyResult(False, [])
+    done = ctx.apply(step, Change(
+        msg, (nginx_apply_cmd(files),), stdin=tar_payload(files), diff=diff,
+        dry_message=msg + (" (then nginx -t, reload)" if "write" in msg or "remove" in msg else ""),
+        exits={NGINX_TEST_FAILED: _nginx_test_failure}, failed=DEFAULT_FAILED, tail=40, outcome=_nginx_outcome))
+    return ApplyResult(done.changed, applied_lines(done.stdout))
+
+
+def _nginx_outcome(res) -> list[Record]:
+    lines = applied_lines(res.stdout)
+    return [Record(CHANGED, "; ".join(lines))] if lines else [Record(OK, "up to date")]
+
+
+def applied_lines(stdout: str) -> list[str]:
+    """What nginx_apply_cmd printed it did (wrote/removed/linked PATH, reloaded...)."""
+    return [ln for ln in stdout.splitlines() if ln.split(" ", 1)[0] in
+            ("wrote", "removed", "linked", "reloaded", "started", "enabled")]
+
+
+def _nginx_test_failure(res) -> Failure:
+    first = next((ln for ln in res.stderr.splitlines() if "emerg" in ln or "error" in ln.lower()),
+                 res.stderr.strip().splitlines()[0] if res.stderr.strip() else "")
+    # "2026/11/22 00:40:16 [emerg] 5916#5916: unknown directive ..." -> "[emerg] unknown directive ..."
+    first = re.sub(r"^(nginx: )?\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: ", r"\2 ", first.strip())
+    return Failure(f"nginx -t rejected the new config; previous files restored, nginx still serving "
+                   f"the old config: {first.strip()}", res.stderr.strip())

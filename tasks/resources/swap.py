@@ -16,11 +16,11 @@ Check (from facts), then act in one remote script:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 from ..config.schema_types import parse_size
 from ..core.commands import Cmd, script, sh
+from ..core.step import CHANGED, DEFAULT_FAILED, FAILED, SKIPPED, Change, Record
 from ..core.templates import render
 
 STEP = "swap"
@@ -167,27 +167,23 @@ def apply_swap(ctx, facts, size, path: str) -> None:
         else:
             ctx.ok(STEP, f"{path} {human(p.size)} active, in fstab once")
         return
-    cmd = swap_script(p)
     msg = "; ".join(p.reasons)
-    if ctx.dry_run:
-        ctx.change(STEP, msg, cmd)
-        return
-    t0 = time.monotonic()
-    res = ctx.run(cmd, check=False, what=STEP)
-    if not res.ok:
-        ctx.fail(STEP, f"{msg}: failed (exit {res.exited})", res.tail())
-    out = {k: v for k, _, v in (ln.partition("=") for ln in res.stdout.splitlines())}
+    ctx.apply(STEP, Change(msg, (swap_script(p),), failed=DEFAULT_FAILED,
+                           outcome=lambda res: swap_outcome(p, facts, msg, res.stdout)))
+
+
+def swap_outcome(p: SwapPlan, facts, msg: str, stdout: str) -> list[Record]:
+    """The records of a swap script's output: a swapon refused in a container
+    is the file's change plus `skipped: swap (activate)`; elsewhere it fails."""
+    out = {k: v for k, _, v in (ln.partition("=") for ln in stdout.splitlines())}
     if p.swapon and out.get("swapon", "").startswith("failed"):
         err = out["swapon"][len("failed"):].strip()
         virt = out.get("virt", "none")
         file_msg = "; ".join(r for r in p.reasons if not r.startswith("swapon"))
         if virt and virt != "none":
-            if file_msg:
-                ctx.record(STEP, "changed", file_msg, t0)
             fs = f", swap file on {facts.swap_fs}" if facts.swap_fs else ""
-            ctx.skipped(STEP + " (activate)", f"swapon not permitted in this container ({virt}{fs}): {err}")
-            return
-        ctx.fail(STEP, f"swapon {path} failed: {err}" + (f" (after: {file_msg})" if file_msg else ""))
-    ctx.record(STEP, "changed", msg, t0)
-    if p.container_skip:
-        ctx.skipped(STEP + " (activate)", p.container_skip)
+            return ([Record(CHANGED, file_msg)] if file_msg else []) + [
+                Record(SKIPPED, f"swapon not permitted in this container ({virt}{fs}): {err}", STEP + " (activate)")]
+        return [Record(FAILED, f"swapon {p.path} failed: {err}" + (f" (after: {file_msg})" if file_msg else ""))]
+    return [Record(CHANGED, msg)] + ([Record(SKIPPED, p.container_skip, STEP + " (activate)")]
+                                     if p.container_skip else [])

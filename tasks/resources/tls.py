@@ -14,11 +14,11 @@ certificate exists) and reports certbot's own error.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.commands import Cmd, Raw, script, sh
+from ..core.step import DEFAULT_FAILED, Change
 from ..core.templates import render
 from ..facts.script import FileSpec, put_files_lines, stage_lines, tar_payload
 
@@ -203,38 +203,30 @@ def apply_support(ctx, facts, spec: TlsSpec, platform) -> None:
         ctx.ok("tls renewal", f"{timer} enabled" + (f"; {CA_PATH} up to date" if spec.ca_pem else ""))
         return
     msg = "; ".join([f"write {f.path}" for f in stale] + ([f"enable --now {timer}"] if not timer_ok else []))
-    cmd = support_cmd(files, timer)
-    if ctx.dry_run:
-        ctx.change("tls renewal", msg, cmd)
-        return
-    t0 = time.monotonic()
-    res = ctx.run(cmd, stdin=tar_payload(files), check=False, what="tls renewal")
-    if not res.ok:
-        ctx.fail("tls renewal", f"{msg}: failed (exit {res.exited})", res.tail())
-    ctx.record("tls renewal", "changed", msg, t0)
+    ctx.apply("tls renewal", Change(msg, (support_cmd(files, timer),), stdin=tar_payload(files),
+                                    failed=DEFAULT_FAILED))
 
 
 def obtain(ctx, facts, spec: TlsSpec, acme_root: str) -> bool:
     """Run certbot when the certificate is missing/expiring/wrong. True when a
-    new certificate was obtained; StepFailed (HTTP keeps serving) on failure."""
+    new certificate was obtained (a dry run obtains none: it shows the certbot
+    command); StepFailed (HTTP keeps serving) on failure."""
     good, why = cert_state(facts, spec)
     if good:
         ctx.skipped(STEP, why)
         return False
     c = facts.certs.get(spec.cert_name)
     cmd = certbot_cmd(spec, acme_root, force=bool(c and c.exists))
-    if ctx.dry_run:
-        ctx.change(STEP, f"{why}: request one from {spec.server or LE_SERVER}", cmd)
-        return True
-    t0 = time.monotonic()
-    res = ctx.run(with_acme_retries(cmd), check=False, what=STEP, timeout=600)
-    if not res.ok:
-        text = (res.stderr + "\n" + res.stdout).strip()
-        reason = _certbot_reason(text)
-        ctx.fail(STEP, f"certbot failed for {', '.join(spec.domains)}: {reason}; the site keeps serving "
-                       f"plain HTTP", ctx.mask(res.tail(30)))
-    ctx.record(STEP, "changed", f"{why}: obtained a certificate for {', '.join(spec.domains)}", t0)
-    return True
+    domains = ", ".join(spec.domains)
+
+    def refused(res) -> str:
+        reason = _certbot_reason((res.stderr + "\n" + res.stdout).strip())
+        return f"certbot failed for {domains}: {reason}; the site keeps serving plain HTTP"
+
+    done = ctx.apply(STEP, Change(
+        f"{why}: obtained a certificate for {domains}", (with_acme_retries(cmd),), shown=(cmd,), timeout=600,
+        dry_message=f"{why}: request one from {spec.server or LE_SERVER}", failed=refused, tail=30))
+    return done.ran
 
 
 def _certbot_reason(text: str) -> str:

@@ -14,14 +14,15 @@ no release before the first deploy.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..core.commands import Cmd, script, sh
+from ..core.step import CHANGED, DEFAULT_FAILED, OK, Change, Failure, Record
 from ..core.templates import render, sha256
 from ..facts.script import FileSpec, put_files_lines, stage_lines, tar_payload
 
 UNIT_DIR = "/etc/systemd/system"
+VERIFY_REFUSED = 5   # units_cmd's exit when systemd-analyze verify refuses a new unit
 
 
 @dataclass
@@ -99,7 +100,8 @@ def units_cmd(units: list[UnitFile], enable: list[str]) -> Cmd:
                  f'if ! out=$(systemd-analyze verify {vpath} 2>&1) || '
                  f'printf "%s\\n" "$out" | grep -qF "$stage/v{i}/"; then '
                  + sh('echo "systemd-analyze verify {} refused it:" >&2; ', u.name).render()
-                 + f'printf "%s\\n" "$out" | sed "s|$stage/v{i}/|/etc/systemd/system/|" >&2; exit 5; fi; fi')
+                 + f'printf "%s\\n" "$out" | sed "s|$stage/v{i}/|/etc/systemd/system/|" >&2; '
+                 f'exit {VERIFY_REFUSED}; fi; fi')
     for i, (u, f) in enumerate(zip(units, files)):
         put = " ; ".join(put_files_lines([f], offset=i))
         L.append(f'if [ "$skip{i}" = 0 ]; then {put}; changed=1; echo ' + sh("installed {}", u.name).render() + "; fi")
@@ -125,30 +127,27 @@ def apply_units(ctx, units: list[UnitFile], enable: list[str] | None = None, *, 
         stale, off = units, enable
     from ..core.templates import unified_diff
 
-    diff = ""
-    if facts is not None and ctx.dry_run:
-        diff = "".join(unified_diff(facts.contents.get(u.path), u.content, u.path) for u in stale)
     msg = "; ".join(filter(None, [
         ("install " + ", ".join(u.name for u in stale)) if stale else "",
         ("enable " + ", ".join(off)) if off else "",
     ]))
-    cmd = units_cmd(units, enable)
-    payload = tar_payload([FileSpec(u.path, u.content.encode()) for u in units])
-    if ctx.dry_run:
-        ctx.change(step, msg, cmd, diff=diff)
-        return True
-    t0 = time.monotonic()
-    res = ctx.run(cmd, stdin=payload, check=False, what=step)
-    if res.exited == 5:
-        why = next((ln.strip() for ln in res.stderr.splitlines()[1:] if ln.strip()), "see details")
-        ctx.fail(step, f"systemd-analyze verify refused the new unit (nothing installed): {why}",
-                 ctx.mask(res.tail(40)))
-    if not res.ok:
-        ctx.fail(step, f"{msg}: failed (exit {res.exited})", ctx.mask(res.tail(40)))
+    done = ctx.apply(step, Change(
+        msg, (units_cmd(units, enable),), stdin=tar_payload([FileSpec(u.path, u.content.encode()) for u in units]),
+        # the dry run's preview (the facts hold the old bytes only then)
+        diff=(lambda: "".join(unified_diff(facts.contents.get(u.path), u.content, u.path) for u in stale))
+        if facts is not None else "",
+        exits={VERIFY_REFUSED: lambda res: Failure(
+            "systemd-analyze verify refused the new unit (nothing installed): "
+            + next((ln.strip() for ln in res.stderr.splitlines()[1:] if ln.strip()), "see details"))},
+        failed=DEFAULT_FAILED, tail=40, outcome=units_outcome))
+    return done.changed
+
+
+def units_outcome(res) -> list[Record]:
+    """`installed NAME` / `enabled NAME` lines -> changed (daemon-reload when a file
+    was installed); none -> ok "up to date"."""
     done = [ln for ln in res.stdout.splitlines() if ln.startswith(("installed ", "enabled "))]
-    if done:
-        ctx.record(step, "changed", "; ".join(done) + ("" if not any(d.startswith("installed") for d in done)
-                                                       else " (daemon-reload)"), t0)
-        return True
-    ctx.ok(step, "up to date")
-    return False
+    if not done:
+        return [Record(OK, "up to date")]
+    return [Record(CHANGED, "; ".join(done) + ("" if not any(d.startswith("installed") for d in done)
+                                              else " (daemon-reload)"))]

@@ -7,22 +7,19 @@ import subprocess
 import threading
 from types import SimpleNamespace
 
-from tasks.core.commands import Cmd, Secret, mask_text
+from tasks.core.commands import Cmd, Secret
 from tasks.core.errors import StepFailed
 from tasks.core.runner import RemoteResult
 
+from .fakectx import FakeCtx
 
-class LocalCtx:
+
+class LocalCtx(FakeCtx):
+    """The shared fake context (tests/unit/fakectx.py) whose commands run in the
+    local `sh`; apply()/change() are the runner's own (tasks/core/step.py)."""
+
     def __init__(self, inv, name="local", dry_run=False, task="test"):
-        self.inv = inv
-        self.host = SimpleNamespace(name=name, address="127.0.0.1", user="root")
-        self.dry_run = dry_run
-        self.verbose = 0
-        self.data, self.facts = {}, {}
-        self.steps, self.said, self.commands = [], [], []
-        self.note = ""
-        self.conn = None
-        self.secrets: list[Secret] = []
+        super().__init__(inv, name=name, address="127.0.0.1", user="root", dry_run=dry_run, task=task)
         self.run_ = SimpleNamespace(task=task, cancel=threading.Event(), dry_run=dry_run)
 
     def run(self, cmd, *, stdin=None, check=True, timeout=None, stream=None, root=True, what=""):
@@ -37,45 +34,6 @@ class LocalCtx:
         if check and not res.ok:
             raise StepFailed(f"{what or text[:80]} failed (exit {res.exited})", res.tail())
         return res
-
-    def mask(self, text):
-        return mask_text(text, self.secrets)
-
-    def say(self, text):
-        self.said.append(text)
-
-    def debug(self, text, level=1):
-        pass
-
-    def record(self, name, status, message="", started=None):
-        self.steps.append((name, status, message))
-
-    def ok(self, name, message=""):
-        self.record(name, "ok", message)
-
-    def skipped(self, name, why):
-        self.record(name, "skipped", why)
-
-    def changed(self, name, message=""):
-        self.record(name, "changed", message)
-
-    def change(self, name, message, *cmds, stdin=None, diff="", timeout=None):
-        if self.dry_run:
-            self.record(name, "changed", message)
-            return
-        for c in cmds:
-            self.run(c, stdin=stdin, timeout=timeout, what=name)
-        self.record(name, "changed", message)
-
-    def fail(self, name, message, details=""):
-        self.record(name, "failed", message)
-        raise StepFailed(f"{name}: {message}", details)
-
-    def connect(self):
-        return None
-
-    def close(self):
-        pass
 
 
 def load_inv(tmp_path, extra: dict | None = None, name="app"):

@@ -344,36 +344,7 @@ def test_a_truncated_upload_never_lands(tmp_path):
 
 
 # -- the bootstrap step: dry-run names only, the real run reports hashes -------------------------
-
-class StepCtx:
-    def __init__(self, dry_run):
-        self.dry_run, self.steps, self.runs = dry_run, [], []
-
-    def ok(self, name, msg=""):
-        self.steps.append(("ok", name, msg))
-
-    def change(self, name, msg, *cmds, stdin=None, **kw):
-        self.steps.append(("changed", name, msg))
-        self.runs.append((cmds, stdin))
-
-
-def test_step_messages(inv):
-    df = D.plan(inv)
-    ctx = StepCtx(dry_run=True)
-    assert D.apply(ctx, df, facts_with())
-    (status, name, msg), = ctx.steps
-    assert (status, name) == ("changed", "docker files")
-    assert msg == ("create /opt/svc/secrets (root:root 0700); write secrets/db-password (new); "
-                   "create /opt/svc/certs (root:root 0755); write certs/db-ca.pem (new)")
-    assert ctx.runs[0][1] is None                       # dry-run: nothing on stdin, nothing runs
-    ctx = StepCtx(dry_run=False)
-    D.apply(ctx, df, facts_with())
-    msg = ctx.steps[0][2]
-    assert f"secrets/db-password: sha256 (new file) -> {D.sha256_hex(PASSWORD)[:12]}" in msg
-    assert PASSWORD.decode().strip() not in msg and PASSWORD in ctx.runs[0][1]   # only on stdin
-    ctx = StepCtx(dry_run=False)
-    assert not D.apply(ctx, df, facts_with(good_stats(), good_sha()))
-    assert ctx.steps == [("ok", "docker files", "/opt/svc/secrets (1 file), /opt/svc/certs (1 file) up to date")]
+# (table rows "docker files: ..." in tests/unit/test_resources_table.py, on the shared fake context)
 
 
 # -- deploy: read-only mounts ---------------------------------------------------------------------
