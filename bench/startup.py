@@ -6,17 +6,27 @@ medians of wall and CPU time (user+sys) and their ratios to `import fabric`.
 
 Target (issue 17): both <= 1.1x `import fabric`: fabship's own imports nearly free.
 
+fabship freezes what is loaded when its tasks module is imported out of the cyclic GC
+(gc.freeze(), tasks/cli/namespace.py), which also spares the interpreter's exit-time
+collections over fabric's own objects: the row `import fabric + gc.freeze()` shows how
+much of the gain that part is (the same saving for the bare import).
+
+On a shared, busy machine the times wander; `--instructions` also counts each
+command's instructions once under valgrind (cachegrind, no cache simulation):
+deterministic, so a change of a few ms shows.
+
 Bytecode is compiled first (`compileall`, as `pip install` does for the wheel): a
 checkout run with PYTHONDONTWRITEBYTECODE=1 (as this machine's shells are) would
 otherwise compile fabship's sources at every start, ~35 ms that no installed copy pays.
 
-    python3 bench/startup.py [--rounds 20] [--inventory sandbox]
+    python3 bench/startup.py [--rounds 20] [--inventory sandbox] [--instructions]
 """
 from __future__ import annotations
 
 import argparse
 import compileall
 import os
+import re
 import resource
 import statistics
 import subprocess
@@ -39,11 +49,23 @@ def run(cmd, cwd) -> tuple[float, float]:
     return wall, (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
 
 
+def instructions(cmd, cwd) -> int:
+    """Instructions the command executes (valgrind's cachegrind, no cache simulation);
+    the script form of `fab` runs under the interpreter so valgrind follows it."""
+    if cmd[0] == FAB:
+        cmd = [sys.executable, FAB, *cmd[1:]]
+    r = subprocess.run(["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
+                        *cmd], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True)
+    m = re.search(r"I\s+refs:\s+([\d,]+)", r.stderr)
+    return int(m.group(1).replace(",", ""))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--inventory", default="", help="a static inventory for `fab hosts` (default: a 3-host "
                                                      "one written to a temp dir)")
+    ap.add_argument("--instructions", action="store_true", help="also count instructions (valgrind)")
     a = ap.parse_args()
     compileall.compile_dir(str(REPO / "tasks"), quiet=1)
     compileall.compile_file(str(REPO / "fabfile.py"), quiet=1)
@@ -58,6 +80,7 @@ def main() -> None:
                                  "app: {name: shop, kind: node, port: 3000}\n")
         cmds = {
             "python3 -c 'import fabric'": ([sys.executable, "-c", "import fabric"], REPO),
+            "import fabric + gc.freeze()": ([sys.executable, "-c", "import fabric, gc; gc.freeze()"], REPO),
             "fab --list (one-task fabfile)": ([FAB, "--list"], empty),
             "fab --list": ([FAB, "--list"], REPO),
             "fab hosts": ([FAB, "hosts", "-i", inv], REPO),
@@ -72,12 +95,15 @@ def main() -> None:
                 w, u = run(c, d)
                 wall[k].append(w)
                 cpu[k].append(u)
+        ins = {k: instructions(c, d) for k, (c, d) in cmds.items()} if a.instructions else {}
+        first = next(iter(cmds))
     base_w = statistics.median(wall["python3 -c 'import fabric'"])
     base_c = statistics.median(cpu["python3 -c 'import fabric'"])
     print(f"{a.rounds} interleaved rounds, load {load0:.2f} -> {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores")
     for k in cmds:
         w, u = statistics.median(wall[k]), statistics.median(cpu[k])
-        print(f"  {k:32s} wall {1000 * w:5.0f} ms  {w / base_w:4.2f}x   cpu {1000 * u:5.0f} ms  {u / base_c:4.2f}x")
+        print(f"  {k:32s} wall {1000 * w:5.0f} ms  {w / base_w:4.2f}x   cpu {1000 * u:5.0f} ms  {u / base_c:4.2f}x"
+              + (f"   {ins[k] / 1e6:6.1f}M instructions {ins[k] / ins[first]:4.2f}x" if ins else ""))
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ FOR_HOSTS = {"tasks.cli.hosts", "tasks.core.table", "tasks.core.paths", "tasks.c
              "tasks.config.hosts", "tasks.config.schema", "tasks.config.schema_types",
              "tasks.config.provision_schema", "tasks.config.discovery"}
 # what fabship may load beyond what `import fabric.main` itself loads (paramiko, invoke, yaml...):
-# the fabfile and two built-in modules
-NOT_FABRICS = {"fabfile", "faulthandler", "pwd"}
+# the fabfile and three built-in modules
+NOT_FABRICS = {"fabfile", "faulthandler", "gc", "pwd"}
 
 
 def loaded(argv, tmp_path) -> set[str]:
@@ -91,3 +91,13 @@ def test_fab_hosts_with_a_jump_host_still_names_it(tmp_path):
                        text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert r.returncode == 0, r.stderr
     assert "reached through jump host ops@bastion.example.com:2200" in r.stdout
+
+
+def test_what_start_up_loaded_is_frozen_out_of_the_gc(tmp_path):
+    """tasks/cli/namespace.py freezes the objects loaded by then (gc.freeze): no full collection
+    walks fabric's and fabship's import-time objects again, not even the ones at exit."""
+    code = "import gc, fabric.main, tasks.cli.namespace; print(gc.get_freeze_count())"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) > 10000
