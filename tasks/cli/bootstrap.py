@@ -388,12 +388,12 @@ def app_unit(spec: AppSpec):
     if spec.kind == "python":
         environment["PATH"] = f"{spec.venv}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         environment["PYTHONUNBUFFERED"] = "1"
-    environment.update(spec.unit["environment"])
+    environment.update(spec.unit_settings["environment"])
     return render_app_unit(
         name=spec.name, user=spec.user, group=spec.group, root=spec.root, env_file=spec.env_path,
-        start=spec.start, strategy=spec.strategy, port=spec.unit_port, restart_sec=spec.unit["restart_sec"],
-        hardening=spec.unit["hardening"], environment=environment, after=spec.unit["after"],
-        extra=spec.unit["extra"])
+        start=spec.start, strategy=spec.strategy, port=spec.unit_port,
+        restart_sec=spec.unit_settings["restart_sec"], hardening=spec.unit_settings["hardening"],
+        environment=environment, after=spec.unit_settings["after"], extra=spec.unit_settings["extra"])
 
 
 def blue_green_instances(spec: AppSpec) -> list[str]:
@@ -420,7 +420,7 @@ def step_units(ctx, spec, facts) -> None:
 def nginx_files(spec: AppSpec, p, host, facts, tls, tls_ready: bool, health_path: str = "/health") -> list[FileSpec]:
     from ..resources.nginx import render_site, render_upstream, upstream_path
 
-    n = spec.nginx
+    n = spec.nginx_site
     names = host.expand(n.get("server_name") or "").split() or (list(tls.domains) if tls else [])
     proxy = spec.kind != "static"
     site, link = plat.nginx_site_paths(p, spec.name)

@@ -30,12 +30,11 @@ class EnvTarget:
             raise inv.error("app.name", "required: rotate-env installs the env file of this app")
         from ..config.schema import check_env_mode
 
-        lay = Layout.from_inventory(inv)   # its group: releases.app_identity, as bootstrap's
+        a = Layout.from_inventory(inv)   # the one app model: the env file bootstrap installs
         check_env_mode(inv)   # the mode this target installs: refused before any host is touched
-        mode = inv.get("env.mode") or "0600"
-        return cls(app=lay.app, kind=lay.kind or "", path=lay.env_path, owner=inv.get("env.owner") or "root",
-                   group=inv.get("env.group") or lay.group, mode=mode,
-                   keep=max(1, int(inv.get("env.keep_previous", 5))), state=lay.state, current=lay.current)
+        # rotate-env restores from the .prev copy, so it keeps at least one
+        return cls(app=a.app, kind=a.kind or "", path=a.env_path, owner=a.env_owner, group=a.env_group or a.group,
+                   mode=a.env_mode, keep=max(1, a.env_keep), state=a.state, current=a.current)
 
     @property
     def snapshots(self) -> str:

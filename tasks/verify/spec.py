@@ -80,7 +80,7 @@ class Spec:
     # docker.secrets_dir / certs_dir (tasks/resources/docker_files.py):
     # (kind, dir, owner, group, mode, [(path, owner, group, mode), ...])
     docker_sets: list = field(default_factory=list)
-    bootstrap: object = field(default=None, repr=False)   # tasks.cli.bootstrap.AppSpec
+    bootstrap: object = field(default=None, repr=False)   # tasks.config.app.AppConfig
     tls_spec: object = field(default=None, repr=False)    # tasks.resources.tls.TlsSpec
 
     # paths derived from the layout (ARCHITECTURE.md "Host layout")
@@ -138,22 +138,19 @@ def build_spec(inv, host) -> Spec:
     s.skip = list(v.get("skip") or [])
     s.ignore_failed_units = list(v.get("ignore_failed_units") or [])
     if inv.get("app.name"):
-        from ..config.app import Layout, app_spec, layout_dirs
+        from ..config.app import app_spec, layout_dirs
 
-        a = app_spec(inv)  # bootstrap's own reading of the inventory: verify checks what it promises
-        lay = Layout.from_inventory(inv)
+        a = app_spec(inv)  # the one app model, as bootstrap reads it: verify checks what it promises
         s.bootstrap = a
-        from ..config.app import app_identity
-
         s.app, s.kind = a.name, a.kind
-        s.user, s.group = app_identity(inv)   # the one rule bootstrap, deploy and rotate-env use
-        s.root, s.config_dir = lay.root, a.config_dir
+        s.user, s.group = a.user, a.group   # the one rule bootstrap, deploy and rotate-env use
+        s.root, s.config_dir = a.root, a.config_dir
         s.root_mode, s.config_dir_mode = a.root_mode, a.config_dir_mode
-        s.strategy, s.systemd, s.docker = a.strategy, a.has_unit, lay.docker
-        s.nginx = a.nginx is not None
+        s.strategy, s.systemd, s.docker = a.strategy, a.has_unit, a.docker
+        s.nginx = a.nginx_site is not None
         s.blue_green = a.strategy == "blue_green" and (a.has_unit or (a.kind == "docker" and s.nginx))
         s.port, s.ports = a.port, tuple(a.ports)
-        s.upstream_file = lay.upstream_file
+        s.upstream_file = a.upstream_file
         s.compose_project = inv.get("docker.compose_project") or a.name
         s.node_version, s.python_version = a.node_version, a.python_version
         s.dir_specs = [tuple(x) for x in layout_dirs(a)]

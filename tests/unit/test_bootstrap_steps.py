@@ -162,14 +162,14 @@ def test_app_spec_defaults():
     s = spec_for(start=None)
     assert (s.user, s.group, s.root, s.config_dir, s.env_path) == (
         "benchapp", "benchapp", "/opt/benchapp", "/etc/benchapp", "/etc/benchapp/benchapp.env")
-    assert s.start == "npm start" and s.strategy == "blue_green" and s.ports == [4001, 4002]
+    assert s.start == "npm start" and s.strategy == "blue_green" and list(s.ports) == [4001, 4002]
     assert s.unit_port == 4001 and (s.env_owner, s.env_group, s.env_mode) == ("root", "benchapp", "0600")
 
 
 def test_sandbox_registry_is_insecure():
     s = app_spec(Inv({"app": {"name": "d", "kind": "docker", "port": 8080},
                       "docker": {"registry": "10.231.0.1:5000"}, "sandbox": {"registry": "10.231.0.1:5000"}}))
-    assert s.insecure_registries == ["10.231.0.1:5000"]
+    assert list(s.insecure_registries) == ["10.231.0.1:5000"]
 
 
 def test_node_version_not_packaged_fails_before_changes():
