@@ -241,16 +241,24 @@ class Reboot:
     frozen until the host is down, so the reboot lands exactly at the point;
     then it runs on against a host that refuses connections until it is back."""
 
-    def __init__(self, host: str, down: float = 5.0, command: str = "systemctl reboot"):
+    def __init__(self, host: str, down: float = 5.0, command: str = "systemctl reboot", fleet=None,
+                 settle: str = "", settle_for: float = 30.0):
         self.host, self.down, self.command = host, down, command
+        # after the boot, `settle` (a host command) gets up to `settle_for` s to succeed: the
+        # enabled instance listens some seconds after systemd calls the boot done, as on a VM
+        self.fleet, self.settle, self.settle_for = fleet, settle, settle_for
         self.booted = threading.Event()
         self.error: BaseException | None = None
         self.__name__ = "reboot"
 
     def __call__(self, fab: Fab) -> None:
         quiet = lambda m: None  # noqa: E731
-        sandbox.power_cycle(self.host, self.command, out=quiet)
-        fab.thaw()
+        try:
+            # as on a VM, the shutdown waits up to systemd's 90 s for processes
+            # that outlive SIGTERM (a build's runuser) before it kills them
+            sandbox.power_cycle(self.host, self.command, timeout=150, out=quiet)
+        finally:
+            fab.thaw()
 
         def later():
             try:
@@ -268,6 +276,11 @@ class Reboot:
             raise AssertionError(f"{self.host} did not boot again")
         if self.error:
             raise AssertionError(f"{self.host} did not boot again: {self.error}")
+        deadline = time.monotonic() + self.settle_for
+        while self.settle and time.monotonic() < deadline:
+            if self.fleet.run(self.host, self.settle, timeout=10)[0] == 0:
+                break
+            time.sleep(0.5)
 
 
 def ensure_up(host: str) -> None:

@@ -1,7 +1,8 @@
 """The host rebooted mid-run (issue 18): `systemctl reboot` inside h7 while
 fab is at a point of a deploy, rollback or rotate-env, the host back 5 s later
 (inject.Reboot). What boots is what systemd has enabled: the invariants then
-say whether that is a finished release nginx points at.
+say whether that is a finished release nginx points at (checked once nginx
+answers, or after 30 s: an app listens some seconds after the boot is done).
 
 What differs from a VM's reboot (the sandbox host is a systemd-nspawn
 container, tasks/sandbox/fleet.py power_cycle/boot_again): the orderly
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import pytest
 
-from faultapp import HOST, SLEEP_MARK
+from faultapp import APP, HOST, SLEEP_MARK
 from inject import Reboot, ensure_up
 
 
@@ -36,7 +37,9 @@ POINTS = [
 @pytest.mark.faults_full
 @pytest.mark.parametrize("task,point", POINTS)
 def test_reboot(fault_app, fault_results, task, point):
-    rb = Reboot(HOST, down=5)
+    # checked once nginx answers 200, or after 30 s: the app listens a few seconds after the boot
+    rb = Reboot(HOST, down=5, fleet=fault_app.fleet,
+                settle=f"curl -sf -m 2 -o /dev/null -H 'Host: {APP}.{HOST}.sandbox.test' http://127.0.0.1/health")
     try:
         chk = fault_app.case(fault_results, task, point, rb, fault="host reboot", inside_probe=f"'{SLEEP_MARK}'",
                              after_fault=rb.wait_back)
