@@ -220,7 +220,7 @@ def acquire(ctx, action: str, release: str | None = None, wait: float | None = N
     lay = Layout.from_inventory(ctx.inv)
     wait = float(ctx.inv.get("deploy.lock_wait") or 0) if wait is None else float(wait)
     holder = make_holder(action, release, ctx.run_.task)
-    taken: dict = {}
+    taken: list[dict] = []   # the holder, once the lock is ours
 
     def take() -> tuple:
         """mkdir the lock (polling while another run holds it, up to `wait`)."""
@@ -230,7 +230,7 @@ def acquire(ctx, action: str, release: str | None = None, wait: float | None = N
             if r.stdout.startswith(ACQUIRED):
                 ctx.data["lock_holder"] = holder
                 ctx.debug(f"deploy lock taken ({lay.lock_dir})")
-                taken.update(holder)
+                taken.append(holder)
                 return ()
             other = parse_holder(r.stdout[len(HELD):] if r.stdout.startswith(HELD) else "")
             waited = time.monotonic() - t0
@@ -249,7 +249,7 @@ def acquire(ctx, action: str, release: str | None = None, wait: float | None = N
     # taking it is recorded by nothing but the holder (debug); a dry run reports who holds it, takes nothing
     ctx.apply("deploy lock", Change(commands=take, outcome=lambda _: [], dry_run=Change(
         commands=(read_cmd(lay),), what="read deploy lock", dry_run=RUN, outcome=free)))
-    return taken
+    return taken[0] if taken else {}
 
 
 def release(ctx, holder: dict) -> bool:

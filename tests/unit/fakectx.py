@@ -38,6 +38,7 @@ class FakeCtx(Steps):
         self.answers = answers
         self.data, self.facts = {}, {}
         self.steps, self.said, self.commands, self.stdins, self.timeouts = [], [], [], [], []
+        self.calls: list[dict] = []   # each run's keyword arguments (check, stream, what, root)
         self.note = ""
         self.conn = None
         self.timed_out = None
@@ -71,6 +72,7 @@ class FakeCtx(Steps):
         self.commands.append(text)
         self.stdins.append(stdin)
         self.timeouts.append(timeout)
+        self.calls.append({"check": check, "stream": stream, "what": what, "root": root})
         res = self.respond(text, stdin or b"")
         if check and not res.ok:
             raise StepFailed(f"{what or short(text, 120)} failed (exit {res.exited})", self.mask(res.tail()))

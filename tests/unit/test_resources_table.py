@@ -288,6 +288,76 @@ def docker_daemon(inv, f):
     return docker_files(app_spec(inv))
 
 
+# -- release steps --------------------------------------------------------------------------------
+
+RID = "20250101T000001Z-v1"
+
+
+def lay_of(inv):
+    from tasks.config.app import Layout
+
+    return Layout.from_inventory(inv)
+
+
+def record_step(ctx, inv, f):
+    from tasks.release.record import record, release_entry
+
+    ctx.data["entry"] = release_entry(RID, action="deploy", result="ok", previous=None)
+    return record(ctx, lay_of(inv), ctx.data["entry"])
+
+
+def record_written(ctx, got):
+    from tasks.release.record import record_cmd
+
+    return ctx.commands == rendered(record_cmd(ctx, lay_of(ctx.inv), ctx.data["entry"]))
+
+
+def audit_step(ctx, inv, f):
+    from tasks.release.audit import audit
+
+    return audit(ctx, "rotate-env", RID, "ok", "env sha256 abc")
+
+
+def snapshot_step(ctx, inv, f):
+    from tasks.release.envsnap import snapshot_release_env
+
+    return snapshot_release_env(ctx, RID)
+
+
+def restore_step(ctx, inv, f):
+    from tasks.release.envsnap import restore_release_env
+
+    return restore_release_env(ctx, RID)
+
+
+def restore_cmds(inv, f):
+    from tasks.release.envsnap import EnvTarget, release_env_restore_cmd
+
+    return rendered(release_env_restore_cmd(EnvTarget.from_inventory(inv), RID))
+
+
+def health_step(ctx, inv, f):
+    from tasks.release.health import check_health
+
+    return check_health(ctx, 3001)
+
+
+def lock_step(ctx, inv, f):
+    from tasks.release.lock import acquire
+
+    return acquire(ctx, "deploy", RID, wait=0)
+
+
+def lock_read(inv, f):
+    from tasks.release.lock import read_cmd
+
+    return rendered(read_cmd(lay_of(inv)))
+
+
+HOLDER = ('{"id": "x", "user": "ops", "pid": 1, "control_host": "laptop", "time": "2025-01-01T00:00:00Z", '
+          '"epoch": 1735689600, "action": "deploy", "release": "R0"}')
+
+
 def is_(value):
     return lambda got: got == value
 
@@ -460,6 +530,49 @@ ROWS = [
      lambda inv: facts(), True, [],
      dict(steps=[("runtime", "changed", "write /etc/docker/daemon.json; enable and start docker")], commands=[],
           said=has("+++ /etc/docker/daemon.json"))),
+    # release steps -----------------------------------------------------------------------------
+    ("release log: one command, no step of its own", record_step, {}, lambda inv: None, False, [],
+     dict(steps=[], check=record_written)),
+    ("release log: a dry run writes nothing", record_step, {}, lambda inv: None, True, [],
+     dict(steps=[], commands=[], said=is_(""))),
+    ("audit: a failed append is one warning", audit_step, {}, lambda inv: None, False,
+     [answer(1, "", "No space left on device")],
+     dict(steps=[], said=has("warning: could not append to", "audit.log: No space left on device"))),
+    ("audit: a dry run writes nothing", audit_step, {}, lambda inv: None, True, [],
+     dict(steps=[], commands=[], said=is_(""))),
+    ("env snapshot: its sha256", snapshot_step, {}, lambda inv: None, False, ["snapshot " + "b" * 64 + "\n"],
+     dict(steps=[], returns=is_("b" * 64))),
+    ("env snapshot: a dry run takes none", snapshot_step, {}, lambda inv: None, True, [],
+     dict(steps=[], commands=[], returns=is_(None))),
+    ("env restore: changed", restore_step, {}, lambda inv: None, False, [f"changed old={'a' * 64} new={'b' * 64}\n"],
+     dict(steps=[("env file", "changed", f"/etc/app/app.env: restored the env of {RID} (sha256 {'a' * 12} -> "
+                                         f"{'b' * 12})")], commands=restore_cmds, returns=is_("changed"))),
+    ("env restore: unchanged", restore_step, {}, lambda inv: None, False, ["unchanged\n"],
+     dict(steps=[("env file", "ok", f"/etc/app/app.env already is the env of {RID}")], returns=is_("unchanged"))),
+    ("env restore: no snapshot", restore_step, {}, lambda inv: None, False, ["missing\n"],
+     dict(steps=[("env file", "skipped", f"no env snapshot for {RID}: env file left as it is")],
+          returns=is_("missing"))),
+    ("env restore: dry run", restore_step, {}, lambda inv: None, True, [],
+     dict(steps=[("env file", "changed", f"restore the env file release {RID} ran with (if it differs)")],
+          commands=[], would_run=restore_cmds, returns=is_("changed"))),
+    ("health check: a dry run checks nothing", health_step, {}, lambda inv: None, True, [],
+     dict(steps=[("health check", "ok", "http://127.0.0.1:3001/health (dry run: not checked)")], commands=[],
+          would_run=[], returns=lambda h: (h.ok, h.error) == (True, "dry run"))),
+    ("health check: answers", health_step, {}, lambda inv: None, False, ["FABSHIP_HEALTH ok 1 200\n\nok\n"],
+     dict(steps=[("health check", "ok", has("200"))], returns=lambda h: (h.ok, h.status) == (True, 200))),
+    ("health check: unhealthy is returned, not raised", health_step, {}, lambda inv: None, False,
+     ["FABSHIP_HEALTH fail 3 500\nHTTP 500\noops\n"],
+     dict(steps=[], returns=lambda h: (h.ok, h.status, h.attempts) == (False, 500, 3))),
+    ("deploy lock: a dry run reads it and takes nothing", lock_step, {}, lambda inv: None, True, [""],
+     dict(steps=[("deploy lock", "ok", "free (dry run: not taken)")], commands=lock_read, returns=is_({}),
+          dry_reads=True)),
+    ("deploy lock: a dry run refuses a held lock", lock_step, {}, lambda inv: None, True,
+     ["FABSHIP_LOCK_HELD " + HOLDER + "\n"],
+     dict(steps=[], commands=lock_read, lock_error="STALE deploy lock held by ops (pid 1 on laptop): deploy of R0 since 2025-01-01",
+          dry_reads=True)),
+    ("deploy lock: taken", lock_step, {}, lambda inv: None, False, ["FABSHIP_LOCK_ACQUIRED\n"],
+     dict(steps=[], check=lambda ctx, got: len(ctx.commands) == 1 and got["action"] == "deploy"
+          and got["release"] == RID and ctx.data["lock_holder"] is got)),
     ("runtime: docker's start fails", runtime_step, {"app": {"kind": "docker", "port": 8080},
                                                     "docker": {"image": "reg/app", "container_port": 8080}},
      lambda inv: facts(), False, [answer(1, "", "Job for docker.service failed")],
@@ -487,6 +600,13 @@ def test_step(row, tmp_path):
             step(ctx, inv, f)
         assert want["raises"] in e.value.message
         got = None
+    elif "lock_error" in want:
+        from tasks.core.errors import LockError
+
+        with pytest.raises(LockError) as e:
+            step(ctx, inv, f)
+        assert want["lock_error"] in str(e.value)
+        got = None
     else:
         got = step(ctx, inv, f)
     if "steps" in want:
@@ -501,7 +621,7 @@ def test_step(row, tmp_path):
                 from tasks.core.step import short
                 expect = [short(c, 300) for c in expect]
             assert seen == expect
-    if dry_run:
+    if dry_run and not want.get("dry_reads"):
         assert ctx.commands == [], "a dry run runs nothing"
     if "said" in want:
         said = "\n".join(s for s in ctx.said if not s.startswith("  would run: "))
@@ -510,6 +630,8 @@ def test_step(row, tmp_path):
         assert want["stdin"](inv, ctx.stdins[0])
     if "returns" in want:
         assert want["returns"](got), got
+    if "check" in want:
+        assert want["check"](ctx, got), (ctx.commands, got)
 
 
 def test_the_secret_never_reaches_a_record_or_a_command_line(tmp_path):

@@ -5,7 +5,6 @@ and the certificate check verifies the chain, not an issuer name."""
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import SimpleNamespace
 
 import pytest
 
@@ -169,18 +168,11 @@ def test_verify_and_diagnose_never_stream_their_framed_output(monkeypatch, tmp_p
     from tasks.cli import diagnose
     from tasks.verify import gate as verify
 
-    calls = []
+    from .fakectx import FakeCtx
 
-    class Ctx:
-        host = SimpleNamespace(name="web1")
-        verbose = 2
-
-        def run(self, cmd, **kw):
-            calls.append(kw)
-            return SimpleNamespace(exited=0, stdout="", stderr="", ok=True, tail=lambda: "")
-
-    verify.FabshipBackend(Ctx()).run("true")
-    assert calls[-1]["stream"] is False
+    ctx = FakeCtx(verbose=2)   # -vv: commands would stream
+    verify.FabshipBackend(ctx).run("true")
+    assert ctx.calls[-1]["stream"] is False
     src = open(diagnose.__file__).read()
     assert 'check=False, stream=False, what="diagnose"' in src
 
