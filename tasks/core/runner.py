@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 
 from .commands import Cmd, Secret, become, mask_text
 from .errors import ConnectError, FabshipError, HostKeyError, LockError, StepFailed
+from .hostdata import HostData
 from .output import JSON_FORMAT, JSON_VERSION, exit_code_for, register_run, result_of
 from .table import print_table  # noqa: F401  (its home since issue 17: `fab hosts` loads no runner)
 from .step import Steps
@@ -120,7 +121,7 @@ class HostContext(Steps):
         self.commands: list[str] = []
         self.conn = None
         self.facts: dict = {}
-        self.data: dict = {}
+        self.data = HostData()   # what this host's steps hand each other (declared fields)
         self.started = time.monotonic()
         self.error: str | None = None
         self.details: str = ""
@@ -435,6 +436,9 @@ class Run:
         self.started_at = datetime.now(timezone.utc)
         self.t0 = time.monotonic()
         self.extra: dict = {}
+        # set when the run is being stopped (Ctrl-C, SIGTERM, a fleet failure): long waits
+        # (health checks, lock waits) give up; deploy's Fleet swaps it around its cleanup
+        self.cancel = threading.Event()
         from .ssh import check_key_file, known_hosts_path
 
         self.key_file = check_key_file(inv, inv.data["ssh"].get("key_file"))
