@@ -18,11 +18,10 @@ without them): `RemainderExecutor` takes it for this task instead, for `fab`
 """
 from __future__ import annotations
 
-import shlex
 import time
 from typing import TYPE_CHECKING
 
-from ..core.commands import Cmd, become, sh
+from ..core.commands import Cmd, become, quote, sh
 from ..core.errors import ConfigError
 # the text after `--`: tasks/cli/remainder.py (every `fab` start loads it; this module only `fab exec`)
 from .remainder import _REMAINDER, RemainderExecutor, install_executor, remainder, remainder_from  # noqa: F401
@@ -46,18 +45,18 @@ def exec_cmd(inv, lay: Layout, command: str, *, tty: bool = False, service: str 
             sh("c=$(docker ps --filter label=fabship.app={} --format '{{{{.Names}}}}' | head -n 1)", lay.app).render(),
             sh('if [ -z "$c" ]; then echo "fabship: no running container of {} on this host" >&2; exit 3; fi',
                lay.app).render(),
-            'docker exec ' + " ".join(flags) + ' "$c" sh -c ' + shlex.quote(command),
+            'docker exec ' + " ".join(flags) + ' "$c" sh -c ' + quote(command),
         ])
         inner = "{ " + inner + "\n}"
     elif lay.kind == "compose":
         proj = inv.get("docker.compose_project") or lay.app
-        svc = f"svc={shlex.quote(service)}" if service else \
+        svc = f"svc={quote(service)}" if service else \
             'svc=$($dc -p "$proj" -f docker-compose.yml --env-file compose.env config --services | head -n 1)'
         inner = "\n".join([
             'if docker compose version >/dev/null 2>&1; then dc="docker compose"; else dc=docker-compose; fi',
             sh("proj={}; cd {}", proj, lay.current).render(), svc,
             '$dc -p "$proj" -f docker-compose.yml --env-file compose.env exec ' + ("" if tty else "-T ") +
-            '"$svc" sh -c ' + shlex.quote(command),
+            '"$svc" sh -c ' + quote(command),
         ])
         inner = "{ " + inner + "\n}"
     else:

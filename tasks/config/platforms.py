@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from ..core.commands import Cmd, Raw, script, sh
+from ..core.commands import Cmd, Raw, quote, script, sh
 
 SUPPORTED = "Debian 12, Ubuntu 22.04/24.04, Amazon Linux 2023"
 
@@ -187,7 +187,7 @@ def certbot_pip_cmd(venv: str = "/opt/certbot", method: str = "nginx") -> Cmd:
     return script([
         sh("python3 -m venv {}", venv),
         sh("{}/bin/pip install -q --upgrade pip", venv),
-        sh("{}/bin/pip install -q " + " ".join(shlex.quote(x) for x in pkgs), venv),
+        sh("{}/bin/pip install -q " + " ".join(quote(x) for x in pkgs), venv),
         sh("ln -sf {}/bin/certbot /usr/local/bin/certbot", venv),
     ])
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.app import Layout, safe_part
-from ..core.commands import Cmd, Raw, as_user, sh
+from ..core.commands import Cmd, Raw, as_user, quote, sh
 from ..core.errors import ConfigError, StepFailed
 from ..core.step import CHANGED, OK, Change, Failure, Record
 from ..core.templates import render
@@ -422,9 +422,7 @@ def user_file_cmd(lay: Layout, path: str, *, text: str | None = None, from_file:
 
 
 def _q(s: str) -> str:
-    import shlex
-
-    return shlex.quote(s)
+    return quote(s)   # the command builder's one quoting rule
 
 
 # -- prepare on a host --------------------------------------------------------------------------

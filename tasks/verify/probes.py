@@ -9,10 +9,10 @@ from __future__ import annotations
 import base64
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from ..core.commands import quote
 from ..facts.script import OWN_SWAPS
 from .spec import _REF, HttpCheck, Spec, env_refs
 
@@ -20,7 +20,7 @@ MARK = "@@fabship-fact@@"
 
 
 def q(value) -> str:
-    return shlex.quote(str(value))
+    return quote(value)   # the command builder's one quoting rule (refuses a Secret)
 
 
 # Shell helpers the probes use. `probe NAME SNIPPET` runs a snippet and prints

@@ -153,3 +153,39 @@ def test_an_upward_import_is_caught(tmp_path):
         assert layer_of("cli.base") > layer_of("core._layer_probe")
     finally:
         pkg_file.unlink()
+
+
+def _product_modules():
+    return [p for p in sorted(PKG.rglob("*.py")) if "sandbox" not in p.relative_to(PKG).parts]
+
+
+def test_one_quoting_path():
+    """Shell quoting happens in the command builder only (tasks/core/commands.py
+    quote(): it also refuses a Secret on a command line); nowhere else calls shlex.quote."""
+    offenders = []
+    for path in _product_modules():
+        if path == PKG / "core" / "commands.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "quote" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "shlex":
+                offenders.append(f"{path.relative_to(PKG)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "shlex" and \
+                    any(a.name == "quote" for a in node.names):
+                offenders.append(f"{path.relative_to(PKG)}:{node.lineno}")
+    assert not offenders, "shlex.quote outside tasks/core/commands.py: " + ", ".join(offenders)
+
+
+def test_no_import_error_fallbacks_for_own_modules():
+    """The package's own modules are always there: no `try: import ... except ImportError` around them."""
+    offenders = []
+    for path in _product_modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Try):
+                continue
+            caught = [h for h in node.handlers if isinstance(h.type, ast.Name) and
+                      h.type.id in ("ImportError", "ModuleNotFoundError")]
+            own = [n for n in node.body if isinstance(n, ast.ImportFrom) and (n.level or 0) > 0]
+            if caught and own:
+                offenders.append(f"{path.relative_to(PKG)}:{node.lineno}")
+    assert not offenders, "ImportError fallback around the package's own modules: " + ", ".join(offenders)
