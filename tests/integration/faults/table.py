@@ -55,7 +55,8 @@ def table(data: dict) -> str:
     load = data.get("load") or []
     lines.append("")
     parts = f" ({data['parts']} sessions)" if data.get("parts") else ""
-    lines.append(f"{'Full matrix' if data['full'] else 'CI subset'} of {data['when']}{parts}: {data['cases']} points in "
+    kind = "Full matrix" if data["full"] else "CI subset"
+    lines.append(f"{kind} of {data['when']}{parts}: {data['cases']} points in "
                  f"{data['seconds'] // 60}m{data['seconds'] % 60:02d}s, {data['violations']} broken invariant(s); "
                  f"load average {load[0] if load else '?'} at the start, {load[1] if len(load) > 1 else '?'} "
                  "at the end (1 min).")
