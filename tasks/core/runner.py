@@ -465,18 +465,7 @@ class Run:
                        on_dead=lambda m: self._link_lost(host, m), proxy_argv=proxy, key_name=key_name)
 
     def ssm_proxy(self, host) -> tuple[list | None, str | None]:
-        """ssh.via: ssm: the host's proxy command and the name its key is
-        recorded under (its instance id: stable, unlike a private address)."""
-        from .ssh import ssm_proxy_argv
-
-        ssh = self.inv.data["ssh"]
-        if ssh.get("via") != "ssm":
-            return None, None
-        iid = ssm_instance_id(self.inv, host)
-        opts = ssh.get("ssm") or {}
-        region = opts.get("region") or ((self.inv.data.get("hosts") or {}).get("ec2") or {}).get("region")
-        return ssm_proxy_argv(iid, host.port, region=region, profile=opts.get("profile"),
-                              document=opts.get("document") or "AWS-StartSSHSession"), iid
+        return ssm_proxy_of(self.inv, host)
 
     def _link_lost(self, host, message: str) -> None:
         ctx = self.contexts.get(host.name)
@@ -749,6 +738,23 @@ class Run:
         self.close()
         self.write_record()
         return self.exit_code()
+
+
+def ssm_proxy_of(inv, host) -> tuple[list | None, str | None]:
+    """ssh.via: ssm: the host's proxy command (an argv) and the name its key is
+    recorded under (its instance id: stable, unlike a private address); (None,
+    None) otherwise. The Run connects through it; `fab verify --write-ssh-config`
+    writes it as the host's ProxyCommand."""
+    from .ssh import ssm_proxy_argv
+
+    ssh = inv.data["ssh"]
+    if ssh.get("via") != "ssm":
+        return None, None
+    iid = ssm_instance_id(inv, host)
+    opts = ssh.get("ssm") or {}
+    region = opts.get("region") or ((inv.data.get("hosts") or {}).get("ec2") or {}).get("region")
+    return ssm_proxy_argv(iid, host.port, region=region, profile=opts.get("profile"),
+                          document=opts.get("document") or "AWS-StartSSHSession"), iid
 
 
 def ssm_instance_id(inv, host) -> str:

@@ -272,6 +272,7 @@ def ssh_config_text(inv, hosts) -> str:
     --ssh-config=FILE`). Every value is one ssh_config word: whitespace, a quote,
     a '#' or a '%' (ssh's token escape) in a name, user or path is refused, so
     nothing can add a line (a ProxyCommand) to the file."""
+    from ..core.runner import ssm_proxy_of
     from ..core.ssh import (
         check_key_file,
         known_hosts_path,
@@ -302,6 +303,10 @@ def ssh_config_text(inv, hosts) -> str:
                   f"  User {word(inv, 'hosts', h.user, h)}", f"  Port {int(h.port)}", *strict]
         if hops:
             lines.append("  ProxyJump " + ",".join(word(inv, "ssh.jump_host", j.target) for j in hops))
+        argv, key_name = ssm_proxy_of(inv, h)
+        if argv:  # ssh.via: ssm: the same Session Manager proxy the run connects through, the key under its id
+            lines += ["  ProxyCommand " + " ".join(word(inv, "ssh.ssm", a, h) for a in argv),
+                      f"  HostKeyAlias {word(inv, 'ssh.ssm', key_name, h)}"]
     for j in hops:  # every bastion is checked as strictly as the hosts
         lines += [f"Host {word(inv, 'ssh.jump_host', j.address)}", *strict]
     return "\n".join(lines) + "\n"

@@ -272,3 +272,29 @@ def test_the_ssm_agent_not_registered_yet_is_retried(tmp_path, client_key, serve
     assert run.ctx(run.hosts[0]).run("echo ok").stdout == "ok\n"
     assert len(standin.read_text().splitlines()) == 3
     run.close()
+
+
+def test_write_ssh_config_goes_through_the_same_session_manager_proxy(tmp_path, client_key, server, standin):
+    """`fab verify --write-ssh-config` for ssh.via: ssm: OpenSSH (testinfra's backend) reaches
+    the host through the proxy the run uses, its key checked under the instance id."""
+    import shutil
+    import subprocess
+
+    from tasks.verify.gate import ssh_config_text
+
+    kh = tmp_path / "known_hosts"
+    kh.write_text(key_line(IID, server.host_key))
+    inv = inventory(tmp_path, client_key, kh)
+    text = ssh_config_text(inv, inv.resolve_hosts())
+    assert (f"  ProxyCommand aws ssm start-session --target {IID} --document-name AWS-StartSSHSession "
+            "--parameters portNumber=22 --region eu-west-1\n") in text
+    assert f"  HostKeyAlias {IID}\n" in text and "  StrictHostKeyChecking yes" in text
+    if not shutil.which("ssh"):
+        pytest.skip("no OpenSSH client")
+    cfg = tmp_path / "ssh_config"
+    cfg.write_text(text)
+    r = subprocess.run(["ssh", "-F", str(cfg), "gpu", "echo ok"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    kh.write_text(key_line(IID, paramiko.ECDSAKey.generate()))   # another key under the id: refused
+    r = subprocess.run(["ssh", "-F", str(cfg), "gpu", "echo ok"], capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "ok" not in r.stdout
