@@ -1,4 +1,6 @@
 """Making a release serve traffic, per kind and strategy, new before old.
+(Just over 600 lines: every kind's activation and its cleanup in one place, so the
+one blue/green sequence and the restart variants are read side by side.)
 
 One entry point, `activate(ctx, lay, state, rid, ...)`, used by deploy (the
 new release), rollback (an older release) and `restart_app` (the current

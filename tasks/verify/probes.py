@@ -1,4 +1,7 @@
-"""The facts script verify runs: ONE read-only shell script per host that
+"""(Just over 600 lines: each probe of the one fact script and the parser of its
+output change together, so they sit together.)
+
+The facts script verify runs: ONE read-only shell script per host that
 gathers every fact the checks need (`facts_script(spec)`), each probe's output
 framed once (base64 between markers) and parsed by `parse_facts`; header values
 and the CA travel on its stdin (`facts_stdin`), never its command line. Then one
