@@ -49,7 +49,7 @@ def exec_cmd(inv, lay: Layout, command: str, *, tty: bool = False, service: str 
         ])
         inner = "{ " + inner + "\n}"
     elif lay.kind == "compose":
-        proj = inv.get("docker.compose_project") or lay.app
+        proj = lay.compose_project or lay.app
         svc = f"svc={quote(service)}" if service else \
             'svc=$($dc -p "$proj" -f docker-compose.yml --env-file compose.env config --services | head -n 1)'
         inner = "\n".join([

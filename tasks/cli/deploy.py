@@ -160,8 +160,7 @@ def plan_deploy(inv, hosts, *, ref=None, artifact=None, tag=None, batch=None, ma
     return Plan(lay=lay, src=src, rid=release_id(src.version), batch=b, max_fail=mf,
                 rollback_fleet=rollback_fleet if inv.get("deploy.rollback_fleet", True) else False,
                 lock_wait=float(lock_wait if lock_wait not in (None, "") else inv.get("deploy.lock_wait") or 0),
-                alb=alb, shared_dirs=list(inv.get("app.shared_dirs") or []),
-                shared_files=list(inv.get("app.shared_files") or []))
+                alb=alb, shared_dirs=list(lay.shared_dirs), shared_files=list(lay.shared_files))
 
 
 # -- one host ---------------------------------------------------------------------------------

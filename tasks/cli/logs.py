@@ -89,7 +89,7 @@ def source_cmd(inv, lay: Layout, *, follow: bool, since: tuple | None, lines: in
             Cmd("docker", "logs", *args).render() + ' "$c"',
         ])
     # compose: the current release's project
-    proj = inv.get("docker.compose_project") or lay.app
+    proj = lay.compose_project or lay.app
     d = lay.current
     args = ["logs", "--no-color", "--timestamps", "--tail", str(lines)] + (["--since", since[1]] if since else []) + \
         (["--follow"] if follow else [])

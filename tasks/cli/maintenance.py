@@ -74,9 +74,9 @@ def maintenance(mode, opts) -> None:
                    options={"mode": mode, "limit": opts.limit})
     inv = run.inv
     inv.require("app.name", "fab maintenance")
-    if inv.get("nginx.enabled", True) is False:
-        raise inv.error("nginx.enabled", "maintenance mode is served by nginx, which this inventory disables")
     lay = Layout.from_inventory(inv)
+    if not lay.nginx:
+        raise inv.error("nginx.enabled", "maintenance mode is served by nginx, which this inventory disables")
     page = page_bytes(inv) if mode == "on" else b""
 
     def one(ctx):

@@ -45,6 +45,7 @@ class AppConfig:
     root_mode: str = "0755"
     config_dir_mode: str = "0750"
     shared_dirs: tuple = ()
+    shared_files: tuple = ()
     node_version: str | None = None
     python_version: str | None = None
     unit_settings: dict = field(default_factory=dict)   # app.unit with its defaults
@@ -57,6 +58,7 @@ class AppConfig:
     nginx_site: dict | None = None    # the nginx section with its defaults; None when nginx is off
     docker_settings: dict = field(default_factory=dict)   # the docker section
     insecure_registries: tuple = ()
+    compose_project: str = ""      # "" -> the app's name
 
     @classmethod
     def of(cls, inv) -> "AppConfig":
@@ -106,6 +108,7 @@ class AppConfig:
             start=inv.get("app.start") or ("npm start" if kind == "node" else None),
             root_mode=inv.get("app.root_mode") or "0755", config_dir_mode=inv.get("app.config_dir_mode") or "0750",
             shared_dirs=tuple(inv.get("app.shared_dirs") or ()),
+            shared_files=tuple(inv.get("app.shared_files") or ()),
             node_version=inv.get("app.node_version"), python_version=inv.get("app.python_version"),
             unit_settings={"restart_sec": unit.get("restart_sec", 5), "hardening": unit.get("hardening", True),
                            "environment": dict(unit.get("environment") or {}),
@@ -116,6 +119,7 @@ class AppConfig:
             packages=tuple(inv.get("packages") or ()), swap=inv.get("swap"),
             nginx_site=site if nginx_on and site.get("enabled", True) else None,
             docker_settings=docker, insecure_registries=tuple(sorted(set(insecure))),
+            compose_project=docker.get("compose_project") or name or "",
         )
 
     # bootstrap's names for some of it

@@ -487,7 +487,7 @@ def _restore_name_cmd(name: str) -> Cmd:
 
 
 def compose_project(ctx, lay: Layout) -> str:
-    return ctx.inv.get("docker.compose_project") or lay.app
+    return lay.compose_project or lay.app
 
 
 def _compose(ctx, lay, st, rid, since, spec, previous, recreate: bool = False) -> Activation:

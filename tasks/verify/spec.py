@@ -151,7 +151,7 @@ def build_spec(inv, host) -> Spec:
         s.blue_green = a.strategy == "blue_green" and (a.has_unit or (a.kind == "docker" and s.nginx))
         s.port, s.ports = a.port, tuple(a.ports)
         s.upstream_file = a.upstream_file
-        s.compose_project = inv.get("docker.compose_project") or a.name
+        s.compose_project = a.compose_project or a.name
         s.node_version, s.python_version = a.node_version, a.python_version
         s.dir_specs = [tuple(x) for x in layout_dirs(a)]
         from ..resources.docker_files import plan_layout
