@@ -16,6 +16,7 @@ import io
 import re
 import tarfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from ..config.platforms import installed_query
 from ..core.commands import Cmd, Raw, script, sh
@@ -319,21 +320,44 @@ def parse_facts(text: str) -> Facts:
     return f
 
 
+@dataclass
+class X509:
+    """What `openssl x509 -noout -enddate -issuer [-subject] -ext subjectAltName` printed:
+    the one parser of a certificate, read by bootstrap's TLS step and verify's check."""
+    not_after: datetime | None     # None: no date openssl could print (or none printed)
+    not_after_text: str            # as openssl printed it ("" when absent)
+    issuer: str
+    subject: str
+    names: list                    # DNS names of the subjectAltName extension
+
+
+def parse_x509(text: str | list[str]) -> X509:
+    lines = [ln.strip() for ln in (text.splitlines() if isinstance(text, str) else text)]
+    x = X509(None, "", "", "", [])
+    for ln in lines:
+        key, _, value = ln.partition("=")
+        if key == "notAfter" and _:
+            x.not_after_text = value
+            try:
+                x.not_after = datetime.strptime(" ".join(value.split()), "%b %d %H:%M:%S %Y %Z").replace(
+                    tzinfo=timezone.utc)
+            except ValueError:
+                x.not_after = None
+        elif key == "issuer" and _:
+            x.issuer = value.strip()
+        elif key == "subject" and _:
+            x.subject = value.strip()
+        elif ln.startswith("DNS:") or ", DNS:" in ln:   # the extension's value line
+            x.names += [n.strip()[4:] for n in ln.split(",") if n.strip().startswith("DNS:")]
+    return x
+
+
 def parse_cert(lines: list[str]) -> Cert:
-    c = Cert()
-    names: list[str] = []
-    for i, ln in enumerate(lines):
-        s = ln.strip()
-        if s.startswith("notAfter="):
-            c.exists = True
-            c.not_after = s.split("=", 1)[1]
-        elif s.startswith("issuer="):
-            c.issuer = s.split("=", 1)[1].strip()
-        elif s.startswith("DNS:") or ", DNS:" in s:
-            names += [x.strip()[4:] for x in s.split(",") if x.strip().startswith("DNS:")]
-        elif s.startswith("checkend="):
-            c.valid_for_min = c.exists and s == "checkend=0"
-    c.names = names
+    """The certificate section of the fact script: parse_x509 plus `checkend=` (still
+    valid for tls.min_days)."""
+    x = parse_x509(lines)
+    c = Cert(exists=bool(x.not_after_text), not_after=x.not_after_text, issuer=x.issuer, names=x.names)
+    c.valid_for_min = c.exists and any(ln.strip() == "checkend=0" for ln in lines)
     return c
 
 

@@ -13,10 +13,10 @@ import base64
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 
 from ..core.commands import quote
-from ..facts.script import OWN_SWAPS
+from ..facts.script import OWN_SWAPS, parse_x509
 from .spec import _REF, HttpCheck, Spec, env_refs
 
 MARK = "@@fabship-fact@@"
@@ -557,30 +557,16 @@ class CertInfo:
 
 
 def parse_cert(text: str) -> CertInfo | None:
-    """`openssl x509 -noout -enddate -issuer -subject -ext subjectAltName`."""
-    not_after = None
-    issuer = subject = ""
-    names: list = []
-    lines = text.splitlines()
-    for i, ln in enumerate(lines):
-        if ln.startswith("notAfter="):
-            raw = " ".join(ln.split("=", 1)[1].split())
-            try:
-                not_after = datetime.strptime(raw, "%b %d %H:%M:%S %Y %Z").replace(tzinfo=timezone.utc)
-            except ValueError:
-                not_after = None
-        elif ln.startswith("issuer="):
-            issuer = ln.split("=", 1)[1].strip()
-        elif ln.startswith("subject="):
-            subject = ln.split("=", 1)[1].strip()
-        elif "Subject Alternative Name" in ln and i + 1 < len(lines):
-            names = [n.strip()[4:] for n in lines[i + 1].split(",") if n.strip().startswith("DNS:")]
-    if not_after is None and not issuer:
+    """The served certificate (facts/script.py parse_x509, the one openssl parser);
+    None when there is none. Without subjectAltName the subject's CN names it."""
+    x = parse_x509(text)
+    if x.not_after is None and not x.issuer:
         return None
+    names = x.names
     if not names:
-        m = _DN_CN.search(subject)
+        m = _DN_CN.search(x.subject)
         names = [m.group(1).strip()] if m else []
-    return CertInfo(not_after, issuer, subject, names)
+    return CertInfo(x.not_after, x.issuer, x.subject, names)
 
 
 def name_covered(domain: str, names: list) -> bool:
