@@ -95,6 +95,9 @@ def append_lines_script(files: list[str], lines: list[str], ensure_dir: str | No
     if ensure_dir:
         body.append(sh("install -d -m 0750 -- {}", ensure_dir).render())
     for i, f in enumerate(files, 1):
+        # a line cut short (a write on a full disk: ENOSPC) is ended first, so that
+        # only it is lost and not the next line too, glued to it
+        body.append(sh('if [ -s {} ] && [ -n "$(tail -c 1 -- {})" ]; then printf "\\n" >> {}; fi', f, f, f).render())
         body.append(sh(f'printf "%s\\n" "${i}" >> {{}}', f).render())
     return Cmd("sh", "-c", "set -eu\n" + "\n".join(body), "sh", *[ln.replace("\n", " ") for ln in lines])
 

@@ -11,6 +11,7 @@ import time
 from tasks.config.app import Layout
 from tasks.facts.releases import HostState, Entry, parse_log
 from tasks.release.lock import acquire_cmd, make_holder, unlock_host
+from tasks.core.step import Steps
 
 from .localctx import LocalCtx, load_inv
 from .test_runner import fleet, make  # noqa: F401  (fleet is a fixture)
@@ -150,7 +151,7 @@ class _Ev:
         return self.on
 
 
-class _Ctx:
+class _Ctx(Steps):   # ctx.apply is the runner's own (tasks/core/step.py)
     def __init__(self, cancelled=False):
         self.run_ = type("R", (), {"cancel": _Ev(cancelled)})()
 
@@ -373,3 +374,20 @@ def test_an_upload_first_removes_what_a_dead_upload_of_the_app_left(tmp_path):
     # the dead upload of shop is gone; app "shop.b"'s and "shopx"'s are not shop's
     assert left == sorted(["fabship-upload.shop.b.XyZ12345", "fabship-upload.shopx.QwErTy12", os.path.basename(made)])
     assert os.path.basename(made).startswith("fabship-upload.shop.") and os.stat(made).st_mode & 0o777 == 0o600
+
+
+# -- ENOSPC during the build: the failed deploy's release-log line was cut short on the full
+# disk, and the rerun's "ok" line was glued to it (unparseable: "never completed a deploy") --
+
+def test_a_line_cut_short_on_a_full_disk_does_not_swallow_the_next_one(tmp_path):
+    from tasks.release.releases import append_lines_script
+
+    log, audit = tmp_path / "releases.jsonl", tmp_path / "audit.log"
+    log.write_text('{"id": "r1", "result": "ok"}\n{"id": "r2", "res')   # the partial line of ENOSPC
+    audit.write_text("")
+    ok = json.dumps({"id": "r3", "result": "ok"})
+    subprocess.run(append_lines_script([str(log), str(audit)], [ok, "audit line"]).parts, check=True)
+    lines = log.read_text().splitlines()
+    assert lines == ['{"id": "r1", "result": "ok"}', '{"id": "r2", "res', ok]
+    assert [e.id for e in parse_log(log.read_text())] == ["r1", "r3"]
+    assert audit.read_text() == "audit line\n"   # an empty file gets no newline first

@@ -173,8 +173,7 @@ class FaultApp:
         return base64.b64decode(self.c.must(f"base64 -w0 {self.c.env_path}"))
 
     def good_releases(self) -> list[dict]:
-        log = [json.loads(ln) for ln in self.c.sh(f"cat {self.c.root}/.fabship/releases.jsonl")[1].splitlines()
-               if ln.strip()]
+        log = inv.release_log(self.c.sh(f"cat {self.c.root}/.fabship/releases.jsonl")[1])
         dirs = set(self.c.sh(f"ls {self.c.root}/releases")[1].split())
         return [e for e in log if e.get("action") == "deploy" and e.get("result") == "ok" and e["id"] in dirs]
 

@@ -176,11 +176,22 @@ def logged(c: Case, action: str, since: float, release: str | None = None) -> No
     assert any(f"action={action}" in ln for ln in recent), \
         f"no audit line for {action} since {stamp}: {recent[-3:] or audit[-2:]}"
     if action in ("deploy", "rollback"):
-        log = [json.loads(ln) for ln in c.sh(f"cat {c.root}/.fabship/releases.jsonl 2>/dev/null")[1].splitlines()
-               if ln.strip()]
+        log = release_log(c.sh(f"cat {c.root}/.fabship/releases.jsonl 2>/dev/null")[1])
         mine = [e for e in log if e.get("action") == action and e.get("time", "") >= stamp
                 and (release is None or e.get("id") == release)]
         assert mine, f"no releases.jsonl entry for {action} {release or ''} since {stamp}: {log[-2:]}"
+
+
+def release_log(text: str) -> list[dict]:
+    """releases.jsonl's entries; a line cut short on a full disk (ENOSPC) is
+    skipped, as fabship's own parser does (the next line must stay whole)."""
+    out = []
+    for ln in text.splitlines():
+        try:
+            out.append(json.loads(ln))
+        except ValueError:
+            continue
+    return out
 
 
 def run_record(c: Case, task: str, pid: int) -> dict:
