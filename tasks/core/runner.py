@@ -42,6 +42,9 @@ STILL_RUNNING_EVERY = 60.0
 # The "running" run record is rewritten at most this often (Run.checkpoint).
 CHECKPOINT_EVERY = 1.0
 
+# After a command's exit status, how long its output may still take to reach EOF.
+EXIT_EOF_GRACE = 1.0
+
 
 @dataclass
 class StepResult:
@@ -323,15 +326,25 @@ class HostContext(Steps):
             deadline = time.monotonic() + limit
             # wait for events, not by polling (50 wakeups a second per command in flight were a
             # fleet's CPU): the channel's fileno is readable on stdout or stderr data and at EOF;
-            # after EOF only the exit status is to come. The 0.2 s bound covers an exit status
-            # that comes while a left-behind child keeps the output open (no EOF).
+            # after EOF only the exit status is to come, and after the exit status the output is read
+            # until EOF (a child left behind that keeps it open: EXIT_EOF_GRACE).
+            eof_by = 0.0
             while True:
                 if chan.recv_ready():
                     out += chan.recv(65536)
                 elif chan.recv_stderr_ready():
                     err += chan.recv_stderr(65536)
                 elif chan.exit_status_ready():
-                    break
+                    # sshd may send the exit status before the last of the output (seen on hosts at
+                    # load 20: a fact script's output cut short): read on until EOF, or give a
+                    # child left behind that keeps the output open EXIT_EOF_GRACE
+                    if chan.eof_received:
+                        break
+                    now = time.monotonic()
+                    eof_by = eof_by or now + EXIT_EOF_GRACE
+                    if now >= eof_by:
+                        break
+                    select.select([chan], [], [], min(eof_by - now, 0.2))
                 else:
                     left = deadline - time.monotonic()
                     if left <= 0:

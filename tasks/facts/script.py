@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from ..config.platforms import installed_query
-from ..core.commands import Cmd, Raw, script, sh
+from ..core.commands import Cmd, Raw, quote, script, sh
 
 MARK = "@@"
 
@@ -101,8 +101,12 @@ def facts_cmd(req: FactsRequest) -> Cmd:
     names = _uniq(req.users + req.groups)
     if names:
         section("users")
-        pattern = "^(" + "|".join(re.escape(n) for n in names) + "):"
-        L.append(Cmd("grep", "-H", "-E", "--", pattern, "/etc/passwd", "/etc/group", Raw("2>/dev/null")).render())
+        # the `grep -H` lines (FILE:ENTRY) from a builtin loop: a fork is ~4 ms of a busy host's CPU,
+        # ~6% of what an idempotent bootstrap costs it (issue 17); a quoted case word is literal
+        match = "|".join(f"{quote(n)}:*" for n in names)
+        L.append("for f in /etc/passwd /etc/group; do while IFS= read -r l || [ -n \"$l\" ]; do "
+                 f"case \"$l\" in {match}) printf '%s:%s\\n' \"$f\" \"$l\";; esac; "
+                 "done < \"$f\"; done 2>/dev/null")
     if req.swap_path:
         section("swaps")
         L.append(OWN_SWAPS)

@@ -90,7 +90,7 @@ def test_facts_script_is_one_read_only_command():
     assert not body.startswith("set -e")   # a missing file must not end the script
     for verb in ("rm ", "mv ", "chmod", "chown", "install ", "apt-get", "dnf ", "systemctl restart", "tee "):
         assert verb not in body
-    assert "grep -H -E -- '^(a|docker):' /etc/passwd /etc/group" in body
+    assert "for f in /etc/passwd /etc/group; do" in body and 'case "$l" in a:*|docker:*)' in body
     assert "QUOTING_STYLE=literal stat -c" in body and "sha256sum -- /etc/a.env" in body
 
 
@@ -416,3 +416,21 @@ def test_linked_swap_path_is_judged_by_its_target(tmp_path):
     assert not p.make_file and not p.swapon and not p.fix_fstab and not p.chmod
     body = swap_script(plan_swap(swap_facts(), "2G", str(link))).parts[2]
     assert 'real=$(readlink -f -- "$f")' in body and 'mv -f -- "$new" "$real"' in body
+
+
+def test_facts_users_section_is_greps_output_without_a_fork(tmp_path):
+    """The users section prints FILE:ENTRY for each asked-for name (as `grep -H` did), from a
+    builtin loop; a name is matched literally, never as a pattern."""
+    import subprocess
+
+    (tmp_path / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\napp:x:999:997::/home/app:/usr/sbin/nologin\n"
+                                     "apple:x:998:996::/home/apple:/usr/sbin/nologin\n")
+    (tmp_path / "group").write_text("root:x:0:\ndocker:x:996:app\napp:x:997:\n")
+    body = facts_cmd(FactsRequest(users=["app"], groups=["app", "docker", "a.p"])).parts[2]
+    body = body.replace("/etc/passwd", str(tmp_path / "passwd")).replace("/etc/group", str(tmp_path / "group"))
+    out = subprocess.run(["sh", "-c", body], capture_output=True, text=True, timeout=30).stdout
+    users = out.split("@@ users\n", 1)[1].split("@@", 1)[0].splitlines()
+    assert users == [f"{tmp_path}/passwd:app:x:999:997::/home/app:/usr/sbin/nologin",
+                     f"{tmp_path}/group:docker:x:996:app", f"{tmp_path}/group:app:x:997:"]
+    f = parse_facts(out.replace(str(tmp_path), "/etc"))
+    assert f.member_of["app"] == ["docker", "app"]

@@ -80,3 +80,81 @@ def test_waiting_is_event_driven_not_polling(fleet, monkeypatch):  # noqa: F811
     polls = [s for s in sleeps if s <= 0.02]  # the old loop's naps (the keepalive thread sleeps too)
     assert len(waits) <= 12 and polls == [], (len(waits), len(polls))
     run.finish()
+
+
+class _LateOutput:
+    """A channel whose exit status came before the last of its output (sshd on a host at
+    load 20), or (eof=False) whose output a child left behind keeps open: never EOF."""
+
+    def __init__(self, eof=True):
+        import os
+        import threading
+
+        self.r, self.w = os.pipe()
+        os.write(self.w, b"x")  # always readable: each select returns at once
+        self.polls, self.sent, self.eof = 0, False, eof
+        self.eof_received = False
+        self.status_event = threading.Event()
+
+    def fileno(self):
+        return self.r
+
+    def settimeout(self, t):
+        pass
+
+    def exec_command(self, text):
+        pass
+
+    def sendall(self, data):
+        pass
+
+    def shutdown_write(self):
+        pass
+
+    def recv_ready(self):
+        self.polls += 1
+        return self.eof and self.polls > 5 and not self.sent
+
+    def recv(self, n):
+        self.sent = self.eof_received = True
+        return b"@@ end\n"
+
+    def recv_stderr_ready(self):
+        return False
+
+    def exit_status_ready(self):
+        return True
+
+    def recv_exit_status(self):
+        return 0
+
+    def close(self):
+        import os
+
+        os.close(self.r)
+        os.close(self.w)
+
+
+def _conn(chan):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(client=SimpleNamespace(get_transport=lambda: SimpleNamespace(
+        open_session=lambda timeout: chan)))
+
+
+def test_output_after_the_exit_status_is_still_read():
+    from tasks.core.runner import HostContext
+
+    r = HostContext._run_with_stdin(_conn(_LateOutput()), "sh -c facts", b"", 5.0)
+    assert (r.stdout, r.exited) == ("@@ end\n", 0)
+
+
+def test_a_child_left_holding_the_output_costs_only_the_grace(monkeypatch):
+    import time
+
+    import tasks.core.runner as runner
+
+    monkeypatch.setattr(runner, "EXIT_EOF_GRACE", 0.3)
+    t0 = time.monotonic()
+    r = runner.HostContext._run_with_stdin(_conn(_LateOutput(eof=False)), "sh -c 'daemon &'", b"", 5.0)
+    assert (r.stdout, r.exited) == ("", 0) and 0.25 < time.monotonic() - t0 < 2
