@@ -20,7 +20,9 @@ a rotating order (paired runs: a load spike hits all tools of a round). Printed:
 per tool the median wall time, the ratio to fabship, the control-machine CPU
 (user+sys of the tool and every process it waited for: ssh clients, forks)
 per endpoint, the peak RSS of its largest process and the peak of the sum of
-its process tree (sampled every 50 ms), and the load average.
+its process tree (sampled every 50 ms), the sandbox hosts' CPU per endpoint (their
+cgroups' cpuacct: sshd, the session, every command run; the other engineers' tests
+on the fleet count too, so hold the lock), and the load average.
 
 Run it with the integration lock held and the machine quiet (load < 1.5):
 
@@ -211,6 +213,15 @@ def _tree_rss(root: int) -> int:
     return total
 
 
+def host_cpu(hosts) -> float | None:
+    """CPU seconds the sandbox hosts used so far (each host's cgroup, cpuacct v1), or None."""
+    try:
+        return sum(int(Path(f"/sys/fs/cgroup/cpuacct/fabship-sandbox/{n}/cpuacct.usage").read_text())
+                   for n, _ in hosts) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
 def measure(cmd: list[str], cwd: Path, env: dict, check: bool = True) -> dict:
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -325,14 +336,18 @@ def main() -> None:
             for i in range(a.runs):
                 for tool in order[i % len(order):] + order[: i % len(order)]:
                     cmd, cwd = tools[tool]
+                    h0 = host_cpu(hosts)
                     m = measure(cmd(names), cwd, env, check=False)
+                    m["host_cpu"] = host_cpu(hosts) - h0 if h0 is not None else None
                     res[tool].append(m)
                     if m["rc"]:  # kept (a peer that fails on some endpoints still did the run), but said
                         tail = " | ".join(ln.strip() for ln in m["out"].splitlines()[-4:])
                         print(f"round {i + 1} {tool}: exit {m['rc']}: {tail[-300:]}", flush=True)
                     print(f"round {i + 1} {tool:8s} {m['wall']:7.2f}s wall, cpu {m['cpu']:6.2f}s "
                           f"({1000 * m['cpu'] / len(names):5.1f} ms/endpoint), peak rss {m['maxrss_mb']:.0f} MB "
-                          f"(tree {m['tree_mb']:.0f} MB), load {os.getloadavg()[0]:.2f}", flush=True)
+                          f"(tree {m['tree_mb']:.0f} MB), load {os.getloadavg()[0]:.2f}"
+                          + (f", hosts' cpu {m['host_cpu']:.2f}s ({1000 * m['host_cpu'] / len(names):.1f} ms/endpoint)"
+                             if m["host_cpu"] is not None else ""), flush=True)
             if a.py_spy and "fabship" in tools:
                 cmd, cwd = tools["fabship"]
                 measure(["py-spy", "record", "--nonblocking", "-r", "250", "-f", "raw", "-o", a.py_spy, "--",
@@ -348,8 +363,10 @@ def main() -> None:
             cpu = statistics.median(m["cpu"] for m in ms)
             ratio = f"{wall / fab:5.2f}x {first}" if fab else ""
             failed = sum(1 for m in ms if m["rc"])
+            hc = [m["host_cpu"] for m in ms if m["host_cpu"] is not None]
             print(f"  {tool:8s} median {wall:7.2f}s  {ratio}  cpu {1000 * cpu / len(names):6.1f} ms/endpoint  "
                   f"peak rss {max(m['maxrss_mb'] for m in ms):4.0f} MB (tree {max(m['tree_mb'] for m in ms):4.0f} MB)"
+                  + (f"  hosts' cpu {1000 * statistics.median(hc) / len(names):.1f} ms/endpoint" if hc else "")
                   + (f"  ({failed} of {len(ms)} runs exited non-zero)" if failed else ""))
         if fab:
             for tool, ms in res.items():
