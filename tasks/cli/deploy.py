@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from ..config.app import Layout
 from ..core.commands import Cmd
 from ..core.errors import ConfigError, ConnectError, FabshipError, StepFailed
+from ..core.step import CHANGED, SKIP, Change, Record
 from ..core.templates import render
 from ..facts.releases import HostState
 from ..release.activation import (
@@ -170,45 +171,52 @@ def finish_release(ctx, cmds: list, message: str) -> None:
     """After the switch: one round trip for the bookkeeping. A failure here
     is a warning, never a failed deploy (the release already serves)."""
     cmd = Cmd("sh", "-c", "rc=0\n" + "\n".join(f"{c.render()} || rc=1" for c in cmds) + "\nexit $rc")
-    if ctx.dry_run:
-        ctx.change("record release", message, cmd)
-        return
-    t0 = time.monotonic()
-    try:
-        r = ctx.run(cmd, check=False, timeout=120, what="record release")
-    except Exception:   # the interruption closed the transport under it, or before it
-        if not _cancelled(ctx):
-            raise
-        r = None
-    if (r is None or not r.ok) and _cancelled(ctx):
-        # Ctrl-C/SIGTERM cut it: the release served, so its line must be written (the
-        # fleet rollback then logs going back); a repeat at worst writes the line twice
-        ensure_connection(ctx)
-        r = ctx.run(cmd, check=False, timeout=120, what="record release")
-    if r.ok:
-        ctx.record("record release", "changed", message, t0)
-    else:
-        ctx.say(f"warning: recording the release partly failed: {ctx.mask(r.tail(3))}")
+    ran: list = []
+
+    def write() -> tuple:
+        """Run it (again, on a fresh connection, when an interruption cut it)."""
+        try:
+            r = ctx.run(cmd, check=False, timeout=120, what="record release")
+        except Exception:   # the interruption closed the transport under it, or before it
+            if not _cancelled(ctx):
+                raise
+            r = None
+        if (r is None or not r.ok) and _cancelled(ctx):
+            # Ctrl-C/SIGTERM cut it: the release served, so its line must be written (the
+            # fleet rollback then logs going back); a repeat at worst writes the line twice
+            ensure_connection(ctx)
+            r = ctx.run(cmd, check=False, timeout=120, what="record release")
+        ran.append(r)
+        return ()
+
+    def recorded(_) -> list[Record]:
+        if ran[-1].ok:
+            return [Record(CHANGED, message)]
+        ctx.say(f"warning: recording the release partly failed: {ctx.mask(ran[-1].tail(3))}")
+        return []
+
+    ctx.apply("record release", Change(message, write, shown=(cmd,), outcome=recorded))
 
 
 def run_build(ctx, plan: Plan) -> None:
     lay, rid = plan.lay, plan.rid
-    cmd = build_cmd(lay, rid, plan.src.build)
-    if ctx.dry_run:
-        ctx.change("build", "; ".join(plan.src.build), cmd)
-        return
+    what = "; ".join(plan.src.build)
     t0 = time.monotonic()
-    ctx.say(f"build: {'; '.join(plan.src.build)}")
-    r = ctx.run(cmd, check=False, what="build")
-    if r.exited == -1 and not _cancelled(ctx):  # the channel closed without an exit status
-        ctx.record("build", "failed", "connection lost", t0)
-        raise ConnectError(f"{ctx.host.address}: connection lost during the build")
-    if not r.ok:
-        ctx.record("build", "failed", f"exit {r.exited}", t0)
-        out = "\n".join((r.stdout + r.stderr).strip().splitlines()[-40:])
-        raise StepFailed(f"build failed (exit {r.exited}) in {lay.release_dir(rid)}; the old release keeps serving",
-                         ctx.mask(f"--- build output (last 40 lines)\n{out}"))
-    ctx.record("build", "changed", f"{len(plan.src.build)} command(s)", t0)
+
+    def built(r) -> list[Record]:
+        if r.exited == -1 and not _cancelled(ctx):  # the channel closed without an exit status
+            ctx.record("build", "failed", "connection lost", t0)
+            raise ConnectError(f"{ctx.host.address}: connection lost during the build")
+        if not r.ok:
+            ctx.record("build", "failed", f"exit {r.exited}", t0)
+            out = "\n".join((r.stdout + r.stderr).strip().splitlines()[-40:])
+            raise StepFailed(f"build failed (exit {r.exited}) in {lay.release_dir(rid)}; the old release keeps "
+                             "serving", ctx.mask(f"--- build output (last 40 lines)\n{out}"))
+        return [Record(CHANGED, f"{len(plan.src.build)} command(s)")]
+
+    # check=False: the outcome words a failed build (its output, and which release dir)
+    ctx.apply("build", Change(what, (build_cmd(lay, rid, plan.src.build),), check=False, announce=f"build: {what}",
+                              outcome=built))
 
 
 def prepare_release(ctx, plan: Plan, st: HostState) -> dict:
@@ -224,8 +232,9 @@ def prepare_release(ctx, plan: Plan, st: HostState) -> dict:
     try:
         if ls is not None:
             ctx.change("shared", f"{len(plan.shared_dirs)} dir(s), {len(plan.shared_files)} file(s) linked", ls)
-        if not ctx.dry_run:
-            ctx.run(release_meta_cmd(lay, rid, render("deploy/release.json.j2", release=info)), what="release meta")
+        ctx.apply("release meta", Change(commands=(release_meta_cmd(lay, rid, render("deploy/release.json.j2",
+                                                                                   release=info)),),
+                                         dry_run=SKIP))   # no step of its own: the release dir's metadata file
     except StepFailed as e:
         raise refused_step(e) from None   # a link the app user planted: the one line naming it
     return meta
@@ -282,7 +291,7 @@ def _after_failure(ctx, plan: Plan, st: HostState, prev: str | None, meta: dict,
     lay, rid = plan.lay, plan.rid
     interrupted = isinstance(e, (KeyboardInterrupt, Cancelled)) or type(e).__name__ == "Terminated" or \
         _cancelled(ctx)
-    if ctx.dry_run:
+    if ctx.dry_run:  # not a step: a dry run changed nothing to clean up
         return
     try:
         ensure_connection(ctx)  # an interruption cut the old one
