@@ -44,11 +44,13 @@ def record_cmd(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> Cmd:
                                ensure_dir=lay.state)
 
 
-def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> None:
+def record(ctx, lay: Layout, entry: Entry, audit_detail: str = "") -> bool:
     """Release log entry + audit line on the host, one round trip. Best effort;
-    no step of its own (a dry run writes nothing)."""
+    no step of its own (a dry run writes nothing). Returns whether it went."""
     try:
         ctx.apply("release log", Change(commands=(record_cmd(ctx, lay, entry, audit_detail),), timeout=30,
                                         dry_run=SKIP))
     except Exception as e:
         ctx.say(f"warning: could not append to {lay.release_log}: {e}")
+        return False
+    return True

@@ -42,7 +42,13 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
                               previous=cur, meta={}, reason=(getattr(err, "message", "") or str(err) or
                                                              type(err).__name__)[:300])
         entry.version = e.version if e else ""
-        record(ctx, lay, entry, f"from={cur or '-'}; {entry.extra.get('reason', '')[:200]}")
+        detail = f"from={cur or '-'}; {entry.extra.get('reason', '')[:200]}"
+        if not record(ctx, lay, entry, detail) and interrupted:
+            # Ctrl-C/SIGTERM closes the transports under in-flight commands: it can close the
+            # one ensure_connection just found alive, under this write; a fresh one writes it
+            # (a repeat at worst writes the line twice)
+            ensure_connection(ctx)
+            record(ctx, lay, entry, detail)
         ctx.data["outcome"] = "failed"  # the closing summary (deploy.print_outcome)
         raise
     entry = release_entry(target, action="rollback", result="ok", previous=cur, meta={"image": e.image if e else ""},

@@ -391,3 +391,31 @@ def test_a_line_cut_short_on_a_full_disk_does_not_swallow_the_next_one(tmp_path)
     assert lines == ['{"id": "r1", "result": "ok"}', '{"id": "r2", "res', ok]
     assert [e.id for e in parse_log(log.read_text())] == ["r1", "r3"]
     assert audit.read_text() == "audit line\n"   # an empty file gets no newline first
+
+
+# -- a rollback SIGTERMed after "verify gate" once wrote no line: the interruption closed the
+# connection the cleanup had just found alive, under the record's write --
+
+def test_an_interrupted_rollback_writes_its_line_again_on_a_fresh_connection(tmp_path, monkeypatch):
+    import pytest
+
+    import tasks.release.rollback as rb
+
+    st = type("St", (), {"current": "r2", "now": 0, "log": [], "entry": lambda self, rid: None})()
+    calls = []
+
+    def record(ctx, lay, entry, detail=""):
+        calls.append(("record", entry.result))
+        return len([c for c in calls if c[0] == "record"]) > 1   # the first write is cut
+
+    def activate(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rb, "ensure_connection", lambda ctx: calls.append(("reconnect", "")))
+    monkeypatch.setattr(rb, "activate", activate)
+    monkeypatch.setattr("tasks.release.record.record", record)
+    ctx = LocalCtx(load_inv(tmp_path))
+    ctx.data["state"] = st
+    with pytest.raises(KeyboardInterrupt):
+        rb.rollback_host(ctx, "r1", restore_env=False)
+    assert calls == [("reconnect", ""), ("record", "interrupted"), ("reconnect", ""), ("record", "interrupted")]
