@@ -289,12 +289,13 @@ def step_runtime(ctx, spec, p, facts) -> None:
     if spec.kind == "node":
         v = facts.packages.get("nodejs") or next((facts.packages[k] for k in facts.packages
                                                    if k.startswith("nodejs") and not k.endswith("npm")), None)
+        npm = " with npm" if spec.needs_npm else " (no npm: no command of the app uses it)"
         if v:
-            ctx.ok("runtime", f"Node.js {v} with npm")
+            ctx.ok("runtime", f"Node.js {v}{npm}")
         else:  # the packages step installs it (a dry run's says it would): nothing of its own to run
-            ctx.apply("runtime", Change("Node.js (installed) with npm", dry_status=OK,
+            ctx.apply("runtime", Change(f"Node.js (installed){npm}", dry_status=OK,
                                         dry_message="Node.js comes with the packages step",
-                                        outcome=lambda _: [Record(OK, "Node.js (installed) with npm")]))
+                                        outcome=lambda _: [Record(OK, f"Node.js (installed){npm}")]))
     elif spec.kind == "python":
         step_python(ctx, spec, p, facts)
     elif spec.kind in ("docker", "compose"):

@@ -59,6 +59,7 @@ class AppConfig:
     docker_settings: dict = field(default_factory=dict)   # the docker section
     insecure_registries: tuple = ()
     compose_project: str = ""      # "" -> the app's name
+    uses_npm: bool = True             # node: a command the app runs needs npm (see _uses_npm)
 
     @classmethod
     def of(cls, inv) -> "AppConfig":
@@ -120,6 +121,7 @@ class AppConfig:
             nginx_site=site if nginx_on and site.get("enabled", True) else None,
             docker_settings=docker, insecure_registries=tuple(sorted(set(insecure))),
             compose_project=docker.get("compose_project") or name or "",
+            uses_npm=_uses_npm(inv, kind),
         )
 
     # bootstrap's names for some of it
@@ -135,6 +137,10 @@ class AppConfig:
     def unit_port(self) -> int:
         """The port bootstrap points nginx and the enabled unit at."""
         return self.ports[0] if self.strategy == "blue_green" and self.has_unit else int(self.port or 0)
+
+    @property
+    def needs_npm(self) -> bool:
+        return self.kind == "node" and self.uses_npm
 
     @property
     def venv(self) -> str:
@@ -228,6 +234,21 @@ class AppConfig:
 
 # The names the release code (Layout) and bootstrap (AppSpec) read the one model by.
 Layout = AppSpec = AppConfig
+
+
+_NPM_WORDS = re.compile(r"(^|[\s;&|(`/\"'])(npm|npx|yarn|pnpm|corepack)([\s\"']|$)")
+
+
+def _uses_npm(inv, kind) -> bool:
+    """Whether a command the node app runs (its start command, deploy.build, a release
+    hook) calls npm or one of its kin: only then does bootstrap install npm."""
+    if kind != "node":
+        return False
+    import json
+
+    start = inv.get("app.start") or "npm start"
+    texts = [start, *(inv.get("deploy.build") or []), json.dumps(inv.get("hooks") or {})]
+    return any(_NPM_WORDS.search(t) for t in texts)
 
 
 def app_spec(inv) -> AppConfig:

@@ -85,13 +85,15 @@ def detect(os_release: str) -> Platform:
 
 # -- package names -----------------------------------------------------------------
 
-def node_packages(p: Platform, version: str | None) -> list[str]:
+def node_packages(p: Platform, version: str | None, npm: bool = True) -> list[str]:
+    """Node.js, and npm when the app's commands use it (on Debian npm is hundreds of
+    packages: an app started with `node server.js` and built elsewhere needs none)."""
     if p.family == "apt":
-        return ["nodejs", "npm"]
+        return ["nodejs", "npm"] if npm else ["nodejs"]
     v = int(version) if version else 20
     if v == 18:
-        return ["nodejs", "nodejs-npm"]
-    return [f"nodejs{v}", f"nodejs{v}-npm"]
+        return ["nodejs", "nodejs-npm"] if npm else ["nodejs"]
+    return [f"nodejs{v}", f"nodejs{v}-npm"] if npm else [f"nodejs{v}"]
 
 
 def python_packages(p: Platform, version: str | None) -> list[str]:

@@ -17,7 +17,7 @@ def wanted_packages(spec: AppSpec, p: plat.Platform, tls) -> list[str]:
     if spec.nginx:
         out.append("nginx")
     if spec.kind == "node":
-        out += plat.node_packages(p, spec.node_version)
+        out += plat.node_packages(p, spec.node_version, npm=spec.needs_npm)
     elif spec.kind == "python":
         out += plat.python_packages(p, spec.python_version)
     elif spec.kind in ("docker", "compose"):

@@ -125,6 +125,7 @@ ssh: {{user: ec2-user, known_hosts: {tmp_path}/kh}}
 packages: [git, jq, unzip]
 swap: {{size: 2G}}
 app: {{name: demo, kind: node, port: 3000, node_version: "20", start: node dist/server.js}}
+deploy: {{source: artifact, artifact: dist.tar.gz, build: [npm ci, npm run build]}}
 nginx: {{server_name: demo.example.com}}
 tls: {{enabled: true, email: ops@example.com, acme_server: "https://acme.example/dir", acme_ca_file: {ca}}}
 """)

@@ -144,7 +144,7 @@ def test_apt_install_is_one_call_with_a_conditional_update():
 def test_wanted_packages_are_deduplicated_in_order():
     deb = plat.detect("ID=debian\nVERSION_ID=12")
     tls = TlsSpec(["a.example"], "ops@a.example", "nginx", None, None, 30)
-    assert wanted_packages(spec_for(), deb, tls) == ["curl", "openssl", "ca-certificates", "nginx", "nodejs", "npm",
+    assert wanted_packages(spec_for(start="npm start"), deb, tls) == ["curl", "openssl", "ca-certificates", "nginx", "nodejs", "npm",
                                                      "certbot", "python3-certbot-nginx", "git", "jq", "unzip"]
 
 
@@ -434,3 +434,21 @@ def test_facts_users_section_is_greps_output_without_a_fork(tmp_path):
                      f"{tmp_path}/group:docker:x:996:app", f"{tmp_path}/group:app:x:997:"]
     f = parse_facts(out.replace(str(tmp_path), "/etc"))
     assert f.member_of["app"] == ["docker", "app"]
+
+
+@pytest.mark.parametrize("app,deploy,hooks,npm", [
+    ({"start": "node dist/server.js"}, {}, {}, False),                       # built elsewhere, started with node
+    ({}, {}, {}, True),                                                      # the default start: npm start
+    ({"start": "node dist/server.js"}, {"build": ["npm ci", "npm run build"]}, {}, True),
+    ({"start": "node server.js"}, {}, {"after_switch": [{"run": "npx prisma migrate deploy"}]}, True),
+    ({"start": "/usr/bin/yarn start"}, {}, {}, True),
+    ({"start": "node npmx.js"}, {}, {}, False),                               # a word containing npm is not npm
+])
+def test_npm_only_when_a_command_of_the_app_uses_it(app, deploy, hooks, npm):
+    """Issue 17: on Debian npm is hundreds of packages; a node app that never runs it gets none."""
+    base = {"name": "benchapp", "kind": "node", "port": 4000, **app}
+    spec = app_spec(Inv({"app": base, "deploy": deploy, "hooks": hooks}))
+    deb, al = plat.detect("ID=debian\nVERSION_ID=12"), plat.detect('ID=amzn\nVERSION_ID="2023"')
+    assert spec.needs_npm is npm
+    assert ("npm" in wanted_packages(spec, deb, None)) is npm
+    assert ("nodejs20-npm" in wanted_packages(spec, al, None)) is npm and "nodejs" in wanted_packages(spec, deb, None)

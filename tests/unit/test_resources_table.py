@@ -55,7 +55,7 @@ def base_inv(tmp: Path) -> dict:
     return {"hosts": {"static": {"web1": "10.0.0.1"}},
             "app": {"name": "app", "kind": "node", "port": 3000, "start": "node server.js"},
             "nginx": {"enabled": True}, "swap": {"size": "64M"},
-            "deploy": {"source": "artifact", "artifact": str(tmp)}}
+            "deploy": {"source": "artifact", "artifact": str(tmp), "build": ["npm ci"]}}   # npm: a build uses it
 
 
 def docker_inv(tmp: Path) -> dict:
