@@ -302,8 +302,9 @@ def test_hostile_pebble(sandbox_fleet, fault_results, tmp_path, request, pebble_
 # -- the registry down during an image deploy ------------------------------------------------
 
 # on h4, test_deploy_docker.py's image host (its own app there is dockbg): docker is installed
-# once for both, whichever runs first
-IMG_APP, IMG_PORT, IMG_HOST = "faultimg", 3600, "h4"
+# once for both, whichever runs first. Ports 3660-3662: no other test's app listens there on h4
+# (test_day2's dayapp has 3600-3602: a faultimg container left on 3602 answered its health check)
+IMG_APP, IMG_PORT, IMG_HOST = "faultimg", 3660, "h4"
 TAGS = ("1.0.0", "2.0.0")
 
 
