@@ -337,7 +337,9 @@ def image_app(sandbox_fleet, tmp_path_factory):
     assert rc == 0, out[-4000:]
     rc, out = c.fab("deploy", "--no-gate", "--tag", TAGS[0])
     assert rc == 0, out[-4000:]
-    return c
+    yield c
+    # the later tests on h4 get its memory and ports back
+    fleet.run(IMG_HOST, f"docker rm -f $(docker ps -aq --filter label=fabship.app={IMG_APP}) 2>/dev/null; true")
 
 
 def served_version(c: inv.Case) -> str:
