@@ -87,6 +87,7 @@ include: [{REPO / 'inventories' / 'sandbox.yaml'}]
 packages: [nginx, git, jq, unzip]
 swap: {{size: 64M}}
 app: {{name: {APP}, kind: node, port: 3000, start: node dist/server.js}}
+deploy: {{source: artifact, artifact: dist.tar.gz, build: [npm ci --omit=dev]}}   # npm: its build uses it
 nginx: {{server_name: "{{host}}.sandbox.test", client_max_body_size: 20M}}
 tls: {{enabled: true, email: ops@sandbox.test, domains: ["{{host}}.sandbox.test"]}}
 env: {{source: {{type: file, file: {d / 'app.env'}}}}}

@@ -193,9 +193,16 @@ def test_acme_certificate_from_pebble(sandbox_fleet):
     ca = open(pebble["acme_ca_file"]).read()
     must(fleet, h.name, f"cat > /root/pebble-api-ca.pem <<'EOF'\n{ca}EOF")
     must(fleet, h.name, f"{APT} update >/dev/null && {APT} install -y certbot >/dev/null")
-    must(fleet, h.name, f"REQUESTS_CA_BUNDLE=/root/pebble-api-ca.pem certbot certonly "
-                        f"--standalone --non-interactive --agree-tos -m ops@example.org "
-                        f"--server {pebble['acme_server']} -d {domain} --cert-name sandbox-test")
+    # certbot's standalone server needs port 80: an app another test left on this host has
+    # nginx there, which is stopped for the request and started again
+    was = fleet.run(h.name, "systemctl is-active -q nginx && systemctl stop nginx && echo stopped")[1]
+    try:
+        must(fleet, h.name, f"REQUESTS_CA_BUNDLE=/root/pebble-api-ca.pem certbot certonly "
+                            f"--standalone --non-interactive --agree-tos -m ops@example.org "
+                            f"--server {pebble['acme_server']} -d {domain} --cert-name sandbox-test")
+    finally:
+        if "stopped" in was:
+            fleet.run(h.name, "systemctl start nginx")
     chain = must(fleet, h.name, "cat /etc/letsencrypt/live/sandbox-test/fullchain.pem")
     from cryptography import x509
 

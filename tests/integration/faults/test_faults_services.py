@@ -294,9 +294,15 @@ def test_hostile_pebble(sandbox_fleet, fault_results, tmp_path, request, pebble_
             assert not chk.failed, "invariants broken:\n" + chk.report() + \
                 f"\n(pebble log {pebble.log})\n{text[-3000:]}"
     finally:
-        # the certificate stays: the site's HTTPS block names its files, and nginx -t (every
-        # app's on h7) fails while they are missing
         pebble.stop()
+        # leave h7 without this app: other tests' clean-ups delete every certificate on a host,
+        # and a site still naming one would fail nginx -t for every app there
+        d = f"{TLS_APP}.{HOST}.sandbox.test"
+        fleet.run(HOST, f"systemctl stop {TLS_APP}.service '{TLS_APP}@*.service' 2>/dev/null; "
+                        f"rm -f /etc/nginx/sites-enabled/{TLS_APP}.conf /etc/nginx/sites-available/{TLS_APP}.conf "
+                        f"/etc/nginx/fabship/{TLS_APP}-upstream.conf; "
+                        f"certbot delete -n --cert-name {d} >/dev/null 2>&1; "
+                        "nginx -t >/dev/null 2>&1 && systemctl reload nginx; true")
 
 
 # -- the registry down during an image deploy ------------------------------------------------
