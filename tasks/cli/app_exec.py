@@ -78,7 +78,7 @@ def app_exec(command: str, opts, tty=False, service=None) -> None:
     if not command:
         raise ConfigError("command line", "CMD", "nothing to run: put the command after --, e.g. "
                                                  "fab exec -i INVENTORY -- 'bin/rails db:migrate:status'")
-    run = open_run("exec", opts, dry_run=False,
+    run = open_run("exec", opts,
                    options={"command": command, "tty": tty, "limit": opts.limit, "service": service})
     inv = run.inv
     inv.require("app.name", "fab exec")

@@ -363,17 +363,16 @@ def _sigterm(signum, frame):
     raise Terminated()
 
 
-def open_run(task_name: str, opts: RunOptions, *, options: dict | None = None, inv=None, hosts=None,
-             dry_run: bool | None = None):
+def open_run(task_name: str, opts: RunOptions, *, options: dict | None = None, inv=None, hosts=None):
     """The one way a task opens its Run: the inventory (loaded from `opts` unless the
     task already loaded and checked it), its hosts (`opts.limit`), and the run record's
     options (the task's own, plus limit and gate). Nothing connects until a step needs
-    the host. `dry_run=False` for the read-only tasks (status, releases, logs)."""
+    the host. (The read-only tasks take no --dry-run: their opts.dry_run is False.)"""
     from ..core.runner import Run
 
     inv = inv if inv is not None else opts.load()
     hosts = hosts if hosts is not None else inv.resolve_hosts(opts.limit)
-    return Run(task_name, inv, hosts, parallel=opts.parallel, dry_run=opts.dry_run if dry_run is None else dry_run,
+    return Run(task_name, inv, hosts, parallel=opts.parallel, dry_run=opts.dry_run,
                verbose=opts.verbose, accept_new_host_keys=opts.accept_new_host_keys, options=options or {})
 
 

@@ -156,7 +156,7 @@ def diagnose(opts, lines=200, out=None) -> None:
             out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as e:
             raise ConfigError("command line", "--out", f"cannot create {out_dir}: {e.strerror}") from None
-    run = open_run("diagnose", opts, dry_run=False, options={"lines": n, "out": out, "limit": opts.limit})
+    run = open_run("diagnose", opts, options={"lines": n, "out": out, "limit": opts.limit})
     secrets, note = local_env_secrets(run.inv)
     run.add_secrets(secrets)
     if note:

@@ -193,7 +193,7 @@ def logs(opts, follow=False, since=None, lines=None, grep=None) -> None:
     since_t = parse_since(since)
     n = parse_lines(lines if lines not in (None, "") else (10 if follow else 100))
     pattern = check_grep(grep)
-    run = open_run("logs", opts, dry_run=False,
+    run = open_run("logs", opts,
                    options={"follow": follow, "since": since, "lines": n, "grep": grep, "limit": opts.limit})
     inv = run.inv
     inv.require("app.name", "fab logs")

@@ -70,7 +70,7 @@ def maintenance(mode, opts) -> None:
 
     if mode not in MODES:
         raise ConfigError("command line", "MODE", f"expected on, off or status, got {mode!r}")
-    run = open_run("maintenance", opts, dry_run=False if mode == "status" else None,
+    run = open_run("maintenance", opts.but(dry_run=False) if mode == "status" else opts,  # status reads only
                    options={"mode": mode, "limit": opts.limit})
     inv = run.inv
     inv.require("app.name", "fab maintenance")

@@ -160,7 +160,7 @@ def releases(opts, max_rows: int = 0) -> None:
     from ..release.lock import describe, stale_reason
     from .base import finish, open_run
 
-    run = open_run("releases", opts, dry_run=False)
+    run = open_run("releases", opts)
     if not run.inv.get("app.name"):
         raise run.inv.error("app.name", "required: releases live under the app's root")
     lay = Layout.from_inventory(run.inv)

@@ -34,7 +34,7 @@ def verify(opts, stage=None, only=None, ssh_config=None) -> None:
               f"--hosts=ssh://{inv.resolve_hosts(opts.limit)[0].name} --ssh-config={ssh_config} "
               f"--fabship-inventory={inv.path}")
         return
-    run = open_run("verify", opts, dry_run=False, options={"stage": stage, "only": only_l, "limit": opts.limit})
+    run = open_run("verify", opts, options={"stage": stage, "only": only_l, "limit": opts.limit})
     # a failing check quotes the app's answer, which may echo an env value: mask
     # them like deploy does (local env source files)
     from .deploy import register_env_secrets

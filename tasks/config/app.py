@@ -11,6 +11,7 @@ app_spec() adds bootstrap's requirements (a port for a served kind, a start
 command for python), raised as ConfigErrors naming the file and key."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -244,8 +245,6 @@ def _uses_npm(inv, kind) -> bool:
     hook) calls npm or one of its kin: only then does bootstrap install npm."""
     if kind != "node":
         return False
-    import json
-
     start = inv.get("app.start") or "npm start"
     texts = [start, *(inv.get("deploy.build") or []), json.dumps(inv.get("hooks") or {})]
     return any(_NPM_WORDS.search(t) for t in texts)
