@@ -16,6 +16,7 @@ host in total.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ..config import platforms as plat
@@ -483,6 +484,41 @@ def step_gate(ctx) -> None:
         raise StepFailed(gate_failure_message(failed))
 
 
+@contextlib.contextmanager
+def bootstrap_lock(ctx):
+    """The app's deploy lock (tasks/release/lock.py), taken just before the
+    first change (an idempotent run takes none: it stays one remote command):
+    a bootstrap must not rewrite the env file, units or nginx site under a
+    deploy, rotate-env or another controller's bootstrap. A run that changed
+    something leaves an audit line: ok, failed or interrupted."""
+    from ..release.activation import ensure_connection
+    from ..release.audit import audit
+    from ..release.lock import acquire, release
+
+    taken: list[dict] = []
+    ctx.data["before_change"] = lambda: taken.append(acquire(ctx, "bootstrap"))   # deploy.lock_wait applies
+    try:
+        yield
+    except BaseException as e:
+        if taken:
+            ev = getattr(ctx.run_, "cancel", None)
+            interrupted = isinstance(e, KeyboardInterrupt) or type(e).__name__ == "Terminated" or \
+                bool(ev is not None and ev.is_set())
+            if interrupted:
+                ensure_connection(ctx)   # the interruption may have cut the transport under a command
+            why = "Ctrl-C/SIGTERM; the rerun converges" if interrupted else \
+                (e.message if isinstance(e, FabshipError) else str(e))
+            audit(ctx, "bootstrap", None, "interrupted" if interrupted else "failed", why[:200])
+        raise
+    else:
+        if taken:
+            audit(ctx, "bootstrap", None, "ok", f"{ctx.changed_count} changed")
+    finally:
+        ctx.data["before_change"] = None
+        if taken:
+            release(ctx, taken[0])
+
+
 # -- the task ------------------------------------------------------------------------------------
 
 def bootstrap(opts, env_file=None) -> None:
@@ -527,6 +563,10 @@ def bootstrap(opts, env_file=None) -> None:
         return
 
     def phase2(ctx):
+        with bootstrap_lock(ctx):
+            converge(ctx)
+
+    def converge(ctx):
         spec_h, tls = spec, tls_by_host[ctx.host.name]
         p, facts = ctx.data["platform"], ctx.data["facts"]
         if step_packages(ctx, spec_h, p, facts, tls) and not ctx.dry_run:

@@ -34,6 +34,9 @@ class HostData:
     locked: bool = False
     lock_holder: Any = None     # the holder written into the lock (released on the way out)
     lock_refused: str | None = None  # who held the lock that made this host skip
+    # called once, just before the first command of the run's first change (core/step.py apply):
+    # bootstrap takes the deploy lock there, so its idempotent run stays one remote command
+    before_change: Any = None
     # verify gate (tasks/verify/gate.py)
     testinfra_host: Any = None  # the testinfra backend over this host's connection
     gate_results: Any = None

@@ -178,6 +178,11 @@ def apply(ctx, step: str, ch: Change) -> Applied:
         for c in (ch.commands if ch.shown is None else ch.shown):
             ctx.say(would_run_line(c, ctx.host.user))
         return done
+    data = getattr(ctx, "data", None)   # a bare test double may have no per-host data
+    hook = data.get("before_change") if data is not None else None
+    if hook is not None:
+        ctx.data["before_change"] = None   # once: the hook's own change (the lock) must not call it again
+        hook()
     mapped = bool(ch.exits) or ch.failed is not None
     done.ran = True
     if ch.announce:

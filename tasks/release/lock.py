@@ -207,7 +207,7 @@ def lock_error(ctx, holder: dict, waited: float = 0) -> LockError:
                          f"is still working on this host, then break it with `fab unlock` (nothing was changed)")
     extra = f" (waited {int(waited)}s)" if waited else ""
     return LockError(f"{where}: deploy lock held by {describe(holder)}{extra}; refusing to run a second "
-                     f"deploy/rollback/rotate-env at once (nothing was changed). Retry later or pass "
+                     f"deploy/rollback/rotate-env/bootstrap at once (nothing was changed). Retry later or pass "
                      f"--lock-wait SECONDS")
 
 
@@ -327,13 +327,13 @@ def record_abandoned(ctx, lay: Layout, holder: dict, why: str) -> None:
 
     action = _field(holder, "action", "")
     rid = _field(holder, "release", "")
-    if action not in ("deploy", "rollback", "rotate-env"):
+    if action not in ("deploy", "rollback", "rotate-env", "bootstrap"):
         return
     since = _field(holder, "time", "")
     reason = f"its run (pid {_field(holder, 'pid')} on {_field(holder, 'control_host')}) died: {why}; " \
              "lock broken by fab unlock"
     try:
-        if action == "rotate-env" or not is_release_id(rid):
+        if action in ("rotate-env", "bootstrap") or not is_release_id(rid):
             from .audit import audit
 
             audit(ctx, action, rid or None, "interrupted", reason)

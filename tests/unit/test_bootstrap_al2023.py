@@ -52,6 +52,8 @@ class RecordingConn:
             return Result(FIXTURE)
         if "certbot certonly" in text:
             return Result("Successfully received certificate.\n")
+        if "FABSHIP_LOCK_ACQUIRED" in text:
+            return Result("FABSHIP_LOCK_ACQUIRED\n")
         return Result("")
 
     def run(self, text, **kw):
@@ -148,12 +150,14 @@ def test_al2023_commands(al2023, capsys):
     text = "\n".join(c for c in cmds if "@@ os" not in c)
     # every command goes through sudo: the login user is ec2-user
     assert all(c.startswith("sudo -n -H -- sh -c ") for c in conns["web1"].raw)
-    # 1. facts, 2. one dnf call with the AL2023 names (nodejs20 + npm, augeas for certbot)
+    # 1. facts, 2. the app's deploy lock (before the first change), 3. one dnf call with the
+    # AL2023 names (nodejs20 + npm, augeas for certbot)
     assert "@@ os" in cmds[0]
-    assert cmds[1] == "dnf install -y -q nginx nodejs20 nodejs20-npm augeas-libs git jq unzip"
-    assert "@@ os" in cmds[2]   # facts again after packages (new units and groups)
+    assert "mkdir -- /opt/demo/.fabship/lock" in cmds[1] and '"action": "bootstrap"' in cmds[1]
+    assert cmds[2] == "dnf install -y -q nginx nodejs20 nodejs20-npm augeas-libs git jq unzip"
+    assert "@@ os" in cmds[3]   # facts again after packages (new units and groups)
     # certbot from PyPI in a venv: not packaged on AL2023
-    assert "python3 -m venv /opt/certbot" in cmds[3] and "pip install -q certbot certbot-nginx" in cmds[3]
+    assert "python3 -m venv /opt/certbot" in cmds[4] and "pip install -q certbot certbot-nginx" in cmds[4]
     # swap: fallocate with a dd fallback, chmod 600, mkswap, rename, one fstab line, swapon
     assert "fallocate -l 2147483648 -- \"$new\" 2>/dev/null || dd if=/dev/zero of=\"$new\" bs=1M count=2048" in text
     assert "/swapfile none swap sw 0 0" in text and 'swapon -- "$f"' in text
@@ -182,6 +186,9 @@ def test_al2023_commands(al2023, capsys):
     # and after the certificate: the HTTPS site
     https = [c for c in cmds if "nginx -t" in c][-1]
     assert https != [c for c in cmds if "nginx -t" in c][0]
+    # the run that changed things leaves an audit line, then gives the lock back
+    assert "action=bootstrap" in cmds[-2] and "result=ok" in cmds[-2] and "/opt/demo/.fabship/audit.log" in cmds[-2]
+    assert "rm -rf -- /opt/demo/.fabship/lock" in cmds[-1]
     assert "supersecret" not in capsys.readouterr().out
 
 
