@@ -171,11 +171,16 @@ def installed_query(family: str, names: list[str]) -> Cmd | None:
 def install_cmd(p: Platform, names: list[str]) -> Cmd:
     """One package-manager call for all missing packages. apt refreshes its
     lists first only when they are missing or older than a day, and once more
-    if the install fails (a mirror moved on since the last update)."""
+    if the install fails (a mirror moved on since the last update); a dpkg run
+    an earlier bootstrap's kill interrupted is finished first."""
     if p.family == "apt":
         inst = Cmd(Raw(APT_ENV), "apt-get", "install", *APT_OPTS, *names)
         upd = Cmd(Raw(APT_ENV), "apt-get", "update", "-q", *APT_LOCK_WAIT)
         return script([
+            # an earlier run killed inside dpkg ("dpkg was interrupted"): apt refuses to install
+            # until it is finished, so finish it (its files in updates/ are what apt checks)
+            "if [ -n \"$(ls -A /var/lib/dpkg/updates 2>/dev/null)\" ]; then " + Cmd(
+                Raw(APT_ENV), "dpkg", "--force-confdef", "--force-confold", "--configure", "-a").render() + "; fi",
             "if [ -z \"$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' -mmin -1440 2>/dev/null"
             " | head -n 1)\" ]; then " + upd.render() + "; fi",
             f"{inst.render()} || {{ {upd.render()} && {inst.render()}; }}",

@@ -164,6 +164,9 @@ class HostContext(Steps):
         if self.conn is None:
             self.conn = self.run_.connect(self.host)
             self.reached = True
+            # the run record exists from the first connection on, not only from the first recorded
+            # step: a run killed inside its first step (bootstrap's packages) still leaves one
+            self.run_.checkpoint()
             if self.inv.data["ssh"].get("wait") and not self.data.get("cloud_init_waited"):
                 self.data["cloud_init_waited"] = True
                 self._wait_cloud_init(float(self.inv.data["ssh"]["wait"]))

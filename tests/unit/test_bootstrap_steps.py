@@ -139,6 +139,10 @@ def test_apt_install_is_one_call_with_a_conditional_update():
             "nginx jq") in body
     assert "apt-get update -q -o DPkg::Lock::Timeout=300 -o Acquire::Retries=3" in body  # a busy dpkg lock is waited for
     assert "-mmin -1440" in body and body.count("apt-get update") == 2   # stale lists, and retry once
+    # a dpkg run a killed bootstrap interrupted is finished before apt is asked (it refuses otherwise)
+    first = body.splitlines()[1]
+    assert first == ('if [ -n "$(ls -A /var/lib/dpkg/updates 2>/dev/null)" ]; then DEBIAN_FRONTEND=noninteractive '
+                     'dpkg --force-confdef --force-confold --configure -a; fi')
 
 
 def test_wanted_packages_are_deduplicated_in_order():
