@@ -41,6 +41,8 @@ SLOW_START = f"/var/lib/{APP}-slow-start"
 START_MARK = "sleep 6[.]5"
 START = f"sh -c 'if [ -e {SLOW_START} ]; then sleep 6.5; fi; exec npm run start'"
 UPLOAD_MARK = "sftp-server"      # the host's side of an SFTP upload (the git bundle)
+# not among faultapp's packages: a faulted bootstrap fetches it (and libjq1, libonig5) through the mirror
+BOOTSTRAP_PACKAGE = "jq"
 RESULTS = REPO / ".fabship" / "faults"   # last-full.json (the whole matrix), last-run.json (any other run)
 
 
@@ -169,6 +171,12 @@ class FaultApp:
         g("checkout", "-q", "main")
         return tag
 
+    def fingerprint(self) -> str:
+        """What a bootstrap changes here: the env file, nginx site, unit file and the extra package."""
+        return self.c.sh(f"sha256sum /etc/{APP}/{APP}.env /etc/nginx/sites-available/{APP}.conf "
+                         f"/etc/systemd/system/{APP}@.service; dpkg-query -W -f='${{db:Status-Abbrev}}' "
+                         f"{BOOTSTRAP_PACKAGE} 2>/dev/null; true")[1]
+
     def env_now(self) -> bytes:
         return base64.b64decode(self.c.must(f"base64 -w0 {self.c.env_path}"))
 
@@ -218,7 +226,28 @@ class FaultApp:
             # the file on the host is fabship's rendering of the source: only ROTATION differs
             return Plan(["--env-file", str(self.env_file(new))], old, old,
                         [env, env.replace(f"ROTATION={cur}".encode(), f"ROTATION={new}".encode())])
+        if task == "bootstrap":
+            return self.bootstrap_plan(old, env)
         raise ValueError(task)
+
+    def bootstrap_plan(self, served: str, env: bytes, package: str | None = BOOTSTRAP_PACKAGE) -> "Plan":
+        """A bootstrap with work in every changing step: `package` purged on the
+        host (the packages step fetches it again), the other nginx body size
+        and unit variable (the nginx and units steps), the other env file (the
+        env file step; not applied: bootstrap restarts nothing). The app keeps
+        serving the release it served."""
+        site = f"/etc/nginx/sites-available/{APP}.conf"
+        big = "12M" in self.c.sh(f"grep -o 'client_max_body_size [^;]*' {site}")[1]
+        cur = env.decode().rsplit("ROTATION=", 1)[-1].strip()
+        new = "two" if cur == "one" else "one"
+        args = ["--env-file", str(self.env_file(new)),
+                "--set", f"nginx.client_max_body_size={'10M' if big else '12M'}",
+                "--set", f"app.unit.environment={{FAULT_VARIANT: {'a' if big else 'b'}}}"]
+        if package:
+            purge_package(self.c, package)
+            args += ["--set", f"packages=[git, {package}]"]
+        return Plan(args, served, served, [env, env.replace(f"ROTATION={cur}".encode(),
+                                                           f"ROTATION={new}".encode())])
 
     def case(self, results: Results, task: str, point: tuple[str, str], action, *, fault: str = "",
              extra: tuple = (), inside_probe: str = "", after_fault=None, audit_action: str | None = None,
@@ -234,6 +263,7 @@ class FaultApp:
             c.must(f"touch {SLOW_START}")
         if before is not None:
             before()   # a fault in place before the run starts (a full disk)
+        untouched = self.fingerprint() if task == "bootstrap" else None
         t0 = time.time()
         started = time.monotonic()
         fab = Fab(task, "-i", str(self.inv), "--limit", HOST, "-v", "--no-gate", *args, *extra, runs_dir=self.runs)
@@ -257,7 +287,9 @@ class FaultApp:
         c.versions, c.envs = {p.old, p.new}, p.envs
         f = chk.state(c, "after the fault")
         chk.check(inv.LOCK, inv.lock_free_or_stale, c, f)
-        if inv.LOGS not in waive:
+        if task == "bootstrap":   # a bootstrap killed before its first change (and lock) changed nothing
+            chk.check(inv.LOGS, inv.logged_unless, c, "bootstrap", t0, lambda: self.fingerprint() == untouched)
+        elif inv.LOGS not in waive:
             chk.check(inv.LOGS, inv.logged, c, audit_action or task, t0, rid if task != "rotate-env" else None)
         chk.check(inv.RECORD, inv.run_record, c, task, fab.pid)
         # the plain rerun: the same command, no fault
@@ -279,12 +311,22 @@ class FaultApp:
 
 
 
+def purge_package(c: inv.Case, package: str) -> None:
+    """`package` and its libraries purged, apt's copies of the .debs gone too:
+    installing it goes to the mirror (a packages step with real work)."""
+    deps = {"jq": "libjq1 libonig5"}.get(package, "")
+    debs = " ".join(f"/var/cache/apt/archives/{n}_*.deb" for n in (package, *deps.split()))
+    c.must(f"DEBIAN_FRONTEND=noninteractive apt-get -y -q purge {package} {deps} >/dev/null 2>&1; "
+           f"rm -f {debs}; ! dpkg -s {package} >/dev/null 2>&1", timeout=300)
+
+
 def second(chk: inv.Checker, c: inv.Case, task: str, args: list) -> None:
     """A second rerun changes nothing: rotate-env with the same file answers
-    unchanged; after a deploy or rollback, `fab rollback --to` the release
-    now current (it must be a completed, recorded one) does nothing."""
-    if task == "rotate-env":
-        chk.check(inv.SECOND, inv.changed_nothing, c, "rotate-env", "--no-gate", *args)
+    unchanged, bootstrap with the same arguments changes nothing; after a
+    deploy or rollback, `fab rollback --to` the release now current (it must
+    be a completed, recorded one) does nothing."""
+    if task in ("rotate-env", "bootstrap"):
+        chk.check(inv.SECOND, inv.changed_nothing, c, task, "--no-gate", *args)
         return
     current = c.sh(f"readlink {c.root}/current")[1].strip().rsplit("/", 1)[-1]
     chk.check(inv.SECOND, inv.changed_nothing, c, "rollback", "--no-gate", "--to", current)

@@ -182,6 +182,16 @@ def logged(c: Case, action: str, since: float, release: str | None = None) -> No
         assert mine, f"no releases.jsonl entry for {action} {release or ''} since {stamp}: {log[-2:]}"
 
 
+def logged_unless(c: Case, action: str, since: float, untouched) -> None:
+    """`logged`, or else nothing the run could change is changed (`untouched()`):
+    a run stopped before its first change has nothing to say (bootstrap's
+    idempotent path writes no audit line either)."""
+    try:
+        logged(c, action, since)
+    except AssertionError as e:
+        assert untouched(), f"{e}; and the host was changed"
+
+
 def release_log(text: str) -> list[dict]:
     """releases.jsonl's entries; a line cut short on a full disk (ENOSPC) is
     skipped, as fabship's own parser does (the next line must stay whole)."""

@@ -1,5 +1,7 @@
-"""Two control machines (two `fab` processes, different run ids) deploying and
-rotating the same app at once (issue 18): exactly one gets the host's lock,
+"""Two control machines (two `fab` processes, different run ids) deploying,
+rotating and bootstrapping the same app at once (issue 18): bootstrap's
+writes (env file, units, nginx site) take the same lock as deploy and
+rotate-env, just before its first change. Exactly one gets the host's lock,
 the other stops before changing anything, naming the holder; the host ends
 in one consistent state and the loser's rerun converges."""
 from __future__ import annotations
@@ -19,6 +21,8 @@ PAIRS = [
     pytest.param("deploy", "rotate-env", id="deploy+rotate-env"),
     pytest.param("rotate-env", "rollback", id="rotate-env+rollback"),
     pytest.param("rotate-env", "rotate-env", id="rotate-env+rotate-env"),   # different files
+    pytest.param("bootstrap", "bootstrap", id="bootstrap+bootstrap", marks=[pytest.mark.faults_ci]),
+    pytest.param("bootstrap", "deploy", id="bootstrap+deploy"),
 ]
 
 
@@ -73,6 +77,8 @@ def test_two_controllers(fault_app, fault_results, first, second):
     if first == second == "rotate-env":
         last = plans[held[0]] if held else plans[1]
         second_rerun(chk, c, "rotate-env", last.args)
+    elif first == second == "bootstrap":   # the same bootstrap twice (CI and a laptop): no change left
+        second_rerun(chk, c, "bootstrap", plans[0].args)
     else:
         second_rerun(chk, c, "deploy", [])
     fault_results.add(Outcome(f"{first}+{second}", "two controllers", "at once",

@@ -1,5 +1,5 @@
 """The host rebooted mid-run (issue 18): `systemctl reboot` inside h7 while
-fab is at a point of a deploy, rollback or rotate-env, the host back 5 s later
+fab is at a point of a deploy, rollback, rotate-env or bootstrap, the host back 5 s later
 (inject.Reboot). What boots is what systemd has enabled: the invariants then
 say whether that is a finished release nginx points at (checked once nginx
 answers, or after 30 s: an app listens some seconds after the boot is done).
@@ -31,6 +31,8 @@ POINTS = [
     _point("rollback", ("after", "switch traffic")),
     _point("rotate-env", ("after", "env file")),
     _point("rotate-env", ("after", "switch traffic")),
+    _point("bootstrap", ("after", "env file")),   # lock held; the units and nginx steps not yet run
+    _point("bootstrap", ("after", "units")),
 ]
 
 

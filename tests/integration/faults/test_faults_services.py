@@ -32,14 +32,14 @@ import pytest
 import yaml
 
 import invariants as inv
-from faultapp import HOST, REPO, Outcome
+from faultapp import BOOTSTRAP_PACKAGE, HOST, REPO, Outcome, purge_package
 from fab_cli import run_fab
 from inject import Fab, at_point, shape_link
 
 from tasks.sandbox import fleet as sandbox
 from tasks.sandbox import services as svc
 
-PACKAGE = "jq"   # not among faultapp's packages: bootstrap has to fetch it (and libjq1, libonig5)
+PACKAGE = BOOTSTRAP_PACKAGE
 
 
 def _outcome(results, task, fault, point, chk, started):
@@ -75,10 +75,7 @@ def test_apt_mirror_unreachable(fault_app, fault_results, when):
     new = "two" if cur == "one" else "one"
     new_env = old_env.replace(f"ROTATION={cur}".encode(), f"ROTATION={new}".encode())
     args = ["--set", f"packages=[git, {PACKAGE}]", "--env-file", str(fault_app.env_file(new))]
-    # purged, and apt's copies of the .debs gone too: the install has to go to the mirror
-    c.must(f"DEBIAN_FRONTEND=noninteractive apt-get -y -q purge {PACKAGE} libjq1 libonig5 >/dev/null 2>&1; "
-           f"rm -f /var/cache/apt/archives/{PACKAGE}_*.deb /var/cache/apt/archives/libjq1_*.deb "
-           f"/var/cache/apt/archives/libonig5_*.deb; ! dpkg -s {PACKAGE} >/dev/null 2>&1")
+    purge_package(c, PACKAGE)   # the install has to go to the mirror
     chk = inv.Checker(f"bootstrap apt mirror down {when}")
     fab = None
     try:

@@ -1,5 +1,5 @@
 """SIGKILL and SIGTERM of `fab` at every step boundary and inside the build,
-across deploy (blue/green), rollback and rotate-env (issue 18). The
+across deploy (blue/green), rollback, rotate-env and bootstrap (issue 18). The
 boundaries are the steps of a clean run's record; the full matrix is
 `-m faults_full`, CI runs the points marked ci."""
 from __future__ import annotations
@@ -19,6 +19,7 @@ CI_POINTS = [
     ("rotate-env", signal.SIGKILL, ("after", "start new instance")),
     ("rotate-env", signal.SIGTERM, ("after", "env file")),          # installed, not applied
     ("deploy", signal.SIGKILL, ("after", "record release")),        # done, lock still held
+    ("bootstrap", signal.SIGKILL, ("after", "env file")),           # lock held, units and nginx not yet
 ]
 
 
@@ -36,10 +37,11 @@ def test_signal_at_point(fault_app, fault_results, task, sig, point):
 
 
 @pytest.mark.faults_full
-@pytest.mark.parametrize("task", ["deploy", "rollback", "rotate-env"])
+@pytest.mark.parametrize("task", ["deploy", "rollback", "rotate-env", "bootstrap"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=lambda s: s.name)
 def test_signal_at_every_step(fault_app, fault_results, task, sig):
-    """Every boundary of a clean run of the task, and inside the build."""
+    """Every boundary of a clean run of the task, and inside the build (a
+    bootstrap's: every step of one with work in each changing step)."""
     steps = fault_app.clean_steps(task)
     points = [("after", s) for s in dict.fromkeys(steps)]
     if task == "deploy":
@@ -96,5 +98,37 @@ def test_signal_inside_long_step(fault_app, fault_results, task, sig, step):
                             "find /tmp -maxdepth 1 -name 'fabship-upload.*' -size +256k | grep -q .")
     try:
         _fail_on(fault_app.case(fault_results, task, ("inside", step), kill(sig), **kw))
+    finally:
+        shape_link(HOST, None)
+
+
+# Inside bootstrap's packages step: apt-get fetching and dpkg installing jq
+# (the link held to 1 Mbit/s: ~3 s of download) when fab dies. The remote
+# apt-get may die with its session mid-dpkg; the rerun must finish dpkg's
+# work (no "dpkg was interrupted, run dpkg --configure -a" by hand).
+@pytest.mark.faults_full
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, id="SIGKILL", marks=[pytest.mark.faults_ci]),
+                                 pytest.param(signal.SIGTERM, id="SIGTERM")])
+def test_signal_inside_bootstrap_packages(fault_app, fault_results, sig):
+    from faultapp import BOOTSTRAP_PACKAGE, HOST
+    from inject import shape_link
+
+    def dpkg_sound(chk):
+        c = fault_app.c
+        # the killed run's apt-get may outlive it on the host (its session gone, nothing kills it)
+        # and finish dpkg's triggers after the rerun saw the package installed: wait for it
+        c.sh("for i in $(seq 120); do pgrep -x 'apt-get|dpkg' >/dev/null || exit 0; sleep 0.5; done; exit 1")
+        audit = c.sh("dpkg --audit 2>&1")[1].strip()
+        state = c.sh(f"dpkg-query -W -f='${{db:Status-Abbrev}}' {BOOTSTRAP_PACKAGE}")[1].strip()
+        if audit or not state.startswith("ii"):
+            chk.failed["dpkg consistent"] = f"after the rerun: {BOOTSTRAP_PACKAGE} {state!r}; {audit[:200]}"
+        else:
+            chk.passed.add("dpkg consistent")
+
+    try:
+        _fail_on(fault_app.case(fault_results, "bootstrap", ("inside", "packages"), kill(sig),
+                                before=lambda: shape_link(HOST, "1mbit"), after_fault=lambda: shape_link(HOST, None),
+                                probe_cmd="pgrep -f 'apt-get (install|update)' >/dev/null",
+                                after_rerun=dpkg_sound))
     finally:
         shape_link(HOST, None)
