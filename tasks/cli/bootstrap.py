@@ -377,8 +377,25 @@ def step_env(ctx, spec, facts, env: EnvInput) -> None:
         return (f"{what} (sha256 {(have or '-')[:12]} -> {want[:12]}; "
                 f"{spec.env_owner}:{spec.env_group} {spec.env_mode})")
 
-    install_env_file(ctx, env.content, spec.env_path, spec.env_owner, spec.env_group, spec.env_mode,
-                     keep_previous=spec.env_keep if env.values is not None else 0, step="env file", preview=preview)
+    inst = install_env_file(ctx, env.content, spec.env_path, spec.env_owner, spec.env_group, spec.env_mode,
+                            keep_previous=spec.env_keep if env.values is not None else 0, step="env file",
+                            preview=preview)
+    return env.values is not None and have != want and inst.changed
+
+
+def apply_env(ctx, env: EnvInput) -> None:
+    """The env file this run changed, applied to a release already serving:
+    rotate-env's restart (health-checked, the previous file back on failure,
+    the env recorded for the release). Left unapplied, the next crash-restart
+    or reboot would start the app with a file no record says it runs."""
+    from ..core.dotenv import sha256_hex, value_hashes
+    from ..resources.envfile import docker_literal
+    from .rotate_env import EnvTarget, Plan, rotate_locked
+
+    p = Plan(target=EnvTarget.from_inventory(ctx.inv), values=env.values, content=env.content,
+             sha=sha256_hex(env.content), hashes=value_hashes(env.values, docker_literal(ctx.inv)),
+             source=env.label, warnings=[])
+    rotate_locked(ctx, p, only_pending=True)
 
 
 def app_unit(spec: AppSpec):
@@ -512,7 +529,11 @@ def bootstrap_lock(ctx):
         raise
     else:
         if taken:
-            audit(ctx, "bootstrap", None, "ok", f"{ctx.changed_count} changed")
+            try:
+                audit(ctx, "bootstrap", None, "ok", f"{ctx.changed_count} changed")
+            except BaseException:   # Ctrl-C/SIGTERM while it was being written: the work is done
+                audit(ctx, "bootstrap", None, "interrupted", "after its last step; the rerun converges")
+                raise
     finally:
         ctx.data["before_change"] = None
         if taken:
@@ -578,12 +599,14 @@ def bootstrap(opts, env_file=None) -> None:
             apply_swap(ctx, facts, spec_h.swap["size"], spec_h.swap.get("path") or "/swapfile")
         step_layout(ctx, spec_h, facts)
         step_runtime(ctx, spec_h, p, facts)
-        step_env(ctx, spec_h, facts, env)
+        env_changed = step_env(ctx, spec_h, facts, env)
         docker_files.apply(ctx, files, facts)
         step_units(ctx, spec_h, facts)
         tls_ready = bool(tls) and tlsmod.cert_state(facts, tls)[0]
         step_nginx(ctx, spec_h, p, ctx.host, facts, tls, tls_ready)
         step_tls(ctx, spec_h, p, ctx.host, facts, tls)
+        if env_changed and not ctx.dry_run:
+            apply_env(ctx, env)
         step_gate(ctx)
 
     try:

@@ -204,22 +204,40 @@ def diff_text(old: dict, new: dict, show_hashes: bool = False) -> str:
 # -- one host ---------------------------------------------------------------------------------
 
 def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
-    from ..release.audit import audit
     from ..release.lock import deploy_lock
 
+    with deploy_lock(ctx, "rotate-env", wait=lock_wait):
+        rotate_locked(ctx, p)
+
+
+def rotate_locked(ctx, p: Plan, only_pending: bool = False) -> None:
+    """Install `p` and restart the app with it (health-checked; the previous
+    file back on failure). The caller holds the app's deploy lock: rotate_host,
+    or bootstrap, which installed the file itself and asks (`only_pending`)
+    only for the restart of a serving release whose env it changed: a file
+    the app was not restarted with would be applied, unrecorded, by the next
+    crash-restart or reboot."""
+    from ..release.audit import audit
+
     t = p.target
-    with deploy_lock(ctx, "rotate-env", wait=lock_wait), _audit_interrupted(ctx):
+    with _audit_interrupted(ctx):
         facts = parse_facts(ctx.run(facts_cmd(t), stream=False, what="env facts").stdout)
         diff = diff_text(facts.hashes, p.hashes, p.show_hashes) if facts.exists else \
             f"new file; added {', '.join(p.values)}"
         same_bytes = facts.sha == p.sha
         # installed but not applied: the app must restart even when the new file is the same
         pending = facts.pending and bool(facts.current) and _is_release(facts.current)
-        ctx.say(f"env keys: {diff}" + (" (file unchanged)" if same_bytes else ""))
-        if pending:
-            ctx.say(f"the env file {t.path} (sha256 {facts.sha[:12]}) was installed but never applied: the app "
-                    f"still runs sha256 {facts.applied[:12]} (an earlier run stopped before its restart); "
-                    "restarting with it")
+        if only_pending:
+            if not pending:
+                return   # bootstrap's own step installed it; nothing deployed, or the app already runs it
+            ctx.say(f"the env file {t.path} changed (sha256 {facts.applied[:12]} -> {facts.sha[:12]}): "
+                    f"restarting release {facts.current} with it")
+        else:
+            ctx.say(f"env keys: {diff}" + (" (file unchanged)" if same_bytes else ""))
+            if pending:
+                ctx.say(f"the env file {t.path} (sha256 {facts.sha[:12]}) was installed but never applied: the "
+                        f"app still runs sha256 {facts.applied[:12]} (an earlier run stopped before its restart); "
+                        "restarting with it")
         if same_bytes and facts.perms_ok(t) and not pending:
             ctx.ok("env file", f"{t.path} up to date (sha256 {p.sha[:12]})")
             ctx.note = "unchanged"
@@ -251,9 +269,10 @@ def rotate_host(ctx, p: Plan, lock_wait: float | None = None) -> None:
         old_sha = inst.old_sha if inst is not None else facts.sha
         detail = f"env sha256 {(old_sha or '-')[:12]} -> {p.sha[:12]}; {diff}"
         if pending:
-            detail = (f"env sha256 {facts.applied[:12]} (running) -> {p.sha[:12]}; applied the env file an "
-                      f"interrupted run installed (sha256 {facts.sha[:12]})" +
-                      ("" if same_bytes else f", then the new one; {diff}"))
+            detail = (f"env sha256 {facts.applied[:12]} (running) -> {p.sha[:12]}; " +
+                      ("applied the env file bootstrap installed" if only_pending else
+                       f"applied the env file an interrupted run installed (sha256 {facts.sha[:12]})" +
+                       ("" if same_bytes else f", then the new one; {diff}")))
         if not facts.current:
             ctx.skipped("restart", f"nothing deployed yet ({t.current} is missing): the new env applies "
                                    "at the first deploy")
