@@ -80,6 +80,9 @@ def url_for(spec: HealthSpec, port: int) -> str:
     return f"{spec.scheme}://127.0.0.1:{port}{spec.path}"
 
 
+TMP_TEMPLATE = "/tmp/fabship-health.XXXXXX"   # named: a leftover says whose it is
+
+
 def _fmt(x: float) -> str:
     return f"{x:g}"
 
@@ -103,7 +106,11 @@ def health_cmd(spec: HealthSpec, port: int, *, dead_if: str | None = None, attem
         good += " && " + sh('grep -qF -- {} "$t/b"', spec.body_contains).render()
     lines = [
         "set -u", "umask 077",
-        't=$(mktemp -d); trap \'rm -rf "$t"\' EXIT; : > "$t/b"; : > "$t/e"',
+        # a fab killed mid-check closes the channel: the final echo then dies of SIGPIPE, which
+        # skips an EXIT trap unless the signal is trapped to an exit (no /tmp leftover)
+        't=; trap \'rm -rf -- ${t:+"$t"}\' EXIT; trap "exit 129" HUP INT TERM PIPE',
+        f"t=$(mktemp -d {TMP_TEMPLATE})",
+        ': > "$t/b"; : > "$t/e"',
         'cat > "$t/h"' if spec.headers else "exec 0</dev/null",
         # While nothing listens yet (curl exit 7: refused) poll every QUICK s, so a
         # fresh process is seen as soon as it listens; N quick polls use up one

@@ -163,3 +163,29 @@ def test_quick_polls_while_nothing_listens(tmp_path):
     r = check_health(LocalCtx(load_inv(tmp_path)), 1, spec=spec(interval=0.5, retries=3))
     took = time.monotonic() - t0
     assert not r.ok and r.attempts == 3 and 1.0 <= took < 2.5, took
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGHUP", "reader gone (SIGPIPE)"])
+def test_a_check_cut_short_leaves_no_temp_dir(how):
+    """fab killed mid-check: the remote loop is signalled, or its channel is
+    gone and the final echo dies of SIGPIPE. Its private temp dir goes too."""
+    import glob
+    import signal
+    import subprocess
+
+    before = set(glob.glob("/tmp/fabship-health.*"))
+    cmd = health_cmd(spec(retries=40, interval=0.1, timeout=1), 1)   # port 1: refused, it keeps polling
+    p = subprocess.Popen(cmd.parts, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 5
+    while not set(glob.glob("/tmp/fabship-health.*")) - before:
+        assert time.monotonic() < deadline, "the check made no temp dir"
+        time.sleep(0.02)
+    time.sleep(0.2)   # in the loop (a signal inside mktemp itself is out of reach of any trap)
+    if how == "reader gone (SIGPIPE)":
+        p.stdout.close()
+    else:
+        p.send_signal(getattr(signal, how))
+    assert p.wait(timeout=30) != 0
+    if p.stdout and not p.stdout.closed:
+        p.stdout.close()
+    assert not set(glob.glob("/tmp/fabship-health.*")) - before
