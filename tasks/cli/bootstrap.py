@@ -65,7 +65,7 @@ def env_input(inv, env_file: str | None) -> EnvInput:
 # -- facts ---------------------------------------------------------------------------------
 
 
-def facts_request(spec: AppSpec, host, tls, dry_run: bool, files=None) -> FactsRequest:
+def facts_request(spec: AppSpec, host, tls, dry_run: bool, files=None, env_source: bool = False) -> FactsRequest:
     """`files`: tasks/resources/docker_files.DockerFiles (secrets and certificates): stat +
     sha256 of each, never their contents (not even in dry-run)."""
     from ..resources import tls as tlsmod
@@ -104,6 +104,9 @@ def facts_request(spec: AppSpec, host, tls, dry_run: bool, files=None) -> FactsR
         req.paths += [s.dir for s in files.sets]
         hashed += files.file_paths()
     req.hash_paths = list(dict.fromkeys(hashed))
+    if env_source and not dry_run:
+        # the env the serving release runs: an env file it does not is applied (apply_env)
+        req.env_applied = (spec.current, spec.env_snapshots)
     req.paths = list(dict.fromkeys(req.paths))
     units = ["nginx.service"] if spec.nginx else []
     if spec.has_unit:
@@ -383,6 +386,14 @@ def step_env(ctx, spec, facts, env: EnvInput) -> None:
     return env.values is not None and have != want and inst.changed
 
 
+def env_unapplied(facts, env: EnvInput) -> bool:
+    """The serving release was started with an env other than the one the
+    file now holds (a run killed between its install and its restart)."""
+    from ..core.dotenv import sha256_hex
+
+    return env.values is not None and bool(facts.env_applied) and facts.env_applied != sha256_hex(env.content)
+
+
 def apply_env(ctx, env: EnvInput) -> None:
     """The env file this run changed, applied to a release already serving:
     rotate-env's restart (health-checked, the previous file back on failure,
@@ -566,7 +577,8 @@ def bootstrap(opts, env_file=None) -> None:
         run.out.line("", f"warning: {w}")
 
     def phase1(ctx):
-        ctx.data["request"] = facts_request(spec, ctx.host, tls_by_host[ctx.host.name], opts.dry_run, files)
+        ctx.data["request"] = facts_request(spec, ctx.host, tls_by_host[ctx.host.name], opts.dry_run, files,
+                                            env_source=env.values is not None)
         facts = gather(ctx)
         try:
             ctx.data["platform"] = plan_host(ctx, spec, facts, files)
@@ -605,7 +617,7 @@ def bootstrap(opts, env_file=None) -> None:
         tls_ready = bool(tls) and tlsmod.cert_state(facts, tls)[0]
         step_nginx(ctx, spec_h, p, ctx.host, facts, tls, tls_ready)
         step_tls(ctx, spec_h, p, ctx.host, facts, tls)
-        if env_changed and not ctx.dry_run:
+        if (env_changed or env_unapplied(facts, env)) and not ctx.dry_run:
             apply_env(ctx, env)
         step_gate(ctx)
 

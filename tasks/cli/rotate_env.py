@@ -37,6 +37,7 @@ from ..core.dotenv import (
 )
 from ..core.errors import StepFailed
 from ..core.step import CHANGED, FAILED, SKIP, Change, Failure, Record
+from ..facts.script import applied_env_sha, parse_sha
 from ..release.envsnap import (
     EnvTarget,
     _put_in_place,
@@ -67,14 +68,8 @@ def facts_cmd(t: EnvTarget) -> Cmd:
         key_hashes_cmd(t.path).render() + " || true",
         f"echo {MARK}current",
         sh("readlink -- {} 2>/dev/null || true", t.current).render(),
-        # What the running app was started with: the current release's env
-        # snapshot, written whenever fabship started it healthy (deploy,
-        # rollback, rotate-env). A file that differs was installed but not applied.
         f"echo {MARK}applied",
-        sh("rid=$(readlink -- {} 2>/dev/null || true); rid=${{rid%/}}; rid=${{rid##*/}}; d={}", t.current,
-           t.snapshots).render(),
-        'case "$rid" in ""|.*|*[!A-Za-z0-9._-]*) ;; *) [ -f "$d/$rid.env" ] && [ ! -L "$d/$rid.env" ] && '
-        'sha256sum < "$d/$rid.env" | cut -d" " -f1;; esac',
+        applied_env_sha(t.current, t.snapshots),   # what the running app was started with
         f"echo {MARK}end",
     ]))
 
@@ -120,9 +115,7 @@ def parse_facts(text: str) -> EnvFacts:
     link = "\n".join(sec.get("current", [])).strip()
     if link:
         f.current = link.rstrip("/").rsplit("/", 1)[-1]
-    applied = "".join(sec.get("applied", [])).strip()
-    if len(applied) == 64 and all(ch in "0123456789abcdef" for ch in applied):
-        f.applied = applied
+    f.applied = parse_sha(sec.get("applied", []))
     return f
 
 

@@ -189,6 +189,11 @@ class AppConfig:
     def slots(self) -> str:
         return f"{self.state}/slots"
 
+    @property
+    def env_snapshots(self) -> str:
+        """Each release's env as it was started with (tasks/release/envsnap.py)."""
+        return f"{self.state}/env"
+
     def release_dir(self, rid: str) -> str:
         return f"{self.releases}/{rid}"
 

@@ -37,6 +37,8 @@ class FactsRequest:
     renewal_confs: list[str] = field(default_factory=list)
     swap_path: str | None = None
     env_key_hashes: str | None = None   # env file path: per-key hashes (dry-run key diff)
+    # (APP_ROOT/current, the env snapshots dir): sha256 of the env the serving release was started with
+    env_applied: tuple[str, str] | None = None
     commands: list[str] = field(default_factory=list)     # `command -v` these
     contents: list[str] = field(default_factory=list)     # non-secret files to read (dry-run diffs)
 
@@ -138,11 +140,32 @@ def facts_cmd(req: FactsRequest) -> Cmd:
 
         section("envkeys")
         L.append(f"( {key_hashes_cmd(req.env_key_hashes).render()} ) 2>/dev/null")
+    if req.env_applied:
+        section("envapplied")
+        L.append(applied_env_sha(*req.env_applied))
     for p in req.contents:
         section(f"content {p}")
         L.append(sh("[ -f {} ] && base64 -w0 < {}; echo", p, p).render())
     section("end")
     return script(L, strict=False)
+
+
+def applied_env_sha(current: str, snapshots: str) -> str:
+    """Shell lines printing the sha256 of the env the current release was
+    started with: its snapshot, written whenever fabship started it healthy
+    (deploy, rollback, rotate-env, bootstrap). An env file that differs was
+    installed but not applied. Nothing when unknown."""
+    return "\n".join([
+        sh("rid=$(readlink -- {} 2>/dev/null || true); rid=${{rid%/}}; rid=${{rid##*/}}; d={}", current,
+           snapshots).render(),
+        'case "$rid" in ""|.*|*[!A-Za-z0-9._-]*) ;; *) [ -f "$d/$rid.env" ] && [ ! -L "$d/$rid.env" ] && '
+        'sha256sum < "$d/$rid.env" | cut -d" " -f1;; esac',
+    ])
+
+
+def parse_sha(lines: list[str]) -> str | None:
+    text = "".join(lines).strip()
+    return text if len(text) == 64 and all(ch in "0123456789abcdef" for ch in text) else None
 
 
 # -- parsing -----------------------------------------------------------------------
@@ -202,6 +225,7 @@ class Facts:
     certs: dict[str, Cert] = field(default_factory=dict)
     renewal: dict[str, dict] = field(default_factory=dict)
     env_keys: dict[str, str] | None = None
+    env_applied: str | None = None   # sha256 of the env the serving release runs (FactsRequest.env_applied)
     contents: dict[str, str] = field(default_factory=dict)   # path -> text (only files that exist)
     ipv6: bool = False
     complete: bool = False
@@ -321,6 +345,7 @@ def parse_facts(text: str) -> Facts:
         from ..core.dotenv import parse_key_hashes
 
         f.env_keys = parse_key_hashes("\n".join(sections["envkeys"]))
+    f.env_applied = parse_sha(sections.get("envapplied", []))
     return f
 
 

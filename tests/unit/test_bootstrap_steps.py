@@ -456,3 +456,42 @@ def test_npm_only_when_a_command_of_the_app_uses_it(app, deploy, hooks, npm):
     assert spec.needs_npm is npm
     assert ("npm" in wanted_packages(spec, deb, None)) is npm
     assert ("nodejs20-npm" in wanted_packages(spec, al, None)) is npm and "nodejs" in wanted_packages(spec, deb, None)
+
+
+@pytest.mark.parametrize("link,snapshot,want", [
+    ("releases/20260101T000000Z-v1", b"A=1\n", "sha"),     # relative link, snapshot there: its sha256
+    ("/ROOT/releases/20260101T000000Z-v1/", b"A=1\n", "sha"),  # absolute, trailing slash
+    ("releases/20260101T000000Z-v1", None, None),         # no snapshot: unknown
+    (None, None, None),                                    # nothing deployed
+    ("releases/bad name;x", b"A=1\n", None),              # not a release id: never read
+])
+def test_the_fact_script_reads_the_env_the_serving_release_runs(tmp_path, link, snapshot, want):
+    import hashlib
+    import subprocess
+
+    from tasks.facts.script import applied_env_sha, parse_sha
+
+    root = tmp_path / "app"
+    (root / ".fabship" / "env").mkdir(parents=True)
+    if link:
+        (root / "current").symlink_to(link.replace("/ROOT", str(root)))
+    if snapshot is not None:
+        rid = link.rstrip("/").rsplit("/", 1)[-1]
+        (root / ".fabship" / "env" / f"{rid}.env").write_bytes(snapshot)
+    out = subprocess.run(["sh", "-c", applied_env_sha(str(root / "current"), str(root / ".fabship" / "env"))],
+                         capture_output=True, text=True).stdout
+    expect = hashlib.sha256(snapshot).hexdigest() if want else None
+    assert parse_sha(out.splitlines()) == expect
+
+
+def test_bootstrap_applies_an_env_file_the_serving_release_does_not_run():
+    from types import SimpleNamespace as NS
+
+    from tasks.cli.bootstrap import EnvInput, env_unapplied
+    from tasks.core.dotenv import sha256_hex
+
+    env = EnvInput({"A": "1"}, "a.env", b"A=1\n")
+    assert env_unapplied(NS(env_applied=sha256_hex(b"A=0\n")), env)      # killed before its restart
+    assert not env_unapplied(NS(env_applied=sha256_hex(b"A=1\n")), env)  # runs it
+    assert not env_unapplied(NS(env_applied=None), env)                  # unknown / nothing deployed
+    assert not env_unapplied(NS(env_applied=sha256_hex(b"A=0\n")), EnvInput(None, "", b""))  # no source
