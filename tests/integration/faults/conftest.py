@@ -53,6 +53,16 @@ def fault_app(sandbox_fleet, tmp_path_factory):
     return FaultApp.up(sandbox_fleet, tmp_path_factory.mktemp("faults"))
 
 
+@pytest.fixture(scope="session")
+def restart_app(sandbox_fleet, tmp_path_factory):
+    """`faultrst` on the same host: deploy.strategy restart (one APP.service on
+    one port: stop, switch `current`, start, health-check, switch back)."""
+    from faultapp import FaultApp
+
+    return FaultApp.up(sandbox_fleet, tmp_path_factory.mktemp("faultrst"), app="faultrst", port=3570,
+                       strategy="restart")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def fault_results(request):
     """Every case's outcome, written for the README's table at the end

@@ -46,23 +46,24 @@ BOOTSTRAP_PACKAGE = "jq"
 RESULTS = REPO / ".fabship" / "faults"   # last-full.json (the whole matrix), last-run.json (any other run)
 
 
-def write_inventory(base: Path, repo: Path) -> Path:
-    env = base / "faultapp.env"
+def write_inventory(base: Path, repo: Path, app: str = APP, port: int = PORT, strategy: str = "blue_green") -> Path:
+    env = base / f"{app}.env"
     env.write_bytes(ENVS["one"])
     os.chmod(env, 0o600)
     data = {
         "include": [str(REPO / "inventories" / "sandbox.yaml")],
         "packages": ["git"],
-        "app": {"name": APP, "kind": "node", "port": PORT, "start": START, "node_version": "18"},
-        "nginx": {"server_name": APP + ".{host}.sandbox.test"},
+        "app": {"name": app, "kind": "node", "port": port, "start": START, "node_version": "18"},
+        "nginx": {"server_name": app + ".{host}.sandbox.test"},
         "env": {"source": {"type": "file", "file": str(env)}},
-        "deploy": {"source": "git", "repo": str(repo), "ref": "v1", "build": BUILD, "keep_releases": 3},
+        "deploy": {"source": "git", "repo": str(repo), "ref": "v1", "build": BUILD, "keep_releases": 3,
+                   "strategy": strategy},
         "health": {"path": "/health", "body_contains": '"status":"ok"', "retries": 20, "interval": 0.5,
                    "timeout": 3},
         # a cut link fails the host in keepalive x (dead_after + 1) = 8 s
         "ssh": {"keepalive": 2, "dead_after": 3},
     }
-    p = base / "faultapp.yaml"
+    p = base / f"{app}.yaml"
     p.write_text(yaml.safe_dump(data))
     return p
 
@@ -112,22 +113,26 @@ class Results:
 
 
 class FaultApp:
-    def __init__(self, fleet, base: Path, inv_path: Path):
+    def __init__(self, fleet, base: Path, inv_path: Path, app: str = APP, strategy: str = "blue_green"):
         self.fleet, self.base, self.inv = fleet, base, inv_path
+        self.strategy = strategy
         self.runs = base / "runs"
-        self.c = inv.Case(fleet, HOST, APP, inv_path, self.runs)
+        self.c = inv.Case(fleet, HOST, app, inv_path, self.runs)
 
     @classmethod
-    def up(cls, fleet, base: Path) -> "FaultApp":
+    def up(cls, fleet, base: Path, app: str = APP, port: int = PORT, strategy: str = "blue_green") -> "FaultApp":
+        """`faultapp` (blue/green), or another app on HOST with its own port and strategy
+        (`faultrst`: restart)."""
         if HOST not in {h.name for h in fleet.hosts}:
             pytest.skip(f"the fleet has no {HOST}")
         repo = make_repo(base)
-        app = cls(fleet, base, write_inventory(base, repo))
-        app.repo = repo
+        fa = cls(fleet, base, write_inventory(base, repo, app, port, strategy), app, strategy)
+        fa.repo = repo
         # a clean slate for this app: earlier sessions' releases, locks, units, fault mounts
-        fleet.run(HOST, f"for m in /opt/{APP} /etc/{APP}; do mountpoint -q $m && umount -l $m; done; "
-                        f"systemctl stop '{APP}@*' 2>/dev/null; rm -rf /opt/{APP}/releases /opt/{APP}/current "
-                        f"/opt/{APP}/.fabship /opt/{APP}/repo {SLOW} {SLOW_START}; true")
+        fleet.run(HOST, f"for m in /opt/{app} /etc/{app}; do mountpoint -q $m && umount -l $m; done; "
+                        f"systemctl stop '{app}@*' {app}.service 2>/dev/null; rm -rf /opt/{app}/releases "
+                        f"/opt/{app}/current /opt/{app}/.fabship /opt/{app}/repo {SLOW} {SLOW_START}; true")
+        app = fa
         rc, out = app.c.fab("bootstrap", "--no-gate", timeout=1200)
         assert rc == 0, out[-4000:]
         for ref in ("v1", "v2"):
@@ -173,8 +178,10 @@ class FaultApp:
 
     def fingerprint(self) -> str:
         """What a bootstrap changes here: the env file, nginx site, unit file and the extra package."""
-        return self.c.sh(f"sha256sum /etc/{APP}/{APP}.env /etc/nginx/sites-available/{APP}.conf "
-                         f"/etc/systemd/system/{APP}@.service; dpkg-query -W -f='${{db:Status-Abbrev}}' "
+        a = self.c.app
+        unit = f"{a}@.service" if self.strategy == "blue_green" else f"{a}.service"
+        return self.c.sh(f"sha256sum /etc/{a}/{a}.env /etc/nginx/sites-available/{a}.conf "
+                         f"/etc/systemd/system/{unit}; dpkg-query -W -f='${{db:Status-Abbrev}}' "
                          f"{BOOTSTRAP_PACKAGE} 2>/dev/null; true")[1]
 
     def env_now(self) -> bytes:
@@ -236,7 +243,7 @@ class FaultApp:
         and unit variable (the nginx and units steps), the other env file (the
         env file step; not applied: bootstrap restarts nothing). The app keeps
         serving the release it served."""
-        site = f"/etc/nginx/sites-available/{APP}.conf"
+        site = f"/etc/nginx/sites-available/{self.c.app}.conf"
         big = "12M" in self.c.sh(f"grep -o 'client_max_body_size [^;]*' {site}")[1]
         cur = env.decode().rsplit("ROTATION=", 1)[-1].strip()
         new = "two" if cur == "one" else "one"
@@ -284,6 +291,11 @@ class FaultApp:
             m = re.search(r"as release (\S+)", out)
             rid = m.group(1) if m else None
         assert "Traceback" not in out, out[-3000:]
+        if self.strategy == "restart":
+            # one process on one port: a restart the dead fab left running (a start that sleeps
+            # 6.5 s first) is a gap of its own; what serves is judged once it is over (<= 15 s)
+            c.sh(f"for i in $(seq 30); do curl -sf -m 2 -o /dev/null -H 'Host: {c.app}.{HOST}.sandbox.test' "
+                 "http://127.0.0.1/health && exit 0; sleep 0.5; done; exit 1", timeout=60)
         c.versions, c.envs = {p.old, p.new}, p.envs
         f = chk.state(c, "after the fault")
         chk.check(inv.LOCK, inv.lock_free_or_stale, c, f)

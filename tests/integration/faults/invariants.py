@@ -57,16 +57,21 @@ class Case:
 
 def host_facts(c: Case) -> dict:
     """What serves, from nginx's side: the upstream port, the release that
-    port's instance runs, that release's metadata, nginx -t, the env file."""
+    port's instance runs (restart strategy: `current`'s), that release's
+    metadata, nginx -t, the env file."""
     app = shlex.quote(c.app)
     script = f"""
 up=$(sed -n 's/.*server 127.0.0.1:\\([0-9]*\\);.*/\\1/p' /etc/nginx/fabship/{app}-upstream.conf 2>/dev/null | head -1)
 echo "port=$up"
-slot=$(readlink {c.root}/.fabship/slots/$up 2>/dev/null)
+# blue/green: the port's slot link and APP@PORT; restart strategy: `current` and APP.service
+unit={app}@$up.service; [ -e /etc/systemd/system/{app}@.service ] || unit={app}.service
+if [ "$unit" = {app}.service ]; then slot=$(readlink {c.root}/current 2>/dev/null)
+  case "$slot" in ""|/*) ;; *) slot={c.root}/$slot;; esac   # current is a relative link
+else slot=$(readlink {c.root}/.fabship/slots/$up 2>/dev/null); fi
 echo "slot=$slot"
 echo "current=$(readlink {c.root}/current 2>/dev/null)"
-echo "active=$(systemctl is-active {app}@$up.service 2>/dev/null)"
-pid=$(systemctl show -p MainPID --value {app}@$up.service 2>/dev/null)
+echo "active=$(systemctl is-active $unit 2>/dev/null)"
+pid=$(systemctl show -p MainPID --value $unit 2>/dev/null)
 echo "pid=$pid"
 if [ -n "$slot" ] && [ -f "$slot/.fabship-release.json" ]; then echo "meta=$(base64 -w0 "$slot/.fabship-release.json")"; fi
 if nginx -t >/dev/null 2>&1; then echo nginx=ok; else echo "nginx=$(nginx -t 2>&1 | base64 -w0)"; fi

@@ -32,7 +32,7 @@ POINTS = [
     _point("rotate-env", ("after", "env file")),
     _point("rotate-env", ("after", "switch traffic")),
     _point("bootstrap", ("after", "env file")),   # lock held; the units and nginx steps not yet run
-    _point("bootstrap", ("after", "units")),
+    _point("bootstrap", ("after", "systemd units")),
 ]
 
 

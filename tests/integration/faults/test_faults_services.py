@@ -414,6 +414,102 @@ def test_registry_down_during_image_deploy(image_app, fault_results):
     assert not chk.failed, "invariants broken:\n" + chk.report() + f"\n{out[-2500:]}"
 
 
+def image_case(c: inv.Case, results, fault: str, point: tuple, action, *, probe_cmd: str = "",
+               before=None, after_fault=None) -> inv.Checker:
+    """One fault in a deploy of the tag `faultimg` does not serve (its image
+    removed from the host, so the deploy pulls it), then the invariants: what
+    nginx serves is the old or the new tag, served by a container of that tag
+    on the upstream's port; nginx -t; the lock free or stale; the release and
+    audit lines; the run record; the rerun serves the new tag with one
+    container left; `fab rollback --to` the current release changes nothing."""
+    started, t0 = time.monotonic(), time.time()
+    old = served_version(c)
+    assert old in TAGS, f"{IMG_APP} serves {old!r} before the case"
+    new = TAGS[1] if old == TAGS[0] else TAGS[0]
+    c.sh(f"docker image rm -f $(docker images -q '*/fabship/docker-service:{new}') 2>/dev/null; true")
+    chk = inv.Checker(f"deploy (image) {fault} {point[0]} {point[1]}")
+    if before is not None:
+        before()
+    fab = Fab("deploy", "-i", str(c.inv), "--limit", IMG_HOST, "-v", "--no-gate", "--tag", new, runs_dir=c.runs)
+    reached = at_point(fab, point, c.fleet, IMG_HOST, action, probe_cmd=probe_cmd)
+    try:
+        rc, out = fab.wait(timeout=600)
+    finally:
+        if after_fault is not None:
+            after_fault()
+    assert "Traceback" not in out, out[-3000:]
+    if not reached:
+        chk.failed["point"] = f"fab never reached {point} (exit {rc}): {out[-800:]}"
+        _outcome(results, "deploy (image)", fault, f"{point[0]} {point[1]}", chk, started)
+        return chk
+
+    def serves(versions):
+        v = served_version(c)
+        assert v in versions, f"nginx serves {v}, not one of {sorted(versions)}"
+        port = c.sh(f"sed -n 's/.*server 127.0.0.1:\\([0-9]*\\);.*/\\1/p' /etc/nginx/fabship/{IMG_APP}-upstream.conf")[1]
+        on_port = c.sh(f"docker ps --filter label=fabship.app={IMG_APP} --filter publish={port.strip()} "
+                       "--format '{{.Image}}'")[1].split()
+        assert len(on_port) == 1 and on_port[0].endswith(f":{v}"), \
+            f"the container on the upstream port {port.strip()} is {on_port}, nginx serves {v}"
+
+    chk.check(inv.SERVES, serves, {old, new})
+    chk.check(inv.NGINX, lambda: c.sh("nginx -t")[0] == 0 or inv.fail("nginx -t fails"))
+    held = c.sh(f"test -e {c.root}/.fabship/lock")[0] == 0
+    chk.check(inv.LOCK, inv.lock_free_or_stale, c, {"lock": "held" if held else ""})
+    chk.check(inv.LOGS, inv.logged, c, "deploy", t0, None)
+    chk.check(inv.RECORD, inv.run_record, c, "deploy", fab.pid)
+    rc2, out2 = c.fab("deploy", "--no-gate", "--tag", new)
+    if rc2 != 0:
+        chk.failed[inv.RERUN] = f"exit {rc2}: {' | '.join(out2.strip().splitlines()[-4:])[:400]}"
+    else:
+        chk.passed.add(inv.RERUN)
+        chk.check(inv.SERVES, serves, {new})
+        if len(_containers(c)) != 1:
+            chk.failed[inv.SERVES] = f"after the rerun: containers {_containers(c)}"
+    current = c.sh(f"readlink {c.root}/current")[1].strip().rsplit("/", 1)[-1]
+    chk.check(inv.SECOND, inv.changed_nothing, c, "rollback", "--no-gate", "--to", current)
+    _outcome(results, "deploy (image)", fault, f"{point[0]} {point[1]}", chk, started)
+    return chk
+
+
+@pytest.mark.faults_full
+def test_registry_cut_mid_pull(image_app, fault_results):
+    """The registry stopped while `docker pull` runs (the link to h4 held to
+    4 Mbit/s so the pull lasts seconds): the pull fails or finished, and
+    either way the host serves a whole release."""
+    def cut(fab):
+        sandbox.stop_service("registry", out=lambda m: None)
+        fab.thaw()
+    try:
+        chk = image_case(image_app, fault_results, "registry cut mid-pull", ("inside", "pull image"), cut,
+                         probe_cmd="pgrep -f 'docker pull' >/dev/null",
+                         before=lambda: shape_link(IMG_HOST, "4mbit"),
+                         after_fault=lambda: (shape_link(IMG_HOST, None),
+                                              sandbox.start_services(["registry"], out=lambda m: None)))
+    finally:
+        shape_link(IMG_HOST, None)
+        sandbox.start_services(["registry"], out=lambda m: None)
+    assert not chk.failed, "invariants broken:\n" + chk.report()
+
+
+@pytest.mark.faults_full
+@pytest.mark.parametrize("step", ["start new container", "switch traffic"])
+def test_docker_host_rebooted_mid_deploy(image_app, fault_results, step):
+    """h4 rebooted (docker with it) after the new container started, or after
+    the switch: docker brings back what ran with its restart policy; what
+    nginx serves must be whole, and the rerun leaves one container."""
+    from inject import Reboot, ensure_up
+
+    rb = Reboot(IMG_HOST, down=5, fleet=image_app.fleet, settle_for=60,
+                settle=f"curl -sf -m 2 -o /dev/null -H 'Host: {IMG_APP}.{IMG_HOST}.sandbox.test' "
+                       "http://127.0.0.1/actuator/health")
+    try:
+        chk = image_case(image_app, fault_results, "host reboot", ("after", step), rb, after_fault=rb.wait_back)
+    finally:
+        ensure_up(IMG_HOST)
+    assert not chk.failed, "invariants broken:\n" + chk.report()
+
+
 # -- not a fault: the known mismatch the suite's second reruns kept meeting --------------------
 
 @pytest.mark.faults_full
@@ -435,4 +531,34 @@ def test_bootstrap_after_a_deploy_to_either_port_changes_nothing(fault_app, faul
         chk.state(c, f"after bootstrap (upstream port {f['port']})")
     assert len(ports) == 2, f"two deploys did not use both ports: {ports}"
     _outcome(fault_results, "bootstrap", "after a deploy (no fault)", "either port", chk, started)
+    assert not chk.failed, "invariants broken:\n" + chk.report()
+
+
+@pytest.mark.faults_full
+@pytest.mark.faults_ci
+def test_bootstrap_applies_the_env_file_it_changes(fault_app, fault_results):
+    """A bootstrap that changes the env file of an app already serving
+    restarts it with the file (rotate-env's health-checked restart) and
+    records it for the release: left unapplied, a crash-restart or a reboot
+    would start the app with a file no record says it runs (the suite's
+    reboot cases found it)."""
+    c = fault_app.c
+    started, t0 = time.monotonic(), time.time()
+    chk = inv.Checker("bootstrap changes the env file")
+    p = fault_app.bootstrap_plan(fault_app.baseline()["served"].strip(), fault_app.env_now(), package=None)
+    rc, out = c.fab("bootstrap", "--no-gate", *p.args)
+    assert rc == 0, out[-3000:]
+    f = inv.host_facts(c)
+    want = p.envs[-1].decode().rsplit("ROTATION=", 1)[-1].strip()
+
+    def runs_the_new_file():
+        assert f"ROTATION={want}" in f.get("running", ""), f"the serving instance runs {f.get('running')!r}"
+        assert f.get("snap") == f.get("running"), "the release's env record is not what the instance runs"
+
+    chk.check("the app runs the new env", runs_the_new_file)
+    c.versions, c.envs = {p.old}, p.envs[-1:]
+    chk.state(c, "after the bootstrap")
+    chk.check(inv.LOGS, inv.logged, c, "bootstrap", t0)
+    chk.check(inv.SECOND, inv.changed_nothing, c, "rotate-env", "--no-gate", p.args[0], p.args[1])
+    _outcome(fault_results, "bootstrap", "env file changed (no fault)", "applied", chk, started)
     assert not chk.failed, "invariants broken:\n" + chk.report()

@@ -19,7 +19,7 @@ CI_POINTS = [
     ("rotate-env", signal.SIGKILL, ("after", "start new instance")),
     ("rotate-env", signal.SIGTERM, ("after", "env file")),          # installed, not applied
     ("deploy", signal.SIGKILL, ("after", "record release")),        # done, lock still held
-    ("bootstrap", signal.SIGKILL, ("after", "env file")),           # lock held, units and nginx not yet
+    ("bootstrap", signal.SIGKILL, ("after", "env file")),           # lock held, units, nginx, restart not yet
 ]
 
 
@@ -81,6 +81,15 @@ def test_signal_inside_long_step(fault_app, fault_results, task, sig, step):
     kw = {}
     if step == "health check":
         kw["inside_probe"] = f"'{START_MARK}'"
+
+        def no_health_dir_left(chk):   # the cut loop ends (<= 10 s) or dies of SIGPIPE: its dir goes with it
+            rc = fault_app.c.sh("for i in $(seq 30); do ls -d /tmp/fabship-health.* >/dev/null 2>&1 || exit 0; "
+                                "sleep 0.5; done; ls -d /tmp/fabship-health.*; exit 1")[0]
+            if rc:
+                chk.failed["no health dir left in /tmp"] = "after the rerun"
+            else:
+                chk.passed.add("no health dir left in /tmp")
+        kw["after_rerun"] = no_health_dir_left
     else:
         def big_plan():   # a ref the host lacks: the deploy uploads its bundle
             old, ref = fault_app.baseline()["served"].strip(), fault_app.big_ref()
