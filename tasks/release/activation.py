@@ -421,10 +421,15 @@ def _docker(ctx, lay, st, rid, image, since, spec, previous) -> Activation:
         if live_c and live_c["name"] == name:  # restart_app: the live one is renamed aside
             olds.append(f"{name}-prev")
         olds = list(dict.fromkeys(olds))
+        # a container a killed deploy left on the idle port (docker's restart policy brings it back
+        # at boot too) holds the port: docker run would fail (exit 125) at every rerun
+        squatters = [c["name"] for c in st.containers if c["port"] == str(idle) and c["name"] != name
+                     and not (live_c and c["name"] == live_c["name"])]
         return blue_green(ctx, lay, st, rid, since, spec, live, idle, NewSlot(
             kind="container", old="container", remove_step="remove new container",
-            release=f"release {rid} ({image})", start_message=f"{name} ({image}) on 127.0.0.1:{idle}",
-            start=(docker_free_name_cmd(name),
+            release=f"release {rid} ({image})", start_message=f"{name} ({image}) on 127.0.0.1:{idle}" +
+            (f" (removed {', '.join(squatters)}, left on that port)" if squatters else ""),
+            start=(*(docker_remove_cmd(n) for n in squatters), docker_free_name_cmd(name),
                    docker_run_cmd(lay, name, rid, image, idle, cport, restart=restart, run_args=run_args)),
             dead_if=container_dead(name), diagnostics={"containers": [name]},
             remove=(docker_remove_cmd(name), _restore_name_cmd(name)), before_switch=(),

@@ -54,17 +54,30 @@ def rollback_host(ctx, target: str, *, reason: str = "", restore_env: bool = Tru
     entry = release_entry(target, action="rollback", result="ok", previous=cur, meta={"image": e.image if e else ""},
                           port=str(act.port or ""), reason=reason)
     entry.version = e.version if e else ""
-    record(ctx, lay, entry, f"from={cur or '-'}" + (f"; {reason}" if reason else ""))
+    detail = f"from={cur or '-'}" + (f"; {reason}" if reason else "")
+    # Ctrl-C/SIGTERM now closes the transport under these writes; the rollback is done,
+    # so what records it is written again on a fresh connection (twice at worst)
+    _done_anyway(ctx, lambda: record(ctx, lay, entry, detail))
     st.log.append(entry)
     ctx.data["outcome"] = "rolled back"
-    _record_env(ctx, target)
+    _done_anyway(ctx, lambda: _record_env(ctx, target))
     from .hooks import run_hooks
 
     run_hooks(ctx, "after_rollback", target, image=e.image if e else "")  # reported; the rollback stands
     ctx.note = f"-> {target} (was {cur})"
 
 
-def _record_env(ctx, rid: str) -> None:
+def _done_anyway(ctx, write) -> None:
+    """`write()` (True when it went) once more on a fresh connection when an
+    interruption closed the transport under it."""
+    if not write():
+        ev = getattr(ctx.run_, "cancel", None)
+        if ev is not None and ev.is_set():
+            ensure_connection(ctx)
+            write()
+
+
+def _record_env(ctx, rid: str) -> bool:
     """The env `rid` now runs with becomes its snapshot, as after a deploy: it is
     also how rotate-env knows what the running app was started with (a file
     that differs was installed but not applied). Best effort: the rollback is done."""
@@ -74,6 +87,8 @@ def _record_env(ctx, rid: str) -> None:
         snapshot_release_env(ctx, rid)
     except Exception as e:
         ctx.say(f"warning: could not record the env of {rid}: {e}")
+        return False
+    return True
 
 
 def _restore_env(ctx, rid: str) -> str:
