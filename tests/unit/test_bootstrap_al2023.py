@@ -216,3 +216,33 @@ def test_al2023_node_default_and_unsupported(tmp_path):
         plat.detect('ID=centos\nVERSION_ID="7"\nPRETTY_NAME="CentOS Linux 7 (Core)"\n')
     assert str(e.value) == ("unsupported platform: CentOS Linux 7 (Core) (ID=centos, VERSION_ID=7); "
                             "supported: Debian 12, Ubuntu 22.04/24.04, Amazon Linux 2023")
+
+
+def test_a_held_lock_stops_bootstrap_before_its_first_change(al2023, monkeypatch):
+    """Another run (a deploy, a second controller's bootstrap) holds the app's lock:
+    bootstrap fails the host naming the holder (exit 3) and changes nothing."""
+    import json
+    import os
+    import socket
+
+    from invoke.exceptions import Exit
+
+    inv, env, conns = al2023
+    holder = {"id": "x", "user": "ci@runner", "control_host": socket.gethostname(), "pid": os.getpid(),
+              "time": "2026-12-01T00:00:00Z", "epoch": 4102444800, "action": "deploy", "release": "R1"}
+    answer = RecordingConn.answer
+
+    def held(self, text, stdin=None):
+        if "FABSHIP_LOCK_ACQUIRED" in text:
+            self.raw.append(text)
+            self.commands.append(unwrap(text))
+            return Result("FABSHIP_LOCK_HELD\n" + json.dumps(holder) + "\n")
+        return answer(self, text, stdin)
+
+    monkeypatch.setattr(RecordingConn, "answer", held)
+    with pytest.raises(Exit) as e:
+        bootstrap(RunOptions(inventory=inv, gate=False), env_file=env)
+    assert e.value.code == 3
+    cmds = conns["web1"].commands
+    assert "@@ os" in cmds[0] and "mkdir -- /opt/demo/.fabship/lock" in cmds[1]
+    assert len(cmds) == 2, cmds[2:]   # nothing after the refused lock: no dnf, no audit, no release
