@@ -1,5 +1,6 @@
 """pyinfra 3 equivalent of fabship's bootstrap work for the peer benchmark:
 packages, user, dirs, env file, systemd unit, nginx site."""
+import os
 from pathlib import Path
 
 from pyinfra.operations import apt, files, server, systemd
@@ -7,7 +8,9 @@ from pyinfra.operations import apt, files, server, systemd
 HERE = Path(__file__).parent
 APP = "benchapp"
 
-apt.packages(name="packages", packages=["nginx", "git", "jq", "unzip"])
+# BENCH_PACKAGES: bench/cold_bootstrap.py adds nodejs, which fabship's node app installs too
+PACKAGES = os.environ.get("BENCH_PACKAGES", "nginx git jq unzip").split()
+apt.packages(name="packages", packages=PACKAGES)
 server.group(name="group", group=APP, system=True)
 # ensure_home=False: pyinfra would chown the home to the user, and the next operation sets
 # /opt/APP back to root: both changed on every run (Ansible's create_home: false, as here)
