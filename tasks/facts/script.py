@@ -100,6 +100,13 @@ def facts_cmd(req: FactsRequest) -> Cmd:
         section("units")
         L.append(Cmd("systemctl", "show", "--no-pager", "-p", "Id,LoadState,UnitFileState,ActiveState",
                      "--", *req.units, Raw("2>/dev/null")).render())
+        # the manager caches UnitFileState until a daemon-reload, and deploy switches which
+        # blue/green instance is enabled with `systemctl enable/disable --no-reload`: the
+        # symlinks in /etc/systemd/system/*.wants (or .requires) are the truth (no fork)
+        section("unit_links")
+        L.append("for u in " + " ".join(quote(u) for u in req.units) + "; do "
+                 "for w in /etc/systemd/system/*.wants/\"$u\" /etc/systemd/system/*.requires/\"$u\"; do "
+                 "if [ -L \"$w\" ]; then printf '%s\\n' \"$u\"; break; fi; done; done")
     names = _uniq(req.users + req.groups)
     if names:
         section("users")
@@ -214,6 +221,7 @@ class Facts:
     links: dict[str, str] = field(default_factory=dict)
     sha256: dict[str, str] = field(default_factory=dict)
     units: dict[str, dict] = field(default_factory=dict)
+    unit_links: set[str] | None = None   # units with a .wants/.requires link in /etc (None: not asked)
     passwd: dict[str, list[str]] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)   # group -> members
     member_of: dict[str, list[str]] = field(default_factory=dict)
@@ -235,8 +243,10 @@ class Facts:
         return bool(self.virt) and self.virt != "none"
 
     def unit_enabled(self, unit: str) -> bool:
-        return self.units.get(unit, {}).get("UnitFileState") in ("enabled", "enabled-runtime", "static",
-                                                                   "indirect", "alias")
+        state = self.units.get(unit, {}).get("UnitFileState")
+        if state in ("enabled", "disabled") and self.unit_links is not None:
+            return unit in self.unit_links   # the state may be cached from before an `enable --no-reload`
+        return state in ("enabled", "enabled-runtime", "static", "indirect", "alias")
 
     def unit_active(self, unit: str) -> bool:
         return self.units.get(unit, {}).get("ActiveState") == "active"
@@ -281,6 +291,8 @@ def parse_facts(text: str) -> Facts:
         m = re.match(r"^\\?([0-9a-f]{64})\s+\*?(.*)$", ln)
         if m:
             f.sha256[m.group(2)] = m.group(1)
+    if "unit_links" in sections:
+        f.unit_links = {ln.strip() for ln in sections["unit_links"] if ln.strip()}
     cur_unit: dict = {}
     for ln in sections.get("units", []) + [""]:
         if not ln.strip():

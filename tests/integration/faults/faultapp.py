@@ -226,7 +226,11 @@ class FaultApp:
                 assert rc == 0, out[-3000:]
                 return self.plan(task)
             target = older[-1]
-            return Plan(["--to", target["id"]], old, inv.version_of(target["version"]), [env], target["id"])
+            # rollback restores the env the target release was started with (its snapshot):
+            # earlier cases may have rotated the file since
+            rc, snap, _ = self.c.sh(f"base64 -w0 {self.c.root}/.fabship/env/{target['id']}.env")
+            envs = [env] + ([base64.b64decode(snap)] if rc == 0 and base64.b64decode(snap) != env else [])
+            return Plan(["--to", target["id"]], old, inv.version_of(target["version"]), envs, target["id"])
         if task == "rotate-env":
             cur = env.decode().rsplit("ROTATION=", 1)[-1].strip()
             new = "two" if cur == "one" else "one"
