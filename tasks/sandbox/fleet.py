@@ -968,8 +968,33 @@ def sandbox_up(count=3, docker: bool = False, moto: bool = True, pebble: bool = 
                         wanted, INVENTORY, clock.elapsed, wanted)
 
 
+# Every host's systemd, journald, logind... hold inotify instances and watches of the one
+# root user: the kernel's default of 128 instances ran out between 8 and 100 hosts (a host
+# booted 'degraded', its systemd-ask-password-*.path units failed). Per host, generous.
+INOTIFY_PER_HOST = {"fs/inotify/max_user_instances": 64, "fs/inotify/max_user_watches": 8192}
+
+
+def raise_inotify_limits(count: int, proc_sys: Path = Path("/proc/sys")) -> List[str]:
+    """Raise (never lower) the inotify limits to what `count` hosts need; what changed."""
+    changed = []
+    for key, per_host in INOTIFY_PER_HOST.items():
+        f = proc_sys / key
+        try:
+            cur = int(f.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+        want = 128 + per_host * count
+        if cur < want:
+            f.write_text(f"{want}\n")
+            changed.append(f"{key.replace('/', '.')} {cur} -> {want}")
+    return changed
+
+
 def _up(plan: FleetPlan, state: dict, wanted: List[str], clock: _Clock) -> None:
     pubkey = ensure_keypair()
+    raised = raise_inotify_limits(plan.count)
+    if raised:
+        clock("raised " + ", ".join(raised))
     create_bridge(plan)
     clock(f"bridge {plan.bridge} {plan.bridge_ip}/{plan.prefixlen}")
     ctx = _service_ctx(state)

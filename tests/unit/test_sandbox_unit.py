@@ -266,3 +266,21 @@ def test_image_package_lists_refreshed_only_when_old(tmp_path, monkeypatch):
     os.utime(fresh, (old, old))
     sandbox.refresh_package_lists(image, "http://10.231.0.1:3142", said.append)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("count, instances, watches, changed", [
+    (8, "128", "192530", ["fs.inotify.max_user_instances 128 -> 640"]),
+    (100, "128", "192530", ["fs.inotify.max_user_instances 128 -> 6528",
+                            "fs.inotify.max_user_watches 192530 -> 819328"]),
+    (100, "8192", "1048576", []),          # never lowered
+])
+def test_inotify_limits_are_raised_for_the_fleet_size(tmp_path, count, instances, watches, changed):
+    from tasks.sandbox.fleet import raise_inotify_limits
+
+    d = tmp_path / "fs" / "inotify"
+    d.mkdir(parents=True)
+    (d / "max_user_instances").write_text(instances + "\n")
+    (d / "max_user_watches").write_text(watches + "\n")
+    assert raise_inotify_limits(count, proc_sys=tmp_path) == changed
+    assert int((d / "max_user_instances").read_text()) >= max(int(instances), 128 + 64 * count)
+    assert int((d / "max_user_watches").read_text()) >= max(int(watches), 128 + 8192 * count)
