@@ -116,8 +116,7 @@ def test_signal_inside_long_step(fault_app, fault_results, task, sig, step):
 # apt-get may die with its session mid-dpkg; the rerun must finish dpkg's
 # work (no "dpkg was interrupted, run dpkg --configure -a" by hand).
 @pytest.mark.faults_full
-@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, id="SIGKILL", marks=[pytest.mark.faults_ci]),
-                                 pytest.param(signal.SIGTERM, id="SIGTERM")])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, id="SIGKILL"), pytest.param(signal.SIGTERM, id="SIGTERM")])
 def test_signal_inside_bootstrap_packages(fault_app, fault_results, sig):
     from faultapp import BOOTSTRAP_PACKAGE, HOST
     from inject import shape_link
