@@ -24,22 +24,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_peers import PEERS, REPO, ansible_cmd, fabship_cmd, pyinfra_cmd, sandbox_hosts  # noqa: E402
+from compare_peers import PEERS, REPO, ansible_cmd, fabship_cmd, pyinfra_cmd, sandbox_hosts, timed  # noqa: E402
 
 PACKAGES = ["nginx", "git", "jq", "unzip", "nodejs"]
 SSH_CONFIG = REPO / ".fabship" / "sandbox" / "ssh_config"
-IMAGES = Path(os.environ.get("FABSHIP_CACHE_DIR", "/var/cache/fabship")) / "images"
 
 
 def base_packages(host: str) -> list[str]:
     """The packages of the base image the host's root is an overlay of."""
     root = REPO / ".fabship" / "sandbox" / "hosts" / host / "root"
     for line in Path("/proc/mounts").read_text().splitlines():
-        dev, mnt, fstype, opts = line.split()[:4]
+        _, mnt, fstype, opts = line.split()[:4]
         if mnt == str(root) and fstype == "overlay":
             lower = next(o.split("=", 1)[1] for o in opts.split(",") if o.startswith("lowerdir="))
             out = subprocess.run(["dpkg-query", f"--admindir={lower}/var/lib/dpkg", "-W", "-f=${Package}\n"],
@@ -80,15 +78,6 @@ def ssh(host: str, script: str) -> None:
         sys.exit(f"{host}: reset failed ({r.returncode}): {r.stdout[-1500:]}{r.stderr[-1500:]}")
 
 
-def timed(cmd, env, cwd) -> float:
-    t0 = time.monotonic()
-    r = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    dt = time.monotonic() - t0
-    if r.returncode != 0:
-        sys.exit(f"cold run failed ({r.returncode}): {' '.join(map(str, cmd))}\n{r.stdout[-2500:]}\n{r.stderr[-2500:]}")
-    return dt
-
-
 def load() -> str:
     return f"{os.getloadavg()[0]:.1f}"
 
@@ -122,7 +111,8 @@ def main():
             for name in order:
                 ssh(args.host, reset_script(base))
                 before = load()
-                dt = timed(*tools[name][:1], env=env, cwd=tools[name][1])
+                cmd, cwd = tools[name]
+                dt = timed(cmd, env=env, cwd=cwd)[0]
                 times.setdefault(name, []).append(dt)
                 print(f"round {rnd + 1} {name:8s} cold bootstrap of {args.host}: {dt:6.1f} s "
                       f"(load {before} -> {load()})", flush=True)

@@ -32,6 +32,11 @@ APP = "faultapp"
 PORT = 3560
 SECRET = "fault-suite-secret-0123456789"
 ENVS = {name: f"APP_SECRET={SECRET}\nLOG_LEVEL=info\nROTATION={name}\n".encode() for name in ("one", "two", "three")}
+
+
+def rotation_of(env: bytes) -> str:
+    """Which of ENVS an env file is ("one", "two", ...): its ROTATION value."""
+    return env.decode().rsplit("ROTATION=", 1)[-1].strip()
 SLOW = f"/tmp/{APP}-slow-build"   # present on the host: the build sleeps (a long step to fault inside)
 SLEEP_MARK = "sleep 4[2]"         # pgrep pattern that matches the build's sleep only
 BUILD = ["npm ci --no-audit --no-fund --offline", f"if [ -e {SLOW} ]; then sleep 42; fi", "npm run build"]
@@ -229,10 +234,11 @@ class FaultApp:
             # rollback restores the env the target release was started with (its snapshot):
             # earlier cases may have rotated the file since
             rc, snap, _ = self.c.sh(f"base64 -w0 {self.c.root}/.fabship/env/{target['id']}.env")
-            envs = [env] + ([base64.b64decode(snap)] if rc == 0 and base64.b64decode(snap) != env else [])
+            snap_env = base64.b64decode(snap) if rc == 0 else env
+            envs = [env] + ([snap_env] if snap_env != env else [])
             return Plan(["--to", target["id"]], old, inv.version_of(target["version"]), envs, target["id"])
         if task == "rotate-env":
-            cur = env.decode().rsplit("ROTATION=", 1)[-1].strip()
+            cur = rotation_of(env)
             new = "two" if cur == "one" else "one"
             # the file on the host is fabship's rendering of the source: only ROTATION differs
             return Plan(["--env-file", str(self.env_file(new))], old, old,
@@ -249,7 +255,7 @@ class FaultApp:
         serving the release it served."""
         site = f"/etc/nginx/sites-available/{self.c.app}.conf"
         big = "12M" in self.c.sh(f"grep -o 'client_max_body_size [^;]*' {site}")[1]
-        cur = env.decode().rsplit("ROTATION=", 1)[-1].strip()
+        cur = rotation_of(env)
         new = "two" if cur == "one" else "one"
         args = ["--env-file", str(self.env_file(new)),
                 "--set", f"nginx.client_max_body_size={'10M' if big else '12M'}",

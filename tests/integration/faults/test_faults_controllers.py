@@ -11,7 +11,7 @@ import time
 import pytest
 
 import invariants as inv
-from faultapp import HOST, Outcome
+from faultapp import HOST, Outcome, rotation_of
 from faultapp import second as second_rerun
 from inject import Fab
 
@@ -31,7 +31,7 @@ def other_env_plan(fault_app, p):
     one when three is what the host has)."""
     from faultapp import Plan
 
-    cur = p.envs[0].decode().rsplit("ROTATION=", 1)[-1].strip()
+    cur = rotation_of(p.envs[0])
     new = "one" if cur == "three" or p.envs[-1].endswith(b"ROTATION=three\n") else "three"
     return Plan(["--env-file", str(fault_app.env_file(new))], p.old, p.old,
                 [p.envs[0], p.envs[0].replace(f"ROTATION={cur}".encode(), f"ROTATION={new}".encode())])

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 import invariants as inv
-from faultapp import BOOTSTRAP_PACKAGE, HOST, REPO, Outcome, purge_package
+from faultapp import BOOTSTRAP_PACKAGE, HOST, REPO, Outcome, purge_package, rotation_of
 from fab_cli import run_fab
 from inject import Fab, at_point, shape_link
 
@@ -71,7 +71,7 @@ def test_apt_mirror_unreachable(fault_app, fault_results, when):
     started = time.monotonic()
     f0 = fault_app.baseline()
     old_env = fault_app.env_now()
-    cur = old_env.decode().rsplit("ROTATION=", 1)[-1].strip()
+    cur = rotation_of(old_env)
     new = "two" if cur == "one" else "one"
     new_env = old_env.replace(f"ROTATION={cur}".encode(), f"ROTATION={new}".encode())
     args = ["--set", f"packages=[git, {PACKAGE}]", "--env-file", str(fault_app.env_file(new))]
@@ -521,7 +521,7 @@ def test_bootstrap_after_a_deploy_to_either_port_changes_nothing(fault_app, faul
     chk = inv.Checker("bootstrap after a deploy")
     # Settle what earlier cases varied (nginx body size, unit variable, the
     # env file) with the env file the host has, so only the deploys differ.
-    cur = fault_app.env_now().decode().rsplit("ROTATION=", 1)[-1].strip()
+    cur = rotation_of(fault_app.env_now())
     same_env = ["--env-file", str(fault_app.env_file(cur))]
     rc, out = c.fab("bootstrap", "--no-gate", *same_env)
     assert rc == 0, out[-3000:]
@@ -555,7 +555,7 @@ def test_bootstrap_applies_the_env_file_it_changes(fault_app, fault_results):
     rc, out = c.fab("bootstrap", "--no-gate", *p.args)
     assert rc == 0, out[-3000:]
     f = inv.host_facts(c)
-    want = p.envs[-1].decode().rsplit("ROTATION=", 1)[-1].strip()
+    want = rotation_of(p.envs[-1])
 
     def runs_the_new_file():
         assert f"ROTATION={want}" in f.get("running", ""), f"the serving instance runs {f.get('running')!r}"
